@@ -1,0 +1,31 @@
+"""hf_mup: μP (the Maximal Update Parametrization) and μTransfer for Hugging Face Transformers.
+
+Usage:
+    model = hf_mup.MuPModel.from_config(config, base_hidden_size=256)
+    optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=3e-3, weight_decay=0.1))
+"""
+from .config import MuPConfig
+from .describe import describe
+from .errors import MuPError
+from .fold import fold
+from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
+from .optim import check_optimizer, mup_param_groups
+from .rules import Kind, TensorRule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Kind",
+    "MuPConfig",
+    "MuPError",
+    "MuPModel",
+    "MuPPlan",
+    "TensorRule",
+    "check_optimizer",
+    "convert",
+    "describe",
+    "fold",
+    "get_plan",
+    "is_mup",
+    "mup_param_groups",
+]

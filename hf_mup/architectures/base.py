@@ -1,0 +1,41 @@
+"""What hf_mup must know of an architecture beyond parameter shapes: one small `Architecture` per model type."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+# (parameter, index) pairs: `param[index]` is the query projection's part of that parameter.
+QuerySlices = list[tuple[nn.Parameter, "slice | tuple[slice, ...]"]]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The architecture-specific facts hf_mup needs.
+
+    - `model_classes`: the transformers classes supported, the first one the default for `from_config`.
+    - `intermediate_size`: reads the MLP width from a config; `intermediate_size_attr` is where to write it.
+    - `attention_classes`: class names of attention modules, whose `scaling` hf_mup sets.
+    - `query_slices`: the query projection inside an attention module (zero-init and folding of the scale).
+    - `tied_readout_norms`: per model class, the norm whose output only a tied readout reads; `fold` puts the
+      readout multiplier there, since the tied weight is shared with the input embedding.
+    """
+
+    model_type: str
+    model_classes: tuple[str, ...]
+    intermediate_size: Callable[[object], int]
+    intermediate_size_attr: str
+    attention_classes: tuple[str, ...]
+    query_slices: Callable[[nn.Module], QuerySlices]
+    tied_readout_norms: dict[str, str] = field(default_factory=dict)
+
+    def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in model.named_modules() if type(m).__name__ in self.attention_classes]
+
+
+@torch.no_grad()
+def scale_slices(slices: QuerySlices, factor: float) -> None:
+    for param, index in slices:
+        param[index] *= factor

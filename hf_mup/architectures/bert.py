@@ -1,0 +1,17 @@
+"""BERT: separate q/k/v Linears; the MLM decoder is tied to the word embeddings."""
+from .base import Architecture
+
+
+def _query_slices(attn):
+    return [(attn.query.weight, slice(None))] + ([(attn.query.bias, slice(None))] if attn.query.bias is not None else [])
+
+
+BERT = Architecture(
+    model_type="bert",
+    model_classes=("BertForMaskedLM", "BertModel", "BertForSequenceClassification"),
+    intermediate_size=lambda c: c.intermediate_size,
+    intermediate_size_attr="intermediate_size",
+    attention_classes=("BertSelfAttention", "BertCrossAttention"),
+    query_slices=_query_slices,
+    tied_readout_norms={"BertForMaskedLM": "cls.predictions.transform.LayerNorm"},
+)

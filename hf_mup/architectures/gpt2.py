@@ -1,0 +1,20 @@
+"""GPT-2: fused q/k/v in `c_attn` (a Conv1D, weight stored (in, out)); the query is its first third."""
+from .base import Architecture
+
+
+def _query_slices(attn):
+    if attn.is_cross_attention:  # queries come from their own projection
+        return [(attn.q_attn.weight, slice(None)), (attn.q_attn.bias, slice(None))]
+    d = attn.embed_dim
+    return [(attn.c_attn.weight, (slice(None), slice(0, d))), (attn.c_attn.bias, slice(0, d))]
+
+
+GPT2 = Architecture(
+    model_type="gpt2",
+    model_classes=("GPT2LMHeadModel", "GPT2Model", "GPT2ForSequenceClassification"),
+    intermediate_size=lambda c: c.n_inner if c.n_inner is not None else 4 * c.hidden_size,
+    intermediate_size_attr="n_inner",
+    attention_classes=("GPT2Attention",),
+    query_slices=_query_slices,
+    tied_readout_norms={"GPT2LMHeadModel": "transformer.ln_f"},
+)

@@ -1,0 +1,118 @@
+"""`describe`: a table of what hf_mup decided for every parameter."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import transformers.initialization as hf_init
+from torch import nn
+
+from .errors import MuPError
+from .model import _meta_model, get_plan, unwrap
+from .rules import Kind
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    width_mult: float
+    init_std: str  # as decided: the stock HF init std × μP's factor, or the constant it is filled with
+    adam_lr_mult: float
+    sgd_lr_mult: float
+
+
+@contextlib.contextmanager
+def _record_hf_init():
+    """Run HF's `_init_weights` without touching data, recording the std (or constant) each tensor gets."""
+    record: dict[int, tuple[str, float]] = {}
+
+    def recorder(kind):
+        def fn(tensor, *args, **kwargs):
+            if kind == "normal":
+                record[id(tensor)] = ("normal", kwargs.get("std", args[1] if len(args) > 1 else 1.0))
+            elif kind in ("zeros", "ones"):
+                record[id(tensor)] = ("const", 0.0 if kind == "zeros" else 1.0)
+            elif kind == "constant":
+                record[id(tensor)] = ("const", kwargs.get("val", args[0] if args else 0.0))
+            else:
+                record[id(tensor)] = (kind, float("nan"))
+            return tensor
+
+        return fn
+
+    names = ["normal_", "zeros_", "ones_", "constant_", "uniform_", "trunc_normal_", "xavier_uniform_", "kaiming_uniform_"]
+    saved = {n: getattr(hf_init, n) for n in names}
+    try:
+        for n in names:
+            setattr(hf_init, n, recorder(n.rstrip("_").replace("trunc_normal", "normal")))
+        yield record
+    finally:
+        for n, fn in saved.items():
+            setattr(hf_init, n, fn)
+
+
+def parameter_table(model: nn.Module) -> list[ParamInfo]:
+    """One `ParamInfo` per parameter of a μP model (a meta-device model works: nothing is allocated)."""
+    plan = get_plan(model)
+    if plan is None:
+        raise MuPError("describe needs a μP model: build it with hf_mup.MuPModel.from_config(...).")
+    model = unwrap(model)
+    twin = _meta_model(type(model), model.config)  # HF's init, recorded on a data-less copy
+    for t in [*twin.modules(), *twin.parameters()]:
+        t.__dict__.pop("_is_hf_initialized", None)
+    with _record_hf_init() as record:
+        twin.initialize_weights()
+    zeroed = set()
+    if plan.mup.zero_init_readout:
+        zeroed |= {f"{n}.weight" for n in plan.readouts.keys() - plan.tied_readouts}
+    query_params = set()
+    if plan.mup.zero_init_query:
+        query_params = {id(p) for _, attn in plan.arch.attention_modules(twin) for p, _ in plan.arch.query_slices(attn)}
+    rows = []
+    for name, p in twin.named_parameters():
+        rule = plan.rules[name]
+        how, std = record.get(id(p), ("?", float("nan")))
+        if name in zeroed:
+            init = "0 (zero readout)"
+        elif how == "normal":
+            init = f"{std * rule.init_scale:.4g}"
+            if id(p) in query_params:
+                init += ", query 0" if p.ndim == 2 else ""
+        elif how == "const":
+            init = f"={std:g}"
+        else:
+            init = how
+        rows.append(
+            ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"), rule.lr_mult("sgd"))
+        )
+    return rows
+
+
+def describe(model: nn.Module) -> str:
+    """A text table of every parameter: kind, width multiplier, init std, LR multipliers, plus the forward multipliers.
+
+    Usage: `print(hf_mup.describe(model))`
+    """
+    plan = get_plan(model)
+    rows = parameter_table(model)
+    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×")
+    cells = [header] + [
+        (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std, f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}")
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = {k.value: sum(r.kind == k.value for r in rows) for k in Kind}
+    mup = plan.mup
+    lines += [
+        "",
+        f"base hidden size {mup.base_hidden_size}, head size {plan.head_dim} (base {plan.base_head_dim}); "
+        + ", ".join(f"{n} {k}" for k, n in counts.items()),
+        f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} · √(d_base/d))",
+        f"input_mult {mup.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}",
+        "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "") for n, s in plan.readouts.items()) or "nothing"),
+    ]
+    return "\n".join(lines)
