@@ -1,0 +1,54 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, GPT2Config  # noqa: E402
+
+VOCAB = 128
+
+
+def gpt2_config(width: int = 64, head_dim: int = 16, **kw) -> GPT2Config:
+    kw = {"n_layer": 2, "n_positions": 64, "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,
+          "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
+    return GPT2Config(n_embd=width, n_head=width // head_dim, **kw)
+
+
+def bert_config(width: int = 64, head_dim: int = 16, **kw) -> BertConfig:
+    kw = {"num_hidden_layers": 2, "max_position_embeddings": 64, "vocab_size": VOCAB,
+          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "intermediate_size": 4 * width, **kw}
+    return BertConfig(hidden_size=width, num_attention_heads=width // head_dim, **kw)
+
+
+CONFIGS = {"gpt2": gpt2_config, "bert": bert_config}
+MODEL_CLASSES = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPT2ForSequenceClassification": "gpt2",
+    "GPT2Model": "gpt2",
+    "BertForMaskedLM": "bert",
+    "BertForSequenceClassification": "bert",
+    "BertModel": "bert",
+}
+
+
+def make_config(model_class: str, width: int, **kw):
+    arch = MODEL_CLASSES[model_class]
+    if model_class.endswith("SequenceClassification"):
+        kw.setdefault("num_labels", 3)
+        kw.setdefault("pad_token_id", 0)
+    return CONFIGS[arch](width, **kw)
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(1, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model, x):
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
