@@ -10,6 +10,7 @@ What changes on the stock model:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,18 +344,20 @@ class MuPModel:
         config: PretrainedConfig,
         base_hidden_size: int | None = None,
         model_class: type | str | None = None,
-        **mup_options: Any,
+        **kwargs: Any,
     ) -> PreTrainedModel:
         """A freshly initialised μP model of `config`'s architecture.
 
         `model_class` defaults to `config.architectures[0]`, else the causal LM (GPT-2) / masked LM (BERT).
-        `mup_options` are `MuPConfig` fields (`output_mult=8.0`, `zero_init_query=False`, ...).
+        `kwargs` are `MuPConfig` fields (`output_mult=8.0`, `zero_init_query=False`, ...); the others go to
+        transformers' `_from_config` (`dtype=torch.bfloat16`, `attn_implementation="flash_attention_2"`, ...).
         """
         config = copy.deepcopy(config)
-        mup = _as_mup_config(config, base_hidden_size, mup_options)
+        mup_fields = {f.name for f in dataclasses.fields(MuPConfig)}
+        mup = _as_mup_config(config, base_hidden_size, {k: v for k, v in kwargs.items() if k in mup_fields})
         cls = _model_class(config, model_class)
         base_configs_for(config, mup)  # fail on a bad base before allocating a big model
-        model = cls._from_config(config)
+        model = cls._from_config(config, **{k: v for k, v in kwargs.items() if k not in mup_fields})
         plan = make_plan(model, mup)
         apply_init(model, plan)
         apply_forward(model, plan)
