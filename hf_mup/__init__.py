@@ -14,12 +14,22 @@ from .rules import Kind, TensorRule
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The Trainer pulls in much of transformers and accelerate: import it only when asked for.
+    if name in ("MuPTrainer", "mup_model_init"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hf_mup' has no attribute {name!r}")
+
 __all__ = [
     "Kind",
     "MuPConfig",
     "MuPError",
     "MuPModel",
     "MuPPlan",
+    "MuPTrainer",
     "TensorRule",
     "check_optimizer",
     "convert",
@@ -27,5 +37,6 @@ __all__ = [
     "fold",
     "get_plan",
     "is_mup",
+    "mup_model_init",
     "mup_param_groups",
 ]

@@ -275,6 +275,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+# Segments that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name in the bare transformers model, whatever wrappers it went through."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
 def get_plan(model: nn.Module) -> MuPPlan | None:
     """The μP plan of a converted model; None for a stock one. Raises if μP settings were not applied."""
     model = unwrap(model)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .errors import MuPError
-from .model import get_plan, unwrap
+from .model import canonical_name, get_plan, unwrap
 from .rules import ADAM_LIKE, OPTIMIZERS, SGD_LIKE, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
@@ -29,7 +29,7 @@ def _no_decay_predicate(model: nn.Module, no_decay: NoDecay) -> Callable[[str], 
     if no_decay is not None:
         patterns = tuple(no_decay)
         return lambda name: any(p in name for p in patterns)
-    norms = _norm_param_names(model)  # the Trainer's default: no decay on biases and norm weights
+    norms = {canonical_name(n) for n in _norm_param_names(model)}  # as the Trainer: no decay on biases, norms
     return lambda name: name in norms or name.endswith("bias")
 
 
@@ -66,6 +66,7 @@ def mup_param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        name = canonical_name(name)
         rule = plan.rules[name]
         lr_mult = rule.lr_mult(optimizer)
         decays = weight_decay != 0 and not skip_decay(name)
@@ -108,6 +109,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         group = group_of.get(id(p))
         if group is None or not p.requires_grad:
             continue
+        name = canonical_name(name)
         if "lr_mult" not in group:
             raise MuPError(
                 f"The optimizer {type(optimizer).__name__} has no μP parameter groups (parameter {name!r} is in a "

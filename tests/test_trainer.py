@@ -1,0 +1,138 @@
+"""MuPTrainer: μP groups for args.optim, per-kind LR logs, refused plain optimizers, exact resume, Optuna search."""
+import pytest
+import torch
+from conftest import make_config
+from transformers import TrainerCallback, TrainingArguments
+
+import hf_mup
+from hf_mup import MuPTrainer, mup_model_init
+
+WIDTH, BASE, LR = 128, 64, 1e-2
+
+
+def _dataset(n=48, seq=16, seed=0):
+    x = torch.randint(1, 128, (n, seq), generator=torch.Generator().manual_seed(seed))
+    return [{"input_ids": r, "labels": r} for r in x]
+
+
+def _args(tmp_path, **kw):
+    kw = {"per_device_train_batch_size": 8, "max_steps": 10, "learning_rate": LR, "warmup_steps": 4,
+          "lr_scheduler_type": "linear", "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": True,
+          "seed": 0, "data_seed": 0, "disable_tqdm": True, "weight_decay": 0.1, **kw}
+    return TrainingArguments(str(tmp_path), **kw)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE, **kw)
+
+
+class RecordLRs(TrainerCallback):
+    def __init__(self):
+        self.lrs = {}
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs[state.global_step] = {g["mup_kind"] + str(g["lr_mult"]): g["lr"] for g in optimizer.param_groups}
+
+
+@pytest.mark.parametrize("optim, family", [("adamw_torch", "adamw"), ("sgd", "sgd")])
+def test_group_lrs_follow_mup_and_the_schedule(tmp_path, optim, family):
+    record = RecordLRs()
+    trainer = MuPTrainer(model=_model(), args=_args(tmp_path, optim=optim), train_dataset=_dataset(), callbacks=[record])
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    assert {g["mup_optimizer"] for g in groups} == {family}
+    hf_mup.check_optimizer(trainer.model, trainer.optimizer)
+    lambdas = {0: 0.0, 2: 2 / 4, 9: (10 - 9) / (10 - 4)}  # linear warmup over 4 steps, then linear decay to 0 at 10
+    for step, lam in lambdas.items():
+        for g in groups:
+            assert record.lrs[step][g["mup_kind"] + str(g["lr_mult"])] == pytest.approx(LR * g["lr_mult"] * lam)
+    # μP's hidden LR for Adam is η/m (m = 2) and SGD's input LR is η·m: the groups really differ.
+    mults = {(g["mup_kind"], g["lr_mult"]) for g in groups}
+    assert ("hidden", 0.5) in mults if family == "adamw" else ("input", 2.0) in mults
+    # Weight decay: width-independent, not on biases/norms.
+    hidden = next(g for g in groups if g["mup_kind"] == "hidden" and g["weight_decay"] > 0)
+    assert hidden["weight_decay"] == pytest.approx(0.1 / hidden["lr_mult"])
+    # Per-kind LRs are logged.
+    logged = [h for h in trainer.state.log_history if "learning_rate/hidden" in h]
+    # Adam: input η, hidden η/2; SGD: input η·2, hidden η. Either way input = 2 × hidden.
+    assert logged and all(h["learning_rate/input"] == pytest.approx(2 * h["learning_rate/hidden"]) for h in logged)
+
+
+def test_unscalable_optimizer_is_refused(tmp_path):
+    trainer = MuPTrainer(model=_model(), args=_args(tmp_path, optim="adafactor"), train_dataset=_dataset())
+    with pytest.raises(hf_mup.MuPError, match=r"cannot scale optim='adafactor'.*adamw_torch"):
+        trainer.train()
+
+
+def test_plain_optimizer_is_refused(tmp_path):
+    model = _model()
+    with pytest.raises(hf_mup.MuPError, match="no μP parameter groups"):
+        MuPTrainer(model=model, args=_args(tmp_path), train_dataset=_dataset(),
+                   optimizers=(torch.optim.AdamW(model.parameters(), lr=LR), None))
+    # With μP groups it is accepted.
+    MuPTrainer(model=model, args=_args(tmp_path), train_dataset=_dataset(),
+               optimizers=(torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=LR)), None))
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _losses(trainer):
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+def test_resume_is_exact(tmp_path):
+    full = MuPTrainer(model=_model(output_mult=2.0), args=_args(tmp_path / "full"), train_dataset=_dataset())
+    full.train()
+    # Interrupted run: killed after step 5's checkpoint; a fresh start then resumes from it.
+    first = MuPTrainer(model=_model(output_mult=2.0), args=_args(tmp_path / "cut", save_strategy="steps", save_steps=5),
+                       train_dataset=_dataset(), callbacks=[StopAfter(5)])
+    first.train()
+    assert first.state.global_step == 5
+    checkpoint = tmp_path / "cut" / "checkpoint-5"
+    assert hf_mup.MuPModel.from_pretrained(checkpoint).config.mup["output_mult"] == 2.0
+    assert (checkpoint / "model.safetensors").exists()
+    other_seed_model = hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE,
+                                                   output_mult=2.0)
+    resumed = MuPTrainer(model=other_seed_model, args=_args(tmp_path / "cut"), train_dataset=_dataset())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    expected, got = _losses(full), _losses(resumed)
+    assert sorted(got) == list(range(1, 11))  # steps 1-5 come back from the checkpoint's trainer state
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], abs=1e-6)
+    for name, p in resumed.model.named_parameters():
+        torch.testing.assert_close(p, full.model.get_parameter(name), rtol=0, atol=1e-6)
+
+
+def test_optuna_search_over_mup_multipliers(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    built = []
+
+    def hp_space(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-2, log=True),
+                "output_mult": trial.suggest_float("output_mult", 1.0, 8.0, log=True),
+                "initializer_range": trial.suggest_float("initializer_range", 0.01, 0.04)}
+
+    init = mup_model_init(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE)
+
+    def model_init(trial):
+        model = init(trial)
+        built.append((model.config.mup["output_mult"], model.config.initializer_range))
+        return model
+
+    trainer = MuPTrainer(model_init=model_init, args=_args(tmp_path, max_steps=4, eval_strategy="no"),
+                         train_dataset=_dataset(), eval_dataset=_dataset(16, seed=1))
+    best = trainer.hyperparameter_search(hp_space=hp_space, backend="optuna", n_trials=3, direction="minimize",
+                                         sampler=optuna.samplers.RandomSampler(seed=0))
+    assert set(best.hyperparameters) == {"learning_rate", "output_mult", "initializer_range"}
+    assert best.objective == pytest.approx(best.objective) and best.objective > 0
+    trial_mults = built[1:]  # the first model_init(None) comes from the Trainer's constructor
+    assert len(trial_mults) == 3 and len({m for m, _ in trial_mults}) == 3
+    assert (best.hyperparameters["output_mult"], best.hyperparameters["initializer_range"]) in trial_mults
