@@ -1,0 +1,68 @@
+"""Trains a tiny μP GPT-2 with a plain accelerate loop; run by tests/test_accelerate.py, alone or under
+`accelerate launch --cpu --num_processes 2`. Writes the losses and a parameter checksum to --out (rank 0)."""
+import argparse
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import GPT2Config  # noqa: E402
+
+import hf_mup  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", required=True)
+parser.add_argument("--batch-size", type=int, default=4, help="per process")
+parser.add_argument("--steps", type=int, default=4)
+parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2's fully_shard")
+args = parser.parse_args()
+
+accelerator = Accelerator(cpu=True)
+torch.manual_seed(0)
+config = GPT2Config(n_embd=128, n_head=8, n_layer=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+model = hf_mup.MuPModel.from_config(config, base_hidden_size=64, output_mult=4.0)
+data = torch.randint(0, 128, (args.steps * args.batch_size * accelerator.num_processes, 16),
+                     generator=torch.Generator().manual_seed(1))
+loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
+if args.fsdp:
+    # accelerate's FSDP plugin needs GPUs; on CPU (gloo) shard with FSDP2 directly and let accelerate do the rest.
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
+if args.fsdp:
+    optimizer, loader = accelerator.prepare(optimizer, loader)
+else:
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+hf_mup.check_optimizer(model, optimizer)  # the groups survived wrapping
+
+losses = []
+for batch in loader:
+    loss = model(batch, labels=batch).loss
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+
+state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+         for n, p in hf_mup.model.unwrap(model).named_parameters()}
+if accelerator.is_main_process:
+    unwrapped = hf_mup.model.unwrap(model)
+    plan = hf_mup.get_plan(unwrapped)
+    result = {
+        "num_processes": accelerator.num_processes,
+        "sharded": any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()),
+        "losses": losses,
+        "param_sums": {hf_mup.model.canonical_name(n): t.double().abs().sum().item() for n, t in state.items()},
+        "lr_mults": sorted({g["lr_mult"] for g in optimizer.param_groups}),
+        "readout_scale": plan.readouts["lm_head"],
+        "attn_scaling": [m.scaling for m in unwrapped.modules() if hasattr(m, "mup_stock_scaling")],
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
