@@ -19,6 +19,7 @@ class Architecture:
     - `intermediate_size`: reads the MLP width from a config; `intermediate_size_attr` is where to write it.
     - `attention_classes`: class names of attention modules, whose `scaling` hf_mup sets.
     - `query_slices`: the query projection inside an attention module (zero-init and folding of the scale).
+    - `query_key`: the query and key projections of an attention module's input (for coordinate checks).
     - `tied_readout_norms`: per model class, the norm whose output only a tied readout reads; `fold` puts the
       readout multiplier there, since the tied weight is shared with the input embedding.
     """
@@ -29,6 +30,7 @@ class Architecture:
     intermediate_size_attr: str
     attention_classes: tuple[str, ...]
     query_slices: Callable[[nn.Module], QuerySlices]
+    query_key: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     tied_readout_norms: dict[str, str] = field(default_factory=dict)
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -6,6 +6,10 @@ def _query_slices(attn):
     return [(attn.query.weight, slice(None))] + ([(attn.query.bias, slice(None))] if attn.query.bias is not None else [])
 
 
+def _query_key(attn, hidden):
+    return attn.query.forward(hidden), attn.key.forward(hidden)  # `.forward`: no hooks fire
+
+
 BERT = Architecture(
     model_type="bert",
     model_classes=("BertForMaskedLM", "BertModel", "BertForSequenceClassification"),
@@ -13,5 +17,6 @@ BERT = Architecture(
     intermediate_size_attr="intermediate_size",
     attention_classes=("BertSelfAttention", "BertCrossAttention"),
     query_slices=_query_slices,
+    query_key=_query_key,
     tied_readout_norms={"BertForMaskedLM": "cls.predictions.transform.LayerNorm"},
 )

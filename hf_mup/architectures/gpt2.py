@@ -9,6 +9,12 @@ def _query_slices(attn):
     return [(attn.c_attn.weight, (slice(None), slice(0, d))), (attn.c_attn.bias, slice(0, d))]
 
 
+def _query_key(attn, hidden):
+    # `.forward`: no hooks fire, so a coordinate check does not record the projection twice.
+    q, k, _ = attn.c_attn.forward(hidden).split(attn.embed_dim, dim=-1)
+    return q, k
+
+
 GPT2 = Architecture(
     model_type="gpt2",
     model_classes=("GPT2LMHeadModel", "GPT2Model", "GPT2ForSequenceClassification"),
@@ -16,5 +22,6 @@ GPT2 = Architecture(
     intermediate_size_attr="n_inner",
     attention_classes=("GPT2Attention",),
     query_slices=_query_slices,
+    query_key=_query_key,
     tied_readout_norms={"GPT2LMHeadModel": "transformer.ln_f"},
 )

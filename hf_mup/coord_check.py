@@ -1,0 +1,256 @@
+"""The coordinate check: is every activation's size flat in width, at init and after a few steps?
+
+Usage:
+    records = coord_check("gpt2", widths=(64, 128, 256, 512), steps=3)
+    bad = verdict(slopes(records))   # [] when μP holds
+
+For each parametrization, width, seed and step t (t = 0 is the forward at init, before any update) it records
+`output.abs().mean()` of every module of the stock HF model (embeddings, blocks, attention, MLP, norms, the
+readout) through forward hooks, plus `<attention>.scores`: the attention logits q·k·scaling, recomputed from the
+module's input. Under μP the log-log slope of these against width stays near 0; under SP the logits and the
+attention scores grow with width once the model has taken a step or two.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .architectures import Architecture, get_architecture
+from .model import MuPModel
+from .optim import mup_param_groups
+
+# "mup_global_lr" is a deliberately broken setup: a μP model trained with one LR for every tensor
+# (`torch.optim.AdamW(model.parameters())`), which a coordinate check must catch.
+PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
+# The band a μP slope must stay in, (low, high). Asymmetric on purpose: blowing up is what μP prevents, while at
+# small widths μP's own finite-width corrections shrink like width^-1/2 (activations that start at 0, e.g. attention
+# scores with a zero-initialised query; the readout at init). Measured slopes: tests/test_coord_check.py.
+DEFAULT_BAND = (-0.7, 0.25)
+
+
+def make_config(arch: str, width: int, n_layer: int, head_dim: int, seq_len: int, vocab_size: int):
+    """A small GPT-2 / BERT config of hidden size `width` with fixed head size, MLP 4× and dropout 0."""
+    from transformers import BertConfig, GPT2Config
+
+    heads = width // head_dim
+    if arch == "gpt2":
+        return GPT2Config(
+            n_embd=width, n_head=heads, n_layer=n_layer, n_positions=seq_len, vocab_size=vocab_size,
+            bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+    if arch == "bert":
+        return BertConfig(
+            hidden_size=width, num_attention_heads=heads, num_hidden_layers=n_layer, intermediate_size=4 * width,
+            max_position_embeddings=seq_len, vocab_size=vocab_size, pad_token_id=0,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )
+    raise ValueError(f"coord_check supports arch 'gpt2' and 'bert', not {arch!r}")
+
+
+def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int,
+                 data: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+    """One batch per step, fixed by `seed` only (so the same at every width): random rows of `data`, else one
+    random token batch repeated at every step (the model fits it, so updates line up with the inputs, as with text).
+
+    BERT batches are masked-LM batches: 15% of positions become the mask token (the last id), labelled.
+    """
+    g = torch.Generator().manual_seed(seed)
+    fixed = torch.randint(vocab_size - 1, (batch_size, seq_len), generator=g)
+    batches = []
+    for _ in range(steps):
+        ids = fixed if data is None else data[torch.randint(len(data), (batch_size,), generator=g), :seq_len].long()
+        if arch == "gpt2":
+            batches.append({"input_ids": ids, "labels": ids})
+        else:
+            masked = torch.rand(ids.shape, generator=g) < 0.15
+            batches.append({"input_ids": ids.masked_fill(masked, vocab_size - 1), "labels": ids.masked_fill(~masked, -100)})
+    return batches
+
+
+def add_hooks(model: nn.Module, head_dim: int, stats: dict[str, float], arch: Architecture) -> list:
+    """Forward hooks writing mean |output| of every module (and the attention scores) into `stats`."""
+
+    def record(name):
+        def hook(module, args, kwargs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                stats[name] = out.detach().abs().mean().item()
+            if type(module).__name__ in arch.attention_classes:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                with torch.no_grad():
+                    q, k = (x.unflatten(-1, (-1, head_dim)).transpose(1, 2) for x in arch.query_key(module, hidden))
+                    stats[f"{name}.scores"] = (q @ k.transpose(-1, -2) * module.scaling).abs().mean().item()
+        return hook
+
+    skip = (nn.Dropout, nn.ModuleList)
+    return [
+        module.register_forward_hook(record(name), with_kwargs=True)
+        for name, module in model.named_modules()
+        if name and module is not getattr(model, "base_model", None) and not isinstance(module, skip)
+    ]
+
+
+def build(arch: str, parametrization: str, config, lr: float, optimizer: str, base_width: int,
+          mup_options: dict[str, Any] | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model and its optimizer for one parametrization ("mup", "sp" or "mup_global_lr")."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {tuple(optimizers)}")
+    opt_class = optimizers[optimizer]
+    extra = {"weight_decay": 0.0} if optimizer != "sgd" else {}  # AdamW's default decay would blur the check
+    if parametrization == "sp":
+        auto = AutoModelForCausalLM if arch == "gpt2" else AutoModelForMaskedLM
+        model = auto.from_config(config)
+        return model, opt_class(model.parameters(), lr=lr, **extra)
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"unknown parametrization {parametrization!r}; use one of {PARAMETRIZATIONS}")
+    model = MuPModel.from_config(config, base_hidden_size=base_width, **(mup_options or {}))
+    if parametrization == "mup_global_lr":
+        return model, opt_class(model.parameters(), lr=lr, **extra)
+    return model, opt_class(mup_param_groups(model, lr=lr, optimizer=optimizer), **extra)
+
+
+def coord_check(
+    arch: str = "gpt2",
+    widths: Sequence[int] = (64, 128, 256, 512),
+    steps: int = 3,
+    lr: float = 1e-2,
+    optimizer: str = "adamw",
+    parametrizations: Sequence[str] = ("mup", "sp"),
+    seeds: Sequence[int] = (0, 1),
+    base_width: int = 64,
+    n_layer: int = 2,
+    head_dim: int = 16,
+    seq_len: int = 32,
+    batch_size: int = 8,
+    vocab_size: int = 512,
+    data: torch.Tensor | None = None,
+    mup_options: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Mean |activation| of every module, per parametrization, width, seed and step (t = 0: at init).
+
+    Usage: `records = coord_check("bert", widths=(64, 256), optimizer="sgd", lr=0.1)`
+
+    Widths must be multiples of `head_dim` (heads = width / head_dim) and at least `base_width`. `parametrizations`:
+    any of "mup", "sp" (the stock model, one LR) and "mup_global_lr" (a μP model with one LR: a broken setup).
+    Returns dicts `{parametrization, width, seed, step, module, value}`. `data`: token ids of shape [N, seq_len]
+    (e.g. real text) to sample batches from; random tokens otherwise. `mup_options`: `MuPConfig` fields.
+    """
+    if data is not None:
+        vocab_size = max(vocab_size, int(data.max()) + 2)  # +1: BERT's mask token is the last id
+    records = []
+    for seed in seeds:
+        batches = make_batches(arch, steps, batch_size, seq_len, vocab_size, seed, data)
+        for parametrization in parametrizations:
+            for width in widths:
+                config = make_config(arch, width, n_layer, head_dim, seq_len, vocab_size)
+                torch.manual_seed(seed)
+                model, opt = build(arch, parametrization, config, lr, optimizer, base_width, mup_options)
+                model.train()
+                stats: dict[str, float] = {}
+                hooks = add_hooks(model, head_dim, stats, get_architecture(config))
+                for step, batch in enumerate(batches):
+                    stats.clear()
+                    loss = model(**batch).loss
+                    records += [dict(parametrization=parametrization, width=width, seed=seed, step=step,
+                                     module=name, value=value) for name, value in stats.items()]
+                    if step < len(batches) - 1:  # the last forward is only measured
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                for h in hooks:
+                    h.remove()
+    return records
+
+
+def slopes(records: list[dict]) -> list[dict]:
+    """Least-squares slope of log(mean |act|, averaged over seeds) against log(width), per (parametrization, module, step).
+
+    Usage: `for row in slopes(records): print(row["parametrization"], row["module"], row["step"], row["slope"])`
+
+    Rows: `{parametrization, module, step, slope, widths, means}`. A module whose mean is 0 at some width (e.g.
+    attention scores with a zero-initialised query, at init) gets slope NaN: nothing to fit. A non-finite mean
+    (a diverged run) gets slope +inf, so that `verdict` flags it.
+    """
+    by_key: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_key[r["parametrization"], r["module"], r["step"]][r["width"]].append(r["value"])
+    rows = []
+    for (parametrization, module, step), per_width in by_key.items():
+        widths = sorted(per_width)
+        means = [sum(per_width[w]) / len(per_width[w]) for w in widths]
+        if not all(math.isfinite(m) for m in means):
+            slope = math.inf
+        elif len(widths) < 2 or not all(m > 0 for m in means):
+            slope = math.nan
+        else:
+            xs, ys = [math.log(w) for w in widths], [math.log(m) for m in means]
+            x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
+            slope = sum((x - x0) * (y - y0) for x, y in zip(xs, ys)) / sum((x - x0) ** 2 for x in xs)
+        rows.append(dict(parametrization=parametrization, module=module, step=step, slope=slope,
+                         widths=widths, means=means))
+    return rows
+
+
+def verdict(slope_rows: list[dict], threshold: float | tuple[float, float] = DEFAULT_BAND,
+            parametrization: str = "mup") -> list[dict]:
+    """The rows of `parametrization` whose slope is outside the band (NaN slopes are skipped): [] means a pass.
+
+    Usage: `sys.exit(1 if verdict(slopes(records)) else 0)`
+
+    `threshold`: a number t flags |slope| > t; a pair (low, high) flags slopes outside [low, high] (the default,
+    `DEFAULT_BAND`). Under μP the readout at init legitimately scales as width^-1/2 (its input is multiplied by
+    1/m), which the default band allows.
+    """
+    low, high = (-threshold, threshold) if isinstance(threshold, (int, float)) else threshold
+    return [r for r in slope_rows if r["parametrization"] == parametrization and not low <= r["slope"] <= high
+            and not math.isnan(r["slope"])]
+
+
+def plot(records: list[dict], path: str) -> None:
+    """Log-log mean |activation| against width: a row per parametrization, a column per step, a line per module.
+
+    Usage: `plot(records, "coord_check.png")`
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = slopes(records)
+    params = list(dict.fromkeys(r["parametrization"] for r in rows))
+    modules = list(dict.fromkeys(r["module"] for r in rows))
+    steps = sorted({r["step"] for r in rows})
+    widths = sorted({w for r in rows for w in r["widths"]})
+    colors = plt.get_cmap("turbo")([i / max(1, len(modules) - 1) for i in range(len(modules))])
+    fig, axes = plt.subplots(len(params), len(steps), figsize=(3.2 * len(steps) + 2.5, 2.8 * len(params)),
+                             sharex=True, sharey=True, squeeze=False)
+    lines = {}
+    for i, p in enumerate(params):
+        for j, t in enumerate(steps):
+            ax = axes[i][j]
+            for r in rows:
+                if r["parametrization"] == p and r["step"] == t and all(0 < m < math.inf for m in r["means"]):
+                    k = modules.index(r["module"])
+                    lines[r["module"]], = ax.plot(r["widths"], r["means"], marker=".", lw=1, color=colors[k])
+            ax.set_title(f"{p}, t={t}", fontsize=9)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(widths, [str(w) for w in widths], fontsize=7)
+            ax.minorticks_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("width")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean |activation|")
+    right = 1 - 2.5 / fig.get_figwidth()  # 2.5 inches for the legend
+    fig.subplots_adjust(left=0.07, right=right, top=0.94, bottom=0.08, hspace=0.3, wspace=0.08)
+    fig.legend([lines[m] for m in modules if m in lines], [m for m in modules if m in lines],
+               loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=6)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
