@@ -1,0 +1,181 @@
+"""Train a μP GPT-2 on WikiText-2 with `hf_mup.MuPTrainer`.
+
+Usage:
+    python recipes/gpt2_wikitext.py --preset tiny --output_dir out/tiny            # minutes on a CPU, offline
+    accelerate launch recipes/gpt2_wikitext.py --preset gpt2-small --output_dir out/small \\
+        --dataset_name wikitext --dataset_config wikitext-2-raw-v1 --tokenizer_name gpt2 --bf16
+
+Presets (any TrainingArguments flag, e.g. --learning_rate, overrides them):
+- `tiny`: width 128, 2 layers, base width 64; WikiText-2 shipped with hf_mup, a local BPE tokenizer.
+- `gpt2-proxy`: the width-256 proxy of GPT-2 small/medium (12 layers, head size 64) to tune on (`hf-mup sweep`).
+- `gpt2-small` (768 × 12 layers) and `gpt2-medium` (1024 × 24): the targets, base width 256, sized for GPUs.
+  Copy the proxy's best learning rate and multipliers unchanged (`--hparams` reads what `hf-mup transfer` writes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
+
+from transformers import (
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    GPT2Config,
+    HfArgumentParser,
+    TrainingArguments,
+)
+
+import hf_mup
+from hf_mup import data
+
+PRESETS = {
+    # model: GPT2Config fields; mup: MuPConfig fields; train: TrainingArguments defaults.
+    "tiny": {
+        "model": {"n_embd": 128, "n_head": 8, "n_layer": 2, "n_positions": 64},
+        "mup": {"base_hidden_size": 64, "output_mult": 8.0},
+        "train": {"learning_rate": 2**-7, "max_steps": 150, "per_device_train_batch_size": 16, "warmup_steps": 15,
+                  "lr_scheduler_type": "cosine", "eval_steps": 50, "logging_steps": 10, "save_steps": 50},
+        "block_size": 64,
+    },
+    "gpt2-proxy": {
+        "model": {"n_embd": 256, "n_head": 4, "n_layer": 12, "n_positions": 1024},
+        "mup": {"base_hidden_size": 256},
+        "train": {"learning_rate": 2**-8, "max_steps": 5000, "per_device_train_batch_size": 32, "warmup_steps": 500,
+                  "lr_scheduler_type": "cosine", "eval_steps": 500, "logging_steps": 50, "save_steps": 1000},
+        "block_size": 1024,
+    },
+    "gpt2-small": {
+        "model": {"n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024},
+        "mup": {"base_hidden_size": 256},
+        "train": {"learning_rate": 2**-8, "max_steps": 20000, "per_device_train_batch_size": 32, "warmup_steps": 2000,
+                  "lr_scheduler_type": "cosine", "eval_steps": 1000, "logging_steps": 50, "save_steps": 2000},
+        "block_size": 1024,
+    },
+    "gpt2-medium": {
+        "model": {"n_embd": 1024, "n_head": 16, "n_layer": 24, "n_positions": 1024},
+        "mup": {"base_hidden_size": 256},
+        "train": {"learning_rate": 2**-8, "max_steps": 40000, "per_device_train_batch_size": 16, "warmup_steps": 4000,
+                  "lr_scheduler_type": "cosine", "eval_steps": 2000, "logging_steps": 50, "save_steps": 4000},
+        "block_size": 1024,
+    },
+}
+
+
+@dataclass
+class RecipeArguments:
+    preset: str = field(default="tiny", metadata={"help": f"one of {', '.join(PRESETS)}"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a Hub dataset (online); default: local files"})
+    dataset_config: str | None = field(default=None, metadata={"help": "e.g. wikitext-2-raw-v1"})
+    train_file: str | None = field(default=None, metadata={"help": "local text; default: WikiText-2 valid.txt"})
+    validation_file: str | None = field(default=None, metadata={"help": "local text; default: WikiText-2 test.txt"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "a Hub tokenizer; default: BPE trained locally"})
+    vocab_size: int = field(default=4096, metadata={"help": "size of the locally trained BPE"})
+    block_size: int | None = field(default=None, metadata={"help": "sequence length (default: the preset's)"})
+    max_eval_blocks: int = field(default=256, metadata={"help": "evaluate on at most this many sequences"})
+    hparams: str | None = field(default=None, metadata={"help": "JSON from `hf-mup transfer`: mup + training args"})
+    output_mult: float | None = None
+    input_mult: float | None = None
+    attn_mult: float | None = None
+    base_hidden_size: int | None = None
+    mup_weight_decay_mode: str = "width_independent"
+    resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
+
+
+def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
+    parser = HfArgumentParser((RecipeArguments, TrainingArguments))
+    known, _ = parser.parse_known_args(argv)
+    preset = PRESETS[known.preset]
+    # The preset's values, then --hparams, become defaults that explicit flags override.
+    hparams = {}
+    if known.hparams:
+        hparams = json.loads(open(known.hparams).read())
+    parser.set_defaults(**{"output_dir": "gpt2_wikitext_out", "eval_strategy": "steps", "report_to": "none",
+                           **preset["train"], **hparams.get("training_args", {})})
+    recipe, training = parser.parse_args_into_dataclasses(argv)
+    recipe.mup_defaults = {**preset["mup"], **hparams.get("mup", {})}
+    return recipe, training
+
+
+def load_text(recipe: RecipeArguments):
+    from datasets import load_dataset
+
+    if recipe.dataset_name:
+        raw = load_dataset(recipe.dataset_name, recipe.dataset_config)
+        return raw["train"], raw["validation"]
+    folder = data.wikitext_dir()
+    files = {"train": recipe.train_file or str(folder / "valid.txt"),
+             "validation": recipe.validation_file or str(folder / "test.txt")}
+    raw = load_dataset("text", data_files=files)
+    return raw["train"], raw["validation"]
+
+
+def tokenizer_for(recipe: RecipeArguments, train_text):
+    if recipe.tokenizer_name:
+        tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer_name)
+    else:
+        path = recipe.train_file or str(data.wikitext_dir() / "valid.txt")
+        tokenizer = data.train_tokenizer([path], vocab_size=recipe.vocab_size)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+def blocks(dataset, tokenizer, block_size: int, training: TrainingArguments):
+    """run_clm's recipe: tokenize, concatenate, cut into blocks of `block_size`."""
+
+    def group(examples):
+        ids = list(chain.from_iterable(examples["input_ids"]))
+        n = len(ids) // block_size * block_size
+        return {"input_ids": [ids[i : i + block_size] for i in range(0, n, block_size)]}
+
+    with training.main_process_first(desc="tokenizing"):
+        tokenized = dataset.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=dataset.column_names)
+        tokenized = tokenized.remove_columns([c for c in tokenized.column_names if c != "input_ids"])
+        return tokenized.map(group, batched=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    recipe, training = parse_args(sys.argv[1:] if argv is None else argv)
+    preset = PRESETS[recipe.preset]
+    block_size = recipe.block_size or preset["block_size"]
+    train_text, val_text = load_text(recipe)
+    tokenizer = tokenizer_for(recipe, train_text)
+    train_ds = blocks(train_text, tokenizer, block_size, training)
+    val_ds = blocks(val_text, tokenizer, block_size, training)
+    val_ds = val_ds.select(range(min(len(val_ds), recipe.max_eval_blocks)))
+
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])})
+    overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")
+                 if getattr(recipe, k) is not None}
+    model = hf_mup.MuPModel.from_config(config, **{**recipe.mup_defaults, **overrides})
+
+    trainer = hf_mup.MuPTrainer(
+        model=model,
+        args=training,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+        mup_weight_decay_mode=recipe.mup_weight_decay_mode,
+    )
+    last = None
+    if recipe.resume and os.path.isdir(training.output_dir):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training.output_dir)
+    trainer.train(resume_from_checkpoint=last)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training.output_dir, "final_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"eval loss {metrics['eval_loss']:.4f}; μP model saved to {training.output_dir} "
+              f"(load it with hf_mup.MuPModel.from_pretrained)")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

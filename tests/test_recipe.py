@@ -1,0 +1,37 @@
+"""recipes/gpt2_wikitext.py --preset tiny: a smoke run offline, and --hparams from `hf-mup transfer`."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import hf_mup
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "gpt2_wikitext.py"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("gpt2_wikitext", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_preset_trains_saves_and_resumes(tmp_path):
+    hparams = tmp_path / "hparams.json"
+    hparams.write_text(json.dumps({"mup": {"output_mult": 2.0}, "training_args": {"learning_rate": 0.004}}))
+    common = ["--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_eval_blocks", "8", "--vocab_size", "512",
+              "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
+              "--hparams", str(hparams), "--per_device_train_batch_size", "4"]
+    metrics = _recipe().main(common + ["--max_steps", "2"])
+    assert math.isfinite(metrics["eval_loss"])
+    model = hf_mup.MuPModel.from_pretrained(tmp_path / "out")
+    assert model.config.mup["output_mult"] == 2.0 and model.config.n_embd == 128
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if h.get("learning_rate/input", 0) > 0]
+    assert logged and all(h["learning_rate/hidden"] == h["learning_rate/input"] / 2 for h in logged)  # m = 128/64
+    # Resume from checkpoint-2 and go on to step 4.
+    metrics = _recipe().main(common + ["--max_steps", "4", "--resume", "true"])
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and math.isfinite(metrics["eval_loss"])
