@@ -1,0 +1,48 @@
+"""`hf-mup coord-check`: outputs, verdict exit codes, bad input."""
+import csv
+
+import pytest
+import torch
+
+from hf_mup import cli
+
+SMALL = ["--widths", "32,64,128", "--steps", "2", "--seeds", "1", "--seq-len", "16", "--batch-size", "4"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_coord_check_cli_passes_and_writes(tmp_path, capsys):
+    assert cli.main(["coord-check", *SMALL, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "lm_head" in out
+    rows = list(csv.DictReader(open(tmp_path / "coord_check.csv")))
+    assert {r["parametrization"] for r in rows} == {"mup", "sp"}
+    assert {int(r["width"]) for r in rows} == {32, 64, 128}
+    assert (tmp_path / "coord_check.png").stat().st_size > 10_000
+
+
+def test_coord_check_cli_fails_outside_band(tmp_path, capsys):
+    # A band no real run fits in: the exit code must say so (users put this command in their CI).
+    code = cli.main(["coord-check", *SMALL, "--parametrization", "mup", "--low", "-0.001", "--high", "0.001",
+                     "--out", str(tmp_path)])
+    assert code == 1 and "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--widths", "128,64"], "increasing order"),
+    (["--widths", ""], "two or more"),
+    (["--widths", "64"], "two or more"),
+    (["--widths", "a,b"], "comma-separated integers"),
+    (["--arch", "t5"], "not supported"),
+    (["--parametrization", "mu"], "unknown ['mu']"),
+    (["--widths", "40,80"], "multiple of --head-dim"),
+])
+def test_coord_check_cli_bad_input(argv, message, tmp_path, capsys):
+    assert cli.main(["coord-check", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
