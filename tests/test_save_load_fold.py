@@ -111,3 +111,12 @@ def test_convert_existing_model_reinitialises(tokens):
     assert c_fc.std().item() == pytest.approx(0.02 / 2, rel=0.05)  # σ/√m, m = 4
     assert not model.transformer.h[0].attn.c_attn.weight[:, :256].any()  # zero query
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_pickled_model_keeps_mup(tokens, tmp_path):
+    """torch.save of the whole module (what some tools do) keeps the plan, hooks and attention scale."""
+    model = _trained_like("GPT2LMHeadModel")
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    torch.testing.assert_close(logits(loaded, tokens), logits(model, tokens), rtol=0, atol=0)
+    hf_mup.check_optimizer(loaded, torch.optim.AdamW(hf_mup.mup_param_groups(loaded, lr=1e-3)))

@@ -10,10 +10,14 @@ def _query_key(attn, hidden):
     return attn.query.forward(hidden), attn.key.forward(hidden)  # `.forward`: no hooks fire
 
 
+def _intermediate_size(config):
+    return config.intermediate_size
+
+
 BERT = Architecture(
     model_type="bert",
     model_classes=("BertForMaskedLM", "BertModel", "BertForSequenceClassification"),
-    intermediate_size=lambda c: c.intermediate_size,
+    intermediate_size=_intermediate_size,
     intermediate_size_attr="intermediate_size",
     attention_classes=("BertSelfAttention", "BertCrossAttention"),
     query_slices=_query_slices,

@@ -15,10 +15,14 @@ def _query_key(attn, hidden):
     return q, k
 
 
+def _intermediate_size(config):
+    return config.n_inner if config.n_inner is not None else 4 * config.hidden_size
+
+
 GPT2 = Architecture(
     model_type="gpt2",
     model_classes=("GPT2LMHeadModel", "GPT2Model", "GPT2ForSequenceClassification"),
-    intermediate_size=lambda c: c.n_inner if c.n_inner is not None else 4 * c.hidden_size,
+    intermediate_size=_intermediate_size,
     intermediate_size_attr="n_inner",
     attention_classes=("GPT2Attention",),
     query_slices=_query_slices,
