@@ -1,4 +1,5 @@
-"""The `hf-mup` command line. Usage: `hf-mup inspect gpt2-config.json --base-hidden-size 256`."""
+"""The `hf-mup` command line. Usage: `hf-mup inspect gpt2-config.json --base-hidden-size 256`,
+`hf-mup sweep --widths 64,128 --log2-lrs=-10:-4:1 --out sweep_out`, `hf-mup transfer --study grid --target-config c.json`."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +115,90 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import sweep as sw
+
+    widths = _int_list(args.widths)
+    sw.check_widths(widths)
+    lrs = sw.parse_log2_lrs(args.log2_lrs) + sw.parse_log2_lrs(args.extra_log2_lrs)
+    if not lrs:
+        raise MuPError("The log2-LR grid is empty: give e.g. --log2-lrs=-12:-4:1.")
+    params = [p.strip() for p in args.parametrization.split(",") if p.strip()]
+    points = sw.grid_points(widths, lrs, params, args.seeds) if args.mode == "grid" else []
+    if args.mode == "tune" and len(widths) != 1:
+        raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
+    base = args.base_width or widths[0]
+    if base > widths[0] or any(w % args.head_dim for w in widths):
+        raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = sw.make_spec(
+        args.mode, args.arch, args.layers, args.head_dim, args.seq_len, args.steps, args.batch_size, args.warmup,
+        args.final_lr_frac, args.clip, base, args.input_mult, args.output_mult, args.attn_mult, args.initializer_range,
+        args.tokenizer, args.vocab_size, args.train_file, args.val_file, args.dataset, args.dataset_config,
+        args.train_chars, args.val_blocks, proxy_width=widths[0], log2_lr_range=(min(lrs), max(lrs)),
+    )
+    out = Path(args.out)
+    data = sw.load_data(spec, out, args.text_column)
+    spec["data_hash"] = sw.fingerprint(*data)
+    storage = args.storage or sw.default_storage(out)
+    study = sw.open_study(args.study or args.mode, storage, spec, args.heartbeat)
+    print(f"study {study.study_name!r} in {sw.safe_url(storage)}: {len(study.trials)} trial(s) so far; "
+          f"data {data[0].numel()} train / {data[1].numel()} validation tokens, vocab {spec['vocab_size']}")
+    if args.estimate:
+        est = sw.estimate_seconds(spec, points or [{"parametrization": "mup", "width": widths[0]}], data)
+        n = len(points) or args.n_trials
+        total = est["total_seconds"] * (1 if points else n)
+        print(f"estimated seconds per trial: {est['seconds_per_trial']}; {n} trials: {total / 60:.1f} min")
+        return 0
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    write = lambda st: sw.report(st, out, plot_name=None)  # noqa: E731 (CSV + JSON after every trial)
+    if args.mode == "grid":
+        study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
+        sw.run_grid(study, spec, points, data, device, not args.no_progress, after_trial=write)
+    else:
+        study.sampler = sw.make_sampler(args.sampler, args.seed, len(study.trials))
+        sw.run_tune(study, spec, args.n_trials, data, device, not args.no_progress, after_trial=write)
+    result = sw.report(study, out, metric=f"{args.metric}_loss")
+    print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
+          + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
+    if args.mode == "grid":
+        for param, o in result["optimum"][f"{args.metric}_loss"].items():
+            best = ", ".join(f"w{w}: {v['log2_lr']:g}" if v["log2_lr"] is not None else f"w{w}: -"
+                             for w, v in o["optimum"].items())
+            print(f"{param}: best log2 LR by {args.metric} loss {best}; drift {o['drift']}")
+    elif result["best"]:
+        b = result["best"]
+        print(f"best trial {b['number']}: val loss {b['val_loss']:.4f}, log2 LR {b['log2_lr']:.2f}, init "
+              f"{b['initializer_range']:.4g}, input_mult {b['input_mult']:.3g}, output_mult {b['output_mult']:.3g}, "
+              f"attn_mult {b['attn_mult']:.3g}")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from . import sweep as sw
+    from .transfer import transfer
+
+    storage = args.storage or sw.default_storage(args.out)
+    study = sw.load_study(args.study, storage)
+    hparams, cost = transfer(study, load_config(args.target_config), args.target_tokens)
+    Path(args.output).write_text(json.dumps(hparams, indent=2))
+    src = hparams["source"]
+    print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}): "
+          f"learning_rate {hparams['training_args']['learning_rate']:.4g}, " + ", ".join(
+              f"{k} {v:g}" for k, v in hparams["mup"].items()) + f", initializer_range "
+          f"{hparams['model_config']['initializer_range']:.4g}")
+    for note in src["notes"]:
+        print(f"note: {note}")
+    print(f"tuning cost: {cost['tuning_flops']:.3g} FLOPs over {cost['trials']} trials = {cost['fraction']:.3%} of "
+          f"the target's training ({cost['target_params']:,} params × {cost['target_tokens']:.3g} tokens × 6 = "
+          f"{cost['target_flops']:.3g} FLOPs)")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-mup", description="μP and μTransfer for Hugging Face Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +234,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a μP checkpoint saved with save_pretrained")
     p.add_argument("out", help="where to save the stock model")
     p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("sweep", help="LR-transfer grid (Figure 1) or proxy tuning, as a resumable Optuna study")
+    p.add_argument("--mode", default="grid", choices=["grid", "tune"], help="grid: widths × LRs × seeds; tune: Optuna")
+    p.add_argument("--arch", default="gpt2", help="gpt2")
+    p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing (tune: the one proxy width)")
+    p.add_argument("--log2-lrs", default="-12:-4:1", help="start:stop:step or a list; write --log2-lrs=-12:-4:1 "
+                   "(tune: the range searched)")
+    p.add_argument("--extra-log2-lrs", default="", help="extra grid points, e.g. --extra-log2-lrs=-7.5,-6.5")
+    p.add_argument("--parametrization", default="mup,sp", help="comma-separated: mup, sp (grid mode)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per grid point (init and data order)")
+    p.add_argument("--n-trials", type=int, default=20, help="tune mode: complete trials wanted in the study")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
+    p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--warmup", type=float, default=0.1, help="linear warmup, fraction of --steps")
+    p.add_argument("--final-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of the LR")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
+    p.add_argument("--base-width", type=int, help="μP base width (default: the smallest width)")
+    p.add_argument("--input-mult", type=float, default=1.0)
+    p.add_argument("--output-mult", type=float, default=1.0)
+    p.add_argument("--attn-mult", type=float, default=1.0)
+    p.add_argument("--initializer-range", type=float, default=0.02)
+    p.add_argument("--tokenizer", default="bpe", choices=["bpe", "bytes"], help="BPE trained locally, or raw bytes")
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
+    p.add_argument("--train-file", help="local text (default: WikiText-2 valid.txt shipped with hf_mup)")
+    p.add_argument("--val-file", help="local text (default: WikiText-2 test.txt)")
+    p.add_argument("--train-chars", type=int, help="use only the first N characters of the train file")
+    p.add_argument("--val-blocks", type=int, default=128, help="validation sequences")
+    p.add_argument("--dataset", help="a datasets Hub name (online), e.g. wikitext")
+    p.add_argument("--dataset-config", help="e.g. wikitext-2-raw-v1")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--study", help="study name (default: the mode)")
+    p.add_argument("--storage", help="RDB URL shared by many workers (default: sqlite:///OUT/sweep.db)")
+    p.add_argument("--out", default="sweep_out", help="folder for results.csv, results.json, lr_transfer.png")
+    p.add_argument("--metric", default="train", choices=["train", "val"], help="loss plotted and argmin'd")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds; a trial silent for 3× is retried")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.add_argument("--estimate", action="store_true", help="time a few steps, print the estimated run time, exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("transfer", help="write the target's μP settings and LR from a sweep's best proxy trial")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", help="RDB URL (default: sqlite:///OUT/sweep.db)")
+    p.add_argument("--out", default="sweep_out", help="the sweep's folder, when --storage is not given")
+    p.add_argument("--target-config", required=True, help="the target's config.json (or checkpoint folder)")
+    p.add_argument("--target-tokens", type=float, help="target training tokens (default: 20 per parameter)")
+    p.add_argument("--output", default="hparams.json")
+    p.set_defaults(func=cmd_transfer)
     return parser
 
 

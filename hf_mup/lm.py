@@ -1,0 +1,148 @@
+"""A short, reusable causal-LM training loop (AdamW, warmup + cosine, clipping) used by sweeps and benchmarks.
+
+Usage:
+    model = hf_mup.MuPModel.from_config(gpt2_config(128), base_hidden_size=64, output_mult=8.0)
+    result = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train_blocks, val_blocks, steps=150)
+    result["final_train_loss"], result["final_val_loss"], result["diverged"]
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048, **kw):
+    """A GPT-2 config of hidden size `width` with fixed head size (heads = width / head_dim), MLP 4×, dropout 0.
+
+    Usage: `config = gpt2_config(256, layers=2, head_dim=16, seq_len=64, vocab_size=256)`
+    """
+    from transformers import GPT2Config
+
+    from .errors import MuPError
+
+    if width <= 0 or width % head_dim:
+        raise MuPError(f"width {width} is not a positive multiple of the head size {head_dim}.")
+    kw = {"bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
+    return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
+                      n_head=width // head_dim, **kw)
+
+
+def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1):
+    """Linear warmup, then cosine decay to `final_lr_frac`: a factor on each group's own LR (μP groups stay relative)."""
+    warmup = max(1, round(warmup_frac * steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return final_lr_frac + (1 - final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, blocks: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean next-token loss (nats/token) of a causal LM over `blocks` (n, seq_len)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i : i + batch_size].to(device)
+        n = x.numel() - len(x)  # predicted tokens
+        total += model(input_ids=x, labels=x).loss.item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_lm(
+    model: nn.Module,
+    param_groups: Iterable,
+    train_blocks: torch.Tensor,
+    val_blocks: torch.Tensor | None,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    warmup_frac: float = 0.1,
+    final_lr_frac: float = 0.1,
+    clip: float = 1.0,
+    seed: int = 0,
+    eval_every: int = 0,
+    progress: bool = False,
+    betas: tuple[float, float] = (0.9, 0.95),
+    weight_decay: float = 0.0,
+    desc: str = "",
+) -> dict:
+    """Train a causal LM with AdamW on random batches of `train_blocks`; never raises on divergence.
+
+    Usage: `r = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train, val, steps=150)`
+
+    `param_groups`: μP groups (each carries its own LR) or plain parameters (trained at `lr`). The batch order
+    depends on `seed` only. Validation every `eval_every` steps (0: only at the end). A non-finite train or
+    validation loss stops training: `diverged` is True and the final losses are +inf.
+    Returns per-step `train_loss`, `val_steps`/`val_loss`, `final_train_loss` (mean of the last 10% of steps),
+    `final_val_loss`, `diverged`, `steps_run`, `tokens`, `n_params`, `seconds`.
+    """
+    from tqdm.auto import tqdm
+
+    from .optim import check_optimizer
+
+    device = next(model.parameters()).device
+    model.train()
+    opt = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay)
+    check_optimizer(model, opt)  # no-op for a stock (SP) model
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup_frac, final_lr_frac))
+    order = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(len(train_blocks), generator=order), 0
+    train_losses: list[float] = []
+    val_steps: list[int] = []
+    val_losses: list[float] = []
+    diverged = False
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        if pos + batch_size > len(perm):
+            perm, pos = torch.randperm(len(train_blocks), generator=order), 0
+        x = train_blocks[perm[pos : pos + batch_size]].to(device)
+        pos += batch_size
+        loss = model(input_ids=x, labels=x).loss
+        value = loss.item()
+        if not math.isfinite(value):
+            diverged = True
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        train_losses.append(value)
+        done = step + 1
+        if val_blocks is not None and ((eval_every and done % eval_every == 0) or done == steps):
+            v = evaluate(model, val_blocks)
+            val_steps.append(done)
+            val_losses.append(v)
+            if not math.isfinite(v):
+                diverged = True
+                break
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+    bar.close()
+    tail = train_losses[-max(1, steps // 10) :]
+    return {
+        "train_loss": train_losses,
+        "val_steps": val_steps,
+        "val_loss": val_losses,
+        "final_train_loss": math.inf if diverged or not tail else sum(tail) / len(tail),
+        "final_val_loss": math.inf if diverged else (val_losses[-1] if val_losses else None),
+        "diverged": diverged,
+        "steps_run": len(train_losses),
+        "tokens": len(train_losses) * batch_size * train_blocks.shape[1],
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "seconds": time.perf_counter() - start,
+    }

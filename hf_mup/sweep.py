@@ -1,0 +1,580 @@
+"""Hyperparameter sweeps as Optuna studies: the LR-transfer grid (Figure 1 of Tensor Programs V) and proxy tuning.
+
+Usage:
+    spec = make_spec("grid", steps=150, output_mult=8.0, base_width=64)
+    study = open_study("lr_transfer", "sqlite:///out/sweep.db", spec)
+    run_grid(study, spec, grid_points([64, 128], [-8, -7, -6], ["mup", "sp"], seeds=2))
+    report(study, "out")          # results.csv, results.json, lr_transfer.png
+
+A study lives in an RDB storage (SQLite by default, PostgreSQL etc. for many machines). Running trials send a
+heartbeat; a trial whose process was killed goes stale and is retried once (`RetryHeartbeatStaleTrialCallback`),
+completed points are never rerun, so running the same command again only runs what is missing. The sweep's spec
+(model shape, steps, data, μP settings) is stored in the study: reopening it with another spec is an error.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from . import data as hf_data
+from .errors import MuPError
+from .lm import evaluate, gpt2_config, train_lm
+
+ARCHS = ("gpt2",)
+PARAMETRIZATIONS = ("mup", "sp")
+MODES = ("grid", "tune")
+# Tensor Programs V's space: LR, init std, embedding / output multipliers, attention temperature (log scales).
+TUNE_SPACE = {"initializer_range": (2**-8, 2**-3), "input_mult": (2**-3, 2**5), "output_mult": (2**-3, 2**5),
+              "attn_mult": (2**-3, 2**3)}
+DIVERGED_VALUE = 1e3  # the objective of a diverged trial (its losses are recorded as +inf)
+GRACE = 3  # a trial whose heartbeat is older than GRACE × the heartbeat interval is stale
+STATES = ("COMPLETE", "RUNNING", "WAITING", "PRUNED", "FAIL")
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def parse_log2_lrs(text: str) -> list[float]:
+    """"-12:-4:1" (start:stop:step, inclusive) or "-9,-8.5,-8" into a list of log2 learning rates."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in (text.split(":") + ["1"])[:3])
+            if step <= 0:
+                raise MuPError(f"log2-LR range {text!r}: the step must be positive.")
+            return [start + i * step for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MuPError(f"expected a log2-LR range like -12:-4:1 or a list like -8,-7.5,-7; got {text!r}") from None
+
+
+def grid_points(widths: Sequence[int], log2_lrs: Sequence[float], parametrizations: Sequence[str],
+                seeds: int) -> list[dict]:
+    """Every (parametrization, width, log2 LR, seed) of the grid, validated.
+
+    Usage: `points = grid_points([64, 128, 256], parse_log2_lrs("-10:-4:1"), ["mup", "sp"], seeds=2)`
+    """
+    check_widths(widths)
+    lrs = sorted({round(x, 6) for x in log2_lrs})
+    if not lrs:
+        raise MuPError("The log2-LR grid is empty: give e.g. --log2-lrs=-12:-4:1.")
+    unknown = set(parametrizations) - set(PARAMETRIZATIONS)
+    if unknown or not parametrizations:
+        raise MuPError(f"--parametrization: unknown {sorted(unknown)}; use some of {', '.join(PARAMETRIZATIONS)}.")
+    if seeds < 1:
+        raise MuPError(f"--seeds must be at least 1, got {seeds}.")
+    return [{"parametrization": p, "width": w, "log2_lr": x, "seed": s}
+            for p in parametrizations for w in widths for x in lrs for s in range(seeds)]
+
+
+def check_widths(widths: Sequence[int]) -> None:
+    if not widths:
+        raise MuPError("--widths is empty: give one or more widths in increasing order, e.g. 64,128,256.")
+    if list(widths) != sorted(set(widths)) or min(widths) <= 0:
+        raise MuPError(f"--widths must be distinct positive widths in increasing order, got {list(widths)}.")
+
+
+def point_key(p: dict) -> str:
+    return f"{p['parametrization']}/w{p['width']}/lr{p['log2_lr']:g}/s{p['seed']}"
+
+
+def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim: int = 16, seq_len: int = 64,
+              steps: int = 150, batch_size: int = 16, warmup_frac: float = 0.1, final_lr_frac: float = 0.1,
+              clip: float = 1.0, base_width: int = 64, input_mult: float = 1.0, output_mult: float = 1.0,
+              attn_mult: float = 1.0, initializer_range: float = 0.02, tokenizer: str = "bpe",
+              vocab_size: int = 2048, train_file: str | None = None, val_file: str | None = None,
+              dataset: str | None = None, dataset_config: str | None = None, train_chars: int | None = None,
+              val_blocks: int = 128, proxy_width: int | None = None,
+              log2_lr_range: tuple[float, float] = (-12.0, -4.0)) -> dict:
+    """The settings a study is tied to (everything but the grid points / trial count), validated.
+
+    Usage: `spec = make_spec("grid", steps=150, base_width=64, output_mult=8.0, tokenizer="bytes")`
+    """
+    args = dict(locals())
+    if mode not in MODES:
+        raise MuPError(f"--mode {mode!r}: use one of {', '.join(MODES)}.")
+    if arch not in ARCHS:
+        raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LMs).")
+    if tokenizer not in ("bpe", "bytes"):
+        raise MuPError(f"--tokenizer {tokenizer!r}: use bpe or bytes.")
+    if steps < 1 or batch_size < 1 or layers < 1 or seq_len < 2 or val_blocks < 1:
+        raise MuPError("--steps, --batch-size, --layers, --val-blocks must be positive and --seq-len at least 2.")
+    if base_width <= 0 or base_width % head_dim:
+        raise MuPError(f"--base-width {base_width} must be a positive multiple of --head-dim {head_dim}.")
+    spec = {k: v for k, v in args.items() if k not in ("proxy_width", "log2_lr_range")}
+    spec["vocab_size"] = 256 if tokenizer == "bytes" else vocab_size
+    if mode == "tune":
+        if proxy_width is None:
+            raise MuPError("tune mode tunes at one proxy width: give exactly one width, e.g. --widths 128.")
+        spec["proxy_width"] = proxy_width
+        spec["space"] = {"log2_lr": list(log2_lr_range), **{k: list(v) for k, v in TUNE_SPACE.items()}}
+        for k in ("input_mult", "output_mult", "attn_mult", "initializer_range"):
+            spec.pop(k)  # tuned, not fixed
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def _text_to_file(dataset: str, config: str | None, column: str, out: Path) -> tuple[Path, Path]:
+    """A Hub dataset's train and validation text written to files in `out` (online users)."""
+    from datasets import load_dataset
+
+    raw = load_dataset(dataset, config)
+    val_split = next((s for s in ("validation", "valid", "test") if s in raw), None)
+    if "train" not in raw or val_split is None:
+        raise MuPError(f"dataset {dataset!r} needs a train and a validation (or test) split; it has {list(raw)}.")
+    paths = []
+    for split, name in (("train", "train.txt"), (val_split, "val.txt")):
+        path = out / "data" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for text in raw[split][column]:
+                f.write(text if text.endswith("\n") else text + "\n")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _byte_blocks(path: str, block: int, max_chars: int | None, max_blocks: int | None = None) -> torch.Tensor:
+    text = "".join(hf_data.read_lines([path], max_chars)).encode("utf-8")
+    ids = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    n = len(ids) // block if max_blocks is None else min(len(ids) // block, max_blocks)
+    if n == 0:
+        raise MuPError(f"{path} has too little text for one block of {block} tokens.")
+    return ids[: n * block].view(n, block)
+
+
+def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_blocks, val_blocks) for `spec`: local files (default: WikiText-2 valid.txt / test.txt) or a Hub dataset.
+
+    Usage: `train, val = load_data(make_spec(tokenizer="bytes"))`
+    """
+    if spec["dataset"]:
+        train_file, val_file = _text_to_file(spec["dataset"], spec["dataset_config"], text_column, Path(out))
+    else:  # None: the WikiText-2 shipped with hf_mup (kept out of the spec, so machines may keep it elsewhere)
+        train_file = spec["train_file"] or hf_data.wikitext_dir() / "valid.txt"
+        val_file = spec["val_file"] or hf_data.wikitext_dir() / "test.txt"
+    for path in (train_file, val_file):
+        if not Path(path).is_file():
+            raise MuPError(f"data file {path} not found.")
+    block, n_val = spec["seq_len"], spec["val_blocks"]
+    val_chars = n_val * block * 8  # enough text for n_val blocks of BPE tokens, without tokenizing a whole file
+    if spec["tokenizer"] == "bytes":
+        return (_byte_blocks(train_file, block, spec["train_chars"]),
+                _byte_blocks(val_file, block, val_chars, n_val))
+    tok = hf_data.train_tokenizer([train_file], vocab_size=spec["vocab_size"], max_chars=spec["train_chars"])
+    if len(tok) != spec["vocab_size"]:
+        raise MuPError(f"the BPE trained on {train_file} reached {len(tok)} tokens, not --vocab-size "
+                       f"{spec['vocab_size']}: use a smaller --vocab-size or more text.")
+    try:
+        return (hf_data.token_blocks([train_file], tok, block, max_chars=spec["train_chars"]),
+                hf_data.token_blocks([val_file], tok, block, max_blocks=n_val, max_chars=val_chars))
+    except ValueError as e:
+        raise MuPError(str(e)) from None
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------------------- study
+
+
+def _storage(url: str, heartbeat: int):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=GRACE * heartbeat,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )
+
+
+def default_storage(out: str | Path) -> str:
+    path = Path(out).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'sweep.db'}"
+
+
+def open_study(name: str, storage: str, spec: dict, heartbeat: int = 10, sampler=None):
+    """Create the study `name` with `spec`, or reopen it; a study made with another spec is a `MuPError`.
+
+    Usage: `study = open_study("lr_transfer", "sqlite:///out/sweep.db", spec)`
+    """
+    study = optuna.create_study(study_name=name, storage=_storage(storage, heartbeat), sampler=sampler,
+                                direction="minimize", load_if_exists=True)
+    old = study.user_attrs.get("spec")
+    if old is None:
+        study.set_user_attr("spec", spec)
+        return study
+    for key in sorted(set(old) | set(spec)):
+        if old.get(key) != spec.get(key):
+            raise MuPError(f"study {name!r} was made with {key}={old.get(key)!r}; you asked {key}={spec.get(key)!r}: "
+                           "use another --study name (or the study's own settings).")
+    return study
+
+
+def load_study(name: str, storage: str, heartbeat: int = 10):
+    """An existing study, with a clear error listing the studies in `storage` when there is none."""
+    st = _storage(storage, heartbeat)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    if name not in names:
+        raise MuPError(f"no study {name!r} in {safe_url(storage)}; it has {names or 'none'}.")
+    return optuna.load_study(study_name=name, storage=st)
+
+
+def safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -------------------------------------------------------------------------------------------------- trials
+
+
+def build(spec: dict, width: int, parametrization: str, hp: dict, seed: int, device: str = "cpu"):
+    """(model, optimizer groups) for one trial: SP is the stock model, μP via `MuPModel` with the spec's base width."""
+    from transformers import AutoModelForCausalLM
+
+    from .model import MuPModel
+    from .optim import mup_param_groups
+
+    config = gpt2_config(width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"],
+                         initializer_range=hp["initializer_range"])
+    lr = 2.0 ** hp["log2_lr"]
+    torch.manual_seed(seed)
+    if parametrization == "sp":
+        model = AutoModelForCausalLM.from_config(config).to(device)
+        groups: list = [{"params": list(model.parameters()), "lr": lr}]
+    else:
+        model = MuPModel.from_config(config, base_hidden_size=spec["base_width"], input_mult=hp["input_mult"],
+                                     output_mult=hp["output_mult"], attn_mult=hp["attn_mult"]).to(device)
+        groups = mup_param_groups(model, lr=lr)
+    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
+    return model, groups
+
+
+def run_trial(spec: dict, data: tuple, width: int, parametrization: str, hp: dict, seed: int,
+              device: str = "cpu", progress: bool = False, desc: str = "") -> dict:
+    """Train one point; returns the user attrs a trial records (losses, diverged, cost, timing)."""
+    model, groups = build(spec, width, parametrization, hp, seed, device)
+    r = train_lm(model, groups, data[0], data[1], spec["steps"], spec["batch_size"], warmup_frac=spec["warmup_frac"],
+                 final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=seed, progress=progress, desc=desc)
+    return {"hparams": hp, "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"],
+            "diverged": r["diverged"], "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
+            "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3)}
+
+
+def _record(trial, attrs: dict) -> float:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v if not (isinstance(v, float) and math.isinf(v)) else "inf")
+    return DIVERGED_VALUE if attrs["diverged"] else attrs["val_loss"]
+
+
+def grid_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool = False):
+    """The objective of grid mode: trains the point that was enqueued with the trial."""
+    def objective(trial) -> float:
+        key = trial.user_attrs.get("point")
+        if key is None:  # a trial the sampler made when another worker took the last queued point
+            raise optuna.TrialPruned("no grid point")
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number != trial.number and t.user_attrs.get("point") == key and (
+                    t.state == TrialState.COMPLETE or t.number < trial.number):
+                trial.set_user_attr("duplicate_of", t.number)
+                raise optuna.TrialPruned(f"{key} is done by trial {t.number}")
+        p = {"parametrization": trial.suggest_categorical("parametrization", PARAMETRIZATIONS),
+             "width": trial.suggest_int("width", 1, 1 << 20), "log2_lr": trial.suggest_float("log2_lr", -64, 16),
+             "seed": trial.suggest_int("seed", 0, 1 << 30)}
+        hp = {"log2_lr": p["log2_lr"], "initializer_range": spec["initializer_range"]}
+        if p["parametrization"] == "mup":
+            hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
+        return _record(trial, run_trial(spec, data, p["width"], p["parametrization"], hp, p["seed"], device,
+                                        progress, desc=key))
+
+    return objective
+
+
+def tune_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool = False):
+    """The objective of tune mode: samples Tensor Programs V's space and trains the μP proxy."""
+
+    def objective(trial) -> float:
+        space = spec["space"]
+        hp = {"log2_lr": trial.suggest_float("log2_lr", *space["log2_lr"])}
+        for k in TUNE_SPACE:
+            hp[k] = trial.suggest_float(k, *space[k], log=True)
+        return _record(trial, run_trial(spec, data, spec["proxy_width"], "mup", hp, seed=0, device=device,
+                                        progress=progress, desc=f"trial {trial.number}"))
+
+    return objective
+
+
+def _fail_stale(study, adopted: set[int]) -> None:
+    """Fail the trials of killed workers (optuna's heartbeat check; the callback queues each one again, once).
+
+    A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial that optuna never sees
+    as stale: give every RUNNING trial older than the grace period one heartbeat (once), so that it goes stale
+    unless its worker is alive and beating.
+    """
+    storage = study._storage
+    now, grace = datetime.now(), GRACE * storage.get_heartbeat_interval()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id not in adopted and (now - t.datetime_start).total_seconds() > grace:
+            storage.record_heartbeat(t._trial_id)
+            adopted.add(t._trial_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+
+
+def missing_points(study, points: list[dict]) -> list[dict]:
+    """The points with no complete trial in `study` yet."""
+    done = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return [p for p in points if point_key(p) not in done]
+
+
+def run_grid(study, spec: dict, points: list[dict], data: tuple, device: str = "cpu", progress: bool = True,
+             after_trial=None) -> None:
+    """Run every point of the grid not yet completed in `study` (by any worker); wait for points others hold.
+
+    Usage: `run_grid(study, spec, grid_points(...), load_data(spec))`
+    """
+    from tqdm.auto import tqdm
+
+    S = TrialState
+    keys = {point_key(p): p for p in points}
+    objective = grid_objective(spec, data, device, progress)
+    bar = tqdm(total=len(keys), desc="grid", disable=not progress, dynamic_ncols=True)
+    adopted: set[int] = set()
+    while True:
+        _fail_stale(study, adopted)  # killed workers' trials: FAIL, and a WAITING retry (once)
+        trials = study.get_trials(deepcopy=False)
+        held: dict = {}  # point -> its most advanced state, COMPLETE > RUNNING > WAITING
+        for state in (S.WAITING, S.RUNNING, S.COMPLETE):
+            held.update({t.user_attrs.get("point"): state for t in trials if t.state == state})
+        done = sum(held.get(k) == S.COMPLETE for k in keys)
+        bar.update(done - bar.n)
+        for k, p in keys.items():
+            if k not in held:
+                study.enqueue_trial(p, user_attrs={"point": k})
+                held[k] = S.WAITING
+        if any(held[k] == S.WAITING for k in keys):
+            study.optimize(objective, n_trials=1)
+            if after_trial:
+                after_trial(study)
+        elif done == len(keys):
+            break
+        else:  # the rest is running elsewhere (or in a killed process, until its heartbeat goes stale)
+            bar.set_postfix_str(f"waiting for {len(keys) - done} point(s) running elsewhere")
+            time.sleep(study._storage.get_heartbeat_interval())
+    bar.close()
+
+
+def run_tune(study, spec: dict, n_trials: int, data: tuple, device: str = "cpu", progress: bool = True,
+             after_trial=None) -> None:
+    """Run tune trials until the study has `n_trials` complete ones (counting other workers' and earlier runs')."""
+    from tqdm.auto import tqdm
+
+    S = TrialState
+    objective = tune_objective(spec, data, device, progress)
+    bar = tqdm(total=n_trials, desc="tune", disable=not progress, dynamic_ncols=True)
+    adopted: set[int] = set()
+    while True:
+        _fail_stale(study, adopted)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = states.count(S.COMPLETE)
+        bar.update(min(done, n_trials) - bar.n)
+        if done >= n_trials:
+            break
+        if done + states.count(S.RUNNING) < n_trials or states.count(S.WAITING):
+            study.optimize(objective, n_trials=1)
+            if after_trial:
+                after_trial(study)
+        else:
+            time.sleep(study._storage.get_heartbeat_interval())
+    bar.close()
+
+
+def make_sampler(name: str, seed: int, n_existing: int):
+    seed = seed + n_existing  # a resumed sweep must not replay the first run's random draws
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise MuPError(f"--sampler {name!r}: use tpe or random.")
+
+
+# ------------------------------------------------------------------------------------------------- timing
+
+
+def estimate_seconds(spec: dict, points: list[dict], data: tuple, device: str = "cpu", timed_steps: int = 3) -> dict:
+    """Seconds per trial for each (parametrization, width), from `timed_steps` timed steps, and the grid's total.
+
+    Usage: `est = estimate_seconds(spec, points, data); est["total_seconds"]`
+    """
+    per: dict[str, float] = {}
+    for p in {(q["parametrization"], q["width"]) for q in points}:
+        hp = {"log2_lr": -10.0, "initializer_range": spec.get("initializer_range", 0.02), "input_mult": 1.0,
+              "output_mult": 1.0, "attn_mult": 1.0}
+        start = time.perf_counter()
+        model, groups = build(spec, p[1], p[0], hp, 0, device)
+        built = time.perf_counter() - start
+        train_lm(model, groups, data[0], None, 1, spec["batch_size"])  # warm-up
+        r = train_lm(model, groups, data[0], None, timed_steps, spec["batch_size"])
+        start = time.perf_counter()
+        evaluate(model, data[1])
+        per[f"{p[0]}/w{p[1]}"] = built + r["seconds"] / timed_steps * spec["steps"] + time.perf_counter() - start
+    total = sum(per[f"{q['parametrization']}/w{q['width']}"] for q in points)
+    return {"seconds_per_trial": {k: round(v, 2) for k, v in sorted(per.items())}, "total_seconds": round(total, 1)}
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def trial_rows(study) -> list[dict]:
+    """One flat dict per trial (any state): its point or tuned values and what it recorded."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a, hp = t.user_attrs, t.user_attrs.get("hparams", {})
+        row = {"number": t.number, "state": t.state.name, "parametrization": t.params.get("parametrization", "mup"),
+               "width": t.params.get("width", study.user_attrs["spec"].get("proxy_width")),
+               "seed": t.params.get("seed", 0), "log2_lr": t.params.get("log2_lr")}
+        row["lr"] = 2.0 ** row["log2_lr"] if row["log2_lr"] is not None else None
+        for k in ("initializer_range", "input_mult", "output_mult", "attn_mult"):
+            row[k] = hp.get(k)
+        for k in ("train_loss", "val_loss"):
+            v = a.get(k)
+            row[k] = math.inf if v == "inf" else v
+        for k in ("diverged", "steps_run", "n_params", "tokens", "flops", "seconds"):
+            row[k] = a.get(k)
+        row["value"] = t.value
+        rows.append(row)
+    return rows
+
+
+def lr_optima(rows: list[dict], metric: str = "train_loss") -> dict:
+    """Per parametrization: the seed-mean loss curve of each width, its argmin log2 LR, and the drift across widths."""
+    out: dict[str, Any] = {}
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    for param in sorted({r["parametrization"] for r in done}):
+        curves: dict[int, dict[float, list[float]]] = {}
+        seen = set()
+        for r in sorted(done, key=lambda r: r["number"]):
+            key = (r["width"], r["log2_lr"], r["seed"])
+            if r["parametrization"] != param or key in seen:
+                continue
+            seen.add(key)  # a point run twice (a race between workers) counts once
+            curves.setdefault(r["width"], {}).setdefault(r["log2_lr"], []).append(r[metric])
+        widths = {}
+        for w, curve in sorted(curves.items()):
+            mean = {x: sum(v) / len(v) for x, v in sorted(curve.items())}
+            finite = {x: m for x, m in mean.items() if math.isfinite(m)}
+            best = min(finite, key=finite.get) if finite else None
+            widths[w] = {"log2_lr": best, "loss": finite.get(best), "n_seeds": min(map(len, curve.values())),
+                         "curve": {f"{x:g}": (m if math.isfinite(m) else None) for x, m in mean.items()}}
+        argmins = [v["log2_lr"] for v in widths.values() if v["log2_lr"] is not None]
+        out[param] = {"optimum": widths, "drift": max(argmins) - min(argmins) if argmins else None}
+    return out
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def report(study, out: str | Path, stem: str = "results", plot_name: str | None = "lr_transfer.png",
+           metric: str = "train_loss", extra: dict | None = None) -> dict:
+    """Write `<stem>.csv` and `<stem>.json` (every trial) and, for a grid, the Figure-1 plot; returns the JSON dict.
+
+    Usage: `summary = report(study, "out")`
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study)
+    spec = study.user_attrs["spec"]
+    if rows:
+        with open(out / f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    result = {"study": study.study_name, "spec": spec,
+              "counts": {s: sum(r["state"] == s for r in rows) for s in STATES},
+              "objective": f"validation loss; diverged trials score {DIVERGED_VALUE:g} and record +inf (null)",
+              **(extra or {})}
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    if spec["mode"] == "grid":
+        result["optimum"] = {m: lr_optima(rows, m) for m in ("train_loss", "val_loss")}
+        result["drift"] = {m: {p: v["drift"] for p, v in o.items()} for m, o in result["optimum"].items()}
+        result["plot_metric"] = metric
+        if plot_name and done:
+            plot_lr_transfer(result["optimum"][metric], spec, out / plot_name, metric)
+    else:
+        ok = [r for r in done if not r["diverged"]]
+        result["best"] = min(ok, key=lambda r: r["val_loss"]) if ok else None
+    timing: dict[str, list[float]] = {}
+    for r in done:
+        timing.setdefault(f"{r['parametrization']}/w{r['width']}", []).append(r["seconds"])
+    result["seconds_per_trial"] = {k: round(sum(v) / len(v), 2) for k, v in sorted(timing.items())}
+    result["trials"] = rows
+    (out / f"{stem}.json").write_text(json.dumps(_json_safe(result), indent=1, ensure_ascii=False))
+    return result
+
+
+def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_loss") -> None:
+    """Figure 1 of Tensor Programs V: loss against log2 LR, one curve per width, μP and SP side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [p for p in ("mup", "sp") if p in optima]
+    fig, axes = plt.subplots(1, len(params), figsize=(6 * len(params), 4.5), dpi=120, squeeze=False, sharey=True)
+    widths = sorted({w for p in params for w in optima[p]["optimum"]})
+    cmap = plt.get_cmap("viridis")
+    values = [v for p in params for o in optima[p]["optimum"].values() for v in o["curve"].values() if v is not None]
+    for ax, param in zip(axes[0], params):
+        for w, o in optima[param]["optimum"].items():
+            color = cmap(0.85 * widths.index(w) / max(1, len(widths) - 1))
+            xs = [(float(x), v) for x, v in o["curve"].items() if v is not None]
+            if xs:
+                ax.plot(*zip(*xs), "o-", ms=3, lw=1.3, color=color, label=f"width {w}")
+            if o["log2_lr"] is not None:
+                ax.plot(o["log2_lr"], o["loss"], "*", ms=13, color=color, markeredgecolor="black")
+        name = f"μP (base width {spec['base_width']}, output_mult {spec['output_mult']:g})" if param == "mup" else "SP"
+        drift = optima[param]["drift"]
+        ax.set_title(f"{name}: optimum drift {drift:g}" if drift is not None else name, fontsize=10)
+        ax.set_xlabel("log2 learning rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if values:
+        low = min(values)
+        axes[0][0].set_ylim(low - 0.05, min(max(values), low + 2.5) + 0.05)
+    axes[0][0].set_ylabel(f"{'training' if metric == 'train_loss' else 'validation'} loss (seed mean)")
+    text = spec["dataset"] or Path(spec["train_file"] or "WikiText-2").name
+    tokens = "bytes" if spec["tokenizer"] == "bytes" else f"BPE {spec['vocab_size']}"
+    fig.suptitle(f"GPT-2, {spec['layers']} layers, head size {spec['head_dim']}, seq {spec['seq_len']}, {text} as "
+                 f"{tokens}, {spec['steps']} AdamW steps, batch {spec['batch_size']}; ★ = best LR per width",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,94 @@
+"""μTransfer: turn a sweep's best proxy trial into the target model's μP settings and training arguments.
+
+Usage:
+    hparams, cost = transfer(study, target_config, target_tokens=2e9)
+    Path("hparams.json").write_text(json.dumps(hparams))   # recipes/gpt2_wikitext.py --hparams hparams.json
+
+Which trial: in tune mode, the complete, non-diverged trial with the lowest validation loss. In grid mode, the μP
+learning rate with the lowest seed-mean validation loss at the *widest* μP width of the grid (the width closest to
+the target; under μP the optimum should not depend on it) with the grid's fixed multipliers.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .errors import MuPError
+from .sweep import trial_rows
+
+
+def best_trial(study) -> tuple[dict, dict]:
+    """(hparams, source) of the proxy setting to copy, by the rule in this module's docstring."""
+    spec = study.user_attrs["spec"]
+    rows = [r for r in trial_rows(study) if r["state"] == "COMPLETE" and not r["diverged"]]
+    if spec["mode"] == "tune":
+        if not rows:
+            raise MuPError(f"study {study.study_name!r} has no complete, non-diverged trial to transfer from.")
+        best = min(rows, key=lambda r: r["val_loss"])
+        hp = {k: best[k] for k in ("log2_lr", "initializer_range", "input_mult", "output_mult", "attn_mult")}
+        return hp, {"trial": best["number"], "proxy_width": best["width"], "val_loss": best["val_loss"],
+                    "train_loss": best["train_loss"]}
+    mup = [r for r in rows if r["parametrization"] == "mup"]
+    if not mup:
+        raise MuPError(f"grid study {study.study_name!r} has no complete μP trial to transfer from.")
+    width = max(r["width"] for r in mup)
+    by_lr: dict[float, list[dict]] = {}
+    for r in mup:
+        if r["width"] == width:
+            by_lr.setdefault(r["log2_lr"], []).append(r)
+    lr = min(by_lr, key=lambda x: sum(r["val_loss"] for r in by_lr[x]) / len(by_lr[x]))
+    best = min(by_lr[lr], key=lambda r: r["val_loss"])
+    hp = {"log2_lr": lr, **{k: spec[k] for k in ("initializer_range", "input_mult", "output_mult", "attn_mult")}}
+    val = sum(r["val_loss"] for r in by_lr[lr]) / len(by_lr[lr])
+    return hp, {"trial": best["number"], "trials": sorted(r["number"] for r in by_lr[lr]), "proxy_width": width,
+                "val_loss": val, "rule": "μP LR with the lowest seed-mean validation loss at the widest width"}
+
+
+def transfer(study, target_config, target_tokens: float | None = None) -> tuple[dict, dict]:
+    """The target's hparams JSON (`recipes/gpt2_wikitext.py --hparams` reads it) and the tuning cost.
+
+    Usage: `hparams, cost = transfer(hf_mup.sweep.load_study("tune", url), GPT2Config(n_embd=1024, n_layer=2))`
+
+    Cost: 6·params·tokens summed over every trial that trained in the study, against 6·target params·`target_tokens`
+    (default 20 tokens per parameter, Chinchilla's ratio); target params from the config built on the meta device.
+    """
+    from .model import MuPModel
+
+    spec = study.user_attrs["spec"]
+    if target_config.model_type != spec["arch"]:
+        raise MuPError(f"study {study.study_name!r} tuned a {spec['arch']} proxy; the target config is a "
+                       f"{target_config.model_type}: transfer needs the same architecture.")
+    hp, source = best_trial(study)
+    target_config = copy.deepcopy(target_config)
+    target_config.initializer_range = hp["initializer_range"]
+    mup = {"base_hidden_size": spec["base_width"], **{k: hp[k] for k in ("output_mult", "input_mult", "attn_mult")}}
+    with torch.device("meta"):  # validates the base width against the target, allocates nothing
+        model = MuPModel.from_config(target_config, **mup)
+    n_params = sum(p.numel() for p in model.parameters())
+    tokens = float(target_tokens) if target_tokens else 20.0 * n_params
+    flops = [r["flops"] for r in trial_rows(study) if r["flops"]]
+    cost = {"trials": len(flops), "tuning_flops": float(sum(flops)), "target_params": n_params,
+            "target_tokens": tokens, "target_flops": 6.0 * n_params * tokens}
+    cost["fraction"] = cost["tuning_flops"] / cost["target_flops"]
+    notes = []
+    head_dim = target_config.hidden_size // target_config.num_attention_heads
+    for name, proxy, target in (("layers", spec["layers"], target_config.num_hidden_layers),
+                                ("head size", spec["head_dim"], head_dim),
+                                ("vocabulary", spec["vocab_size"], target_config.vocab_size)):
+        if proxy != target:
+            notes.append(f"the target's {name} ({target}) differs from the proxy's ({proxy}): μP transfers across "
+                         "width only, so the optimum may move")
+    model_config = {"model_type": target_config.model_type, **target_config.to_diff_dict(),
+                    "initializer_range": hp["initializer_range"]}
+    model_config.pop("mup", None)
+    hparams = {
+        "mup": mup,
+        "training_args": {"learning_rate": 2.0 ** hp["log2_lr"], "adam_beta1": 0.9, "adam_beta2": 0.95,
+                          "max_grad_norm": spec["clip"], "weight_decay": 0.0},
+        "model_config": model_config,
+        "source": {"study": study.study_name, "mode": spec["mode"], **source, "log2_lr": hp["log2_lr"],
+                   "base_width": spec["base_width"], "proxy_steps": spec["steps"], "notes": notes,
+                   "tuning_cost": cost},
+    }
+    return hparams, cost
