@@ -63,7 +63,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from . import data
+from . import data, lm
 
 MODELS = ("mup_proxy", "mup_wide", "sp_wide")
 LABELS = {
@@ -108,32 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------- models
 
 
-def gpt2_config(width: int, args: argparse.Namespace, eos_id: int):
-    from transformers import GPT2Config
-
-    if width % args.head_dim:
-        raise SystemExit(f"width {width} is not a multiple of --head-dim {args.head_dim}")
-    return GPT2Config(
-        vocab_size=args.vocab_size,
-        n_positions=args.seq_len,
-        n_embd=width,
-        n_layer=args.layers,
-        n_head=width // args.head_dim,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-    )
-
-
 def build(name: str, args: argparse.Namespace, eos_id: int):
     """(model, optimizer parameter groups, width) for one of MODELS; the init seed is `args.seed` for each."""
     import hf_mup
     from transformers import AutoModelForCausalLM
 
     width = args.base_width if name == "mup_proxy" else args.wide_width
-    config = gpt2_config(width, args, eos_id)
+    config = lm.gpt2_config(width, layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
+                            vocab_size=args.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id)
     torch.manual_seed(args.seed)
     if name == "sp_wide":
         model = AutoModelForCausalLM.from_config(config)
@@ -145,97 +127,26 @@ def build(name: str, args: argparse.Namespace, eos_id: int):
     return model, groups, width
 
 
-def lr_lambda(steps: int, warmup_frac: float, final_frac: float):
-    """Linear warmup then cosine decay to `final_frac`: a factor on each group's own LR (μP groups stay relative)."""
-    warmup = max(1, round(warmup_frac * steps))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
-@torch.no_grad()
-def evaluate(model, blocks: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean next-token loss (nats/token) over `blocks`."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        x = blocks[i : i + batch_size]
-        n = x.numel() - len(x)  # predicted tokens
-        total += model(input_ids=x, labels=x).loss.item() * n
-        count += n
-    model.train()
-    return total / count
-
-
 def train(name: str, args: argparse.Namespace, train_blocks: torch.Tensor, val_blocks: torch.Tensor, eos_id: int) -> dict:
-    """Train one model; returns its per-step train losses, validation losses and timing."""
-    from tqdm.auto import tqdm
-
+    """Train one model (`hf_mup.lm.train_lm`: the same batches in the same order for every model)."""
     model, groups, width = build(name, args, eos_id)
-    model.train()
-    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    if name != "sp_wide":
-        import hf_mup
-
-        hf_mup.check_optimizer(model, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.steps, args.warmup, args.final_lr_frac))
-    order = torch.Generator().manual_seed(args.seed)  # the same batches, in the same order, for every model
-    perm = torch.randperm(len(train_blocks), generator=order)
-    train_losses: list[float | None] = []
-    val_steps: list[int] = []
-    val_losses: list[float | None] = []
-    diverged = False
-    n_params = sum(p.numel() for p in model.parameters())
-    label = LABELS[name].format(w=width)
-    start = time.perf_counter()
-    bar = tqdm(range(args.steps), desc=f"{name:9s} w={width:<4d}", disable=args.no_progress, leave=True, dynamic_ncols=True)
-    pos = 0
-    for step in bar:
-        if pos + args.batch_size > len(perm):
-            perm, pos = torch.randperm(len(train_blocks), generator=order), 0
-        x = train_blocks[perm[pos : pos + args.batch_size]]
-        pos += args.batch_size
-        loss = model(input_ids=x, labels=x).loss
-        value = loss.item()
-        if not math.isfinite(value):
-            diverged = True
-            train_losses.append(None)
-            bar.set_postfix_str("diverged")
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        sched.step()
-        train_losses.append(value)
-        done = step + 1
-        if done % args.eval_every == 0 or done == args.steps:
-            v = evaluate(model, val_blocks)
-            val_steps.append(done)
-            val_losses.append(v if math.isfinite(v) else None)
-            bar.set_postfix(loss=f"{value:.3f}", val=f"{v:.3f}")
-        elif step % 5 == 0:
-            bar.set_postfix(loss=f"{value:.3f}")
-    bar.close()
-    seconds = time.perf_counter() - start
+    r = lm.train_lm(
+        model, groups, train_blocks, val_blocks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_frac=args.warmup, final_lr_frac=args.final_lr_frac, clip=args.clip, seed=args.seed,
+        eval_every=args.eval_every, progress=not args.no_progress, desc=f"{name:9s} w={width:<4d}",
+    )
     return {
-        "label": label,
+        "label": LABELS[name].format(w=width),
         "width": width,
         "parametrization": "SP" if name == "sp_wide" else "μP",
-        "n_params": n_params,
-        "train_loss": train_losses,
-        "val_steps": val_steps,
-        "val_loss": val_losses,
-        "final_val_loss": val_losses[-1] if val_losses and not diverged else None,
-        "diverged": diverged,
-        "train_seconds": round(seconds, 2),
-        "ms_per_step": round(1000 * seconds / max(1, len(train_losses)), 1),
+        "n_params": r["n_params"],
+        "train_loss": r["train_loss"],
+        "val_steps": r["val_steps"],
+        "val_loss": r["val_loss"],
+        "final_val_loss": None if r["diverged"] else r["final_val_loss"],
+        "diverged": r["diverged"],
+        "train_seconds": round(r["seconds"], 2),
+        "ms_per_step": round(1000 * r["seconds"] / max(1, r["steps_run"]), 1),
     }
 
 

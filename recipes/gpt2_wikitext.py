@@ -95,6 +95,8 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
                            **preset["train"], **hparams.get("training_args", {})})
     recipe, training = parser.parse_args_into_dataclasses(argv)
     recipe.mup_defaults = {**preset["mup"], **hparams.get("mup", {})}
+    # The proxy's tuned init scale (the rest of model_config is the target's shape, which the preset sets).
+    recipe.init_overrides = {k: v for k, v in hparams.get("model_config", {}).items() if k == "initializer_range"}
     return recipe, training
 
 
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])})
+                        **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])},
+                        **recipe.init_overrides)
     overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")
                  if getattr(recipe, k) is not None}
     model = hf_mup.MuPModel.from_config(config, **{**recipe.mup_defaults, **overrides})

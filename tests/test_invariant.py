@@ -2,7 +2,7 @@
 import pytest
 import torch
 import transformers
-from conftest import VOCAB, make_config
+from conftest import make_config
 
 import hf_mup
 

@@ -20,14 +20,16 @@ def _recipe():
 
 def test_tiny_preset_trains_saves_and_resumes(tmp_path):
     hparams = tmp_path / "hparams.json"
-    hparams.write_text(json.dumps({"mup": {"output_mult": 2.0}, "training_args": {"learning_rate": 0.004}}))
+    hparams.write_text(json.dumps({"mup": {"output_mult": 2.0}, "training_args": {"learning_rate": 0.004},
+                                   "model_config": {"initializer_range": 0.03, "n_embd": 4096}}))
     common = ["--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_eval_blocks", "8", "--vocab_size", "512",
               "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
               "--hparams", str(hparams), "--per_device_train_batch_size", "4"]
     metrics = _recipe().main(common + ["--max_steps", "2"])
     assert math.isfinite(metrics["eval_loss"])
     model = hf_mup.MuPModel.from_pretrained(tmp_path / "out")
-    assert model.config.mup["output_mult"] == 2.0 and model.config.n_embd == 128
+    assert model.config.mup["output_mult"] == 2.0 and model.config.n_embd == 128  # the preset's shape
+    assert model.config.initializer_range == 0.03  # the proxy's tuned init scale
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if h.get("learning_rate/input", 0) > 0]
     assert logged and all(h["learning_rate/hidden"] == h["learning_rate/input"] / 2 for h in logged)  # m = 128/64
