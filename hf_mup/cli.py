@@ -199,6 +199,18 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_args(p: argparse.ArgumentParser, seq_len: int, batch_size: int) -> None:
+    """The small GPT-2/BERT shape and the μP multipliers, shared by coord-check and sweep."""
+    p.add_argument("--base-width", type=int, help="μP base width (default: the smallest width)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=seq_len)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--input-mult", type=float, default=1.0)
+    p.add_argument("--output-mult", type=float, default=1.0)
+    p.add_argument("--attn-mult", type=float, default=1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-mup", description="μP and μTransfer for Hugging Face Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,14 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--parametrization", default="mup,sp", help="comma-separated: mup, sp, mup_global_lr")
     p.add_argument("--seeds", type=int, default=2, help="number of seeds averaged")
-    p.add_argument("--base-width", type=int, help="μP base width (default: the smallest width)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--input-mult", type=float, default=1.0)
-    p.add_argument("--output-mult", type=float, default=1.0)
-    p.add_argument("--attn-mult", type=float, default=1.0)
+    add_model_args(p, seq_len=32, batch_size=8)
     p.add_argument("--low", type=float, default=DEFAULT_BAND[0], help="lowest slope μP may show")
     p.add_argument("--high", type=float, default=DEFAULT_BAND[1], help="highest slope μP may show")
     p.add_argument("--out", default="coord_check_out", help="folder for coord_check.csv and coord_check.png")
@@ -248,17 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=64)
+    add_model_args(p, seq_len=64, batch_size=16)
     p.add_argument("--warmup", type=float, default=0.1, help="linear warmup, fraction of --steps")
     p.add_argument("--final-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of the LR")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
-    p.add_argument("--base-width", type=int, help="μP base width (default: the smallest width)")
-    p.add_argument("--input-mult", type=float, default=1.0)
-    p.add_argument("--output-mult", type=float, default=1.0)
-    p.add_argument("--attn-mult", type=float, default=1.0)
     p.add_argument("--initializer-range", type=float, default=0.02)
     p.add_argument("--tokenizer", default="bpe", choices=["bpe", "bytes"], help="BPE trained locally, or raw bytes")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
