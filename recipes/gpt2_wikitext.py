@@ -30,6 +30,18 @@ from transformers import (
 import hf_mup
 from hf_mup import data
 
+
+def _gpu_preset(width: int, layers: int, max_steps: int, batch: int) -> dict:
+    return {
+        "model": {"n_embd": width, "n_head": width // 64, "n_layer": layers, "n_positions": 1024},
+        "mup": {"base_hidden_size": 256},
+        "train": {"learning_rate": 2**-8, "max_steps": max_steps, "per_device_train_batch_size": batch,
+                  "warmup_steps": max_steps // 10, "lr_scheduler_type": "cosine", "eval_steps": max_steps // 20,
+                  "logging_steps": 50, "save_steps": max_steps // 10},
+        "block_size": 1024,
+    }
+
+
 PRESETS = {
     # model: GPT2Config fields; mup: MuPConfig fields; train: TrainingArguments defaults.
     "tiny": {
@@ -39,27 +51,10 @@ PRESETS = {
                   "lr_scheduler_type": "cosine", "eval_steps": 50, "logging_steps": 10, "save_steps": 50},
         "block_size": 64,
     },
-    "gpt2-proxy": {
-        "model": {"n_embd": 256, "n_head": 4, "n_layer": 12, "n_positions": 1024},
-        "mup": {"base_hidden_size": 256},
-        "train": {"learning_rate": 2**-8, "max_steps": 5000, "per_device_train_batch_size": 32, "warmup_steps": 500,
-                  "lr_scheduler_type": "cosine", "eval_steps": 500, "logging_steps": 50, "save_steps": 1000},
-        "block_size": 1024,
-    },
-    "gpt2-small": {
-        "model": {"n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024},
-        "mup": {"base_hidden_size": 256},
-        "train": {"learning_rate": 2**-8, "max_steps": 20000, "per_device_train_batch_size": 32, "warmup_steps": 2000,
-                  "lr_scheduler_type": "cosine", "eval_steps": 1000, "logging_steps": 50, "save_steps": 2000},
-        "block_size": 1024,
-    },
-    "gpt2-medium": {
-        "model": {"n_embd": 1024, "n_head": 16, "n_layer": 24, "n_positions": 1024},
-        "mup": {"base_hidden_size": 256},
-        "train": {"learning_rate": 2**-8, "max_steps": 40000, "per_device_train_batch_size": 16, "warmup_steps": 4000,
-                  "lr_scheduler_type": "cosine", "eval_steps": 2000, "logging_steps": 50, "save_steps": 4000},
-        "block_size": 1024,
-    },
+    # GPU sizes: sequences of 1024, head size 64, base width 256; only the shape and the budget differ.
+    "gpt2-proxy": _gpu_preset(256, 12, max_steps=5000, batch=32),
+    "gpt2-small": _gpu_preset(768, 12, max_steps=20000, batch=32),
+    "gpt2-medium": _gpu_preset(1024, 24, max_steps=40000, batch=16),
 }
 
 
