@@ -110,20 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build(name: str, args: argparse.Namespace, eos_id: int):
     """(model, optimizer parameter groups, width) for one of MODELS; the init seed is `args.seed` for each."""
-    import hf_mup
-    from transformers import AutoModelForCausalLM
-
     width = args.base_width if name == "mup_proxy" else args.wide_width
     config = lm.gpt2_config(width, layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
                             vocab_size=args.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id)
-    torch.manual_seed(args.seed)
-    if name == "sp_wide":
-        model = AutoModelForCausalLM.from_config(config)
-        groups = [{"params": list(model.parameters()), "lr": args.lr, "weight_decay": 0.0}]
-    else:
-        model = hf_mup.MuPModel.from_config(config, base_hidden_size=args.base_width, output_mult=args.output_mult)
-        groups = hf_mup.mup_param_groups(model, lr=args.lr, weight_decay=0.0)
-    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the loss it falls back to
+    parametrization = "sp" if name == "sp_wide" else "mup"
+    model, groups = lm.build_lm(config, parametrization, args.lr, args.base_width, seed=args.seed,
+                                output_mult=args.output_mult)
     return model, groups, width
 
 

@@ -31,6 +31,31 @@ def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 
                       n_head=width // head_dim, **kw)
 
 
+def build_lm(config, parametrization: str, lr: float, base_width: int | None = None, seed: int = 0,
+             device: str | torch.device = "cpu", **mup_options) -> tuple[nn.Module, list[dict]]:
+    """(model, optimizer groups) of a causal LM: "sp" the stock model (one LR), "mup" via `MuPModel`.
+
+    Usage: `model, groups = build_lm(gpt2_config(512), "mup", lr=2**-8, base_width=64, output_mult=8.0)`
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .errors import MuPError
+    from .model import MuPModel
+    from .optim import mup_param_groups
+
+    torch.manual_seed(seed)  # the init seed
+    if parametrization == "sp":
+        model = AutoModelForCausalLM.from_config(config).to(device)
+        groups = [{"params": list(model.parameters()), "lr": lr}]
+    elif parametrization == "mup":
+        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options).to(device)
+        groups = mup_param_groups(model, lr=lr)
+    else:
+        raise MuPError(f"unknown parametrization {parametrization!r}; use 'mup' or 'sp'.")
+    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
+    return model, groups
+
+
 def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1):
     """Linear warmup, then cosine decay to `final_lr_frac`: a factor on each group's own LR (μP groups stay relative)."""
     warmup = max(1, round(warmup_frac * steps))

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from . import data as hf_data
 from .errors import MuPError
-from .lm import evaluate, gpt2_config, train_lm
+from .lm import build_lm, evaluate, gpt2_config, train_lm
 
 ARCHS = ("gpt2",)
 PARAMETRIZATIONS = ("mup", "sp")
@@ -250,24 +250,10 @@ def safe_url(url: str) -> str:
 
 def build(spec: dict, width: int, parametrization: str, hp: dict, seed: int, device: str = "cpu"):
     """(model, optimizer groups) for one trial: SP is the stock model, μP via `MuPModel` with the spec's base width."""
-    from transformers import AutoModelForCausalLM
-
-    from .model import MuPModel
-    from .optim import mup_param_groups
-
     config = gpt2_config(width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"],
                          initializer_range=hp["initializer_range"])
-    lr = 2.0 ** hp["log2_lr"]
-    torch.manual_seed(seed)
-    if parametrization == "sp":
-        model = AutoModelForCausalLM.from_config(config).to(device)
-        groups: list = [{"params": list(model.parameters()), "lr": lr}]
-    else:
-        model = MuPModel.from_config(config, base_hidden_size=spec["base_width"], input_mult=hp["input_mult"],
-                                     output_mult=hp["output_mult"], attn_mult=hp["attn_mult"]).to(device)
-        groups = mup_param_groups(model, lr=lr)
-    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
-    return model, groups
+    return build_lm(config, parametrization, 2.0 ** hp["log2_lr"], spec["base_width"], seed=seed, device=device,
+                    **{k: hp[k] for k in ("input_mult", "output_mult", "attn_mult") if k in hp})
 
 
 def run_trial(spec: dict, data: tuple, width: int, parametrization: str, hp: dict, seed: int,
