@@ -1,4 +1,4 @@
-"""Small offline data helpers: the WikiText-2 files shipped with the project, a locally trained tokenizer, and
+"""Small offline data helpers: the WikiText-2 files shipped inside the package, a locally trained tokenizer, and
 fixed-length blocks of token ids. Nothing here touches the network.
 
 Usage:
@@ -20,17 +20,22 @@ EOS_TOKEN = "<|endoftext|>"
 
 PathLike = str | os.PathLike
 
+# Package data (setup.cfg [options.package_data]): WikiText-2 raw, CC BY-SA 3.0, see its ATTRIBUTION.md.
+PACKAGED_WIKITEXT = Path(__file__).resolve().parent / "_data" / "wikitext-2"
+
 
 def wikitext_dir() -> Path:
-    """The folder with the WikiText-2 raw files (valid.txt, test.txt) shipped with the project.
+    """The folder with the WikiText-2 raw files (valid.txt, test.txt) shipped inside the package (`hf_mup/_data/`).
 
-    Override it with the environment variable `HF_MUP_DATA`.
+    Override it with the environment variable `HF_MUP_DATA` (a folder holding the same two files).
     """
     override = os.environ.get(DATA_ENV)
-    folder = Path(override) if override else Path(__file__).resolve().parents[1] / "data" / "wikitext-2"
+    folder = Path(override) if override else PACKAGED_WIKITEXT
     if not folder.is_dir():
+        where = f"{DATA_ENV}={override!r}" if override else f"the copy shipped with hf_mup ({folder})"
         raise FileNotFoundError(
-            f"WikiText-2 folder {folder} not found; set {DATA_ENV} to a folder holding valid.txt and test.txt."
+            f"WikiText-2 folder not found: {where}. Set the environment variable {DATA_ENV} to a folder holding "
+            "valid.txt and test.txt (the WikiText-2 raw validation and test splits)."
         )
     return folder
 
