@@ -9,8 +9,8 @@ from .describe import describe
 from .errors import MuPError
 from .fold import fold
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
-from .optim import check_optimizer, mup_param_groups
-from .rules import Kind, TensorRule
+from .optim import check_optimizer, mup_min_lrs, mup_param_groups
+from .rules import Kind, TensorRule, optimizer_family
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,8 @@ __all__ = [
     "fold",
     "get_plan",
     "is_mup",
+    "mup_min_lrs",
     "mup_model_init",
     "mup_param_groups",
+    "optimizer_family",
 ]

@@ -1,15 +1,29 @@
-"""`MuPConfig`: the μP settings of a model, stored in the HF config as `config.mup` (a plain dict)."""
+"""`MuPConfig`: the μP settings of a model, stored in the HF config as `config.mup` (a plain dict with a format version).
+
+Format versions of `config.mup`:
+- 1 (hf_mup 0.1, no "version" key): the checkpoint's weights are μP's own (unfolded); only hf_mup can open it.
+- 2: the checkpoint's weights are *folded* — the stock model they make computes the μP model's outputs — so
+  `AutoModel*.from_pretrained` and `pipeline` are right, and `MuPModel.from_pretrained` unfolds them.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import MuPError
 
+logger = logging.getLogger("hf_mup")
 
-@dataclass
+FORMAT_VERSION = 2
+VERSION_KEY = "version"
+
+
+@dataclass(frozen=True)
 class MuPConfig:
     """μP settings. Only `base_hidden_size` is required; the rest default to the values of Tensor Programs V.
 
@@ -19,7 +33,8 @@ class MuPConfig:
     - `base_intermediate_size`: MLP width of the base model; derived as intermediate × base/hidden when None.
     - `base_num_attention_heads` / `base_head_dim`: the base's attention shape. When both are None the head size
       is kept fixed and the number of heads scales with width.
-    - `input_mult`: multiplier on every embedding output.
+    - `input_mult`: multiplier on every embedding output. (BERT sums its embeddings into a LayerNorm, which undoes
+      any common factor: there `input_mult` has no effect.)
     - `output_mult`: the readout sees `output_mult / m` × its input, m = hidden / base hidden.
     - `attn_mult`: attention logits are scaled by `attn_mult · √d_base / d_head` (1/d attention).
     - `zero_init_query`: initialise the query projection to zero.
@@ -37,23 +52,42 @@ class MuPConfig:
     zero_init_readout: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base_hidden_size, int) or self.base_hidden_size <= 0:
-            raise MuPError(f"base_hidden_size must be a positive integer, got {self.base_hidden_size!r}.")
+        for name in ("base_hidden_size", "base_intermediate_size", "base_num_attention_heads", "base_head_dim"):
+            value = getattr(self, name)
+            if value is None and name != "base_hidden_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise MuPError(f"{name} must be a positive integer, got {value!r}.")
+            object.__setattr__(self, name, int(value))
         for name in ("input_mult", "output_mult", "attn_mult"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise MuPError(f"{name} must be a positive number, got {value!r}.")
-            setattr(self, name, float(value))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                raise MuPError(f"{name} must be a positive finite number, got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        for name in ("zero_init_query", "zero_init_readout"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise MuPError(f"{name} must be True or False, got {value!r}.")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MuPConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings plus the format version: what `config.mup` holds."""
+        return {**dataclasses.asdict(self), VERSION_KEY: FORMAT_VERSION}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MuPConfig":
+        """Settings from `config.mup` or keyword arguments; the format version, if present, is checked and dropped."""
+        data = dict(data)
+        format_version(data)
+        data.pop(VERSION_KEY, None)
+        unknown = set(data) - set(cls.field_names())
         if unknown:
-            raise MuPError(f"Unknown μP settings {sorted(unknown)}; known ones are {sorted(known)}.")
+            raise MuPError(f"Unknown μP settings {sorted(unknown)}; the μP settings are {list(cls.field_names())}.")
+        if "base_hidden_size" not in data:
+            raise MuPError("base_hidden_size is missing: give base_hidden_size=<the proxy's width>.")
         return cls(**data)
 
     def to_json_string(self) -> str:
@@ -64,4 +98,37 @@ class MuPConfig:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> "MuPConfig":
-        return dataclasses.replace(self, **changes)
+        return MuPConfig.from_dict({**dataclasses.asdict(self), **changes})
+
+
+def format_version(stored: Mapping[str, Any]) -> int:
+    """The format version of a stored `config.mup` (1 when it has none); a newer one than this hf_mup is an error."""
+    version = stored.get(VERSION_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise MuPError(f"config.mup has an invalid format version {version!r}.")
+    if version > FORMAT_VERSION:
+        raise MuPError(
+            f"config.mup has format version {version}, newer than this hf_mup understands ({FORMAT_VERSION}): "
+            "upgrade hf_mup (pip install -U hf_mup)."
+        )
+    return version
+
+
+def resolve(stored: Mapping[str, Any] | None, explicit: Mapping[str, Any]) -> MuPConfig:
+    """The μP settings from a stored `config.mup` merged with explicit ones: explicit wins, and a conflict is logged.
+
+    Usage: `mup = resolve(config.mup, {"output_mult": 4.0})`
+    """
+    explicit = {k: v for k, v in explicit.items() if v is not None}  # None: not given
+    if not stored:
+        if "base_hidden_size" not in explicit:
+            raise MuPError(
+                "Give base_hidden_size=<the proxy's width>, e.g. MuPModel.from_config(config, base_hidden_size=256) "
+                "(the config has no stored μP settings, config.mup)."
+            )
+        return MuPConfig.from_dict(explicit)
+    base = dataclasses.asdict(MuPConfig.from_dict(stored))
+    for key, value in explicit.items():
+        if key in base and base[key] != value:
+            logger.warning("hf_mup: %s=%r overrides the stored config.mup value %r.", key, value, base[key])
+    return MuPConfig.from_dict({**base, **explicit})

@@ -1,14 +1,15 @@
 """`describe`: a table of what hf_mup decided for every parameter."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
-import transformers.initialization as hf_init
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import MuPError
-from .model import _meta_model, get_plan, unwrap
+from .model import get_plan, unwrap
+from .plan import meta_model
 from .rules import Kind
 
 
@@ -23,34 +24,38 @@ class ParamInfo:
     sgd_lr_mult: float
 
 
-@contextlib.contextmanager
-def _record_hf_init():
-    """Run HF's `_init_weights` without touching data, recording the std (or constant) each tensor gets."""
-    record: dict[int, tuple[str, float]] = {}
+class _RecordInit(TorchFunctionMode):
+    """Records the std (or constant) each tensor is initialised with and skips the fill: HF's `_init_weights` runs
+    on a meta-device twin, unchanged (no patching of transformers), and nothing is allocated."""
 
-    def recorder(kind):
-        def fn(tensor, *args, **kwargs):
-            if kind == "normal":
-                record[id(tensor)] = ("normal", kwargs.get("std", args[1] if len(args) > 1 else 1.0))
-            elif kind in ("zeros", "ones"):
-                record[id(tensor)] = ("const", 0.0 if kind == "zeros" else 1.0)
-            elif kind == "constant":
-                record[id(tensor)] = ("const", kwargs.get("val", args[0] if args else 0.0))
-            else:
-                record[id(tensor)] = (kind, float("nan"))
-            return tensor
+    FILLS = {"normal_": "normal", "zero_": "const", "zeros_": "const", "ones_": "const", "fill_": "const",
+             "constant_": "const", "uniform_": "uniform", "trunc_normal_": "normal", "xavier_uniform_": "xavier_uniform",
+             "xavier_normal_": "xavier_normal", "kaiming_uniform_": "kaiming_uniform", "kaiming_normal_": "kaiming_normal"}
 
-        return fn
+    def __init__(self):
+        super().__init__()
+        self.record: dict[int, tuple[str, float]] = {}
 
-    names = ["normal_", "zeros_", "ones_", "constant_", "uniform_", "trunc_normal_", "xavier_uniform_", "kaiming_uniform_"]
-    saved = {n: getattr(hf_init, n) for n in names}
-    try:
-        for n in names:
-            setattr(hf_init, n, recorder(n.rstrip("_").replace("trunc_normal", "normal")))
-        yield record
-    finally:
-        for n, fn in saved.items():
-            setattr(hf_init, n, fn)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        how = self.FILLS.get(getattr(func, "__name__", ""))
+        if how is not None and not args and isinstance(kwargs.get("tensor"), torch.Tensor):
+            args = (kwargs.pop("tensor"),)  # torch.nn.init passes the tensor by keyword to modes
+        if how is None or not args or not isinstance(args[0], torch.Tensor):
+            return func(*args, **kwargs)
+        name = func.__name__
+        if name in ("normal_", "trunc_normal_"):
+            value = kwargs.get("std", args[2] if len(args) > 2 else 1.0)
+        elif name == "ones_":
+            value = 1.0
+        elif name in ("fill_", "constant_"):
+            value = kwargs.get("val", kwargs.get("value", args[1] if len(args) > 1 else 0.0))
+        elif how == "const":
+            value = 0.0
+        else:
+            value = float("nan")
+        self.record[id(args[0])] = (how, float(value))
+        return args[0]
 
 
 def parameter_table(model: nn.Module) -> list[ParamInfo]:
@@ -59,11 +64,12 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
     if plan is None:
         raise MuPError("describe needs a μP model: build it with hf_mup.MuPModel.from_config(...).")
     model = unwrap(model)
-    twin = _meta_model(type(model), model.config)  # HF's init, recorded on a data-less copy
+    twin = meta_model(type(model), model.config)  # HF's init, recorded on a data-less copy
     for t in [*twin.modules(), *twin.parameters()]:
         t.__dict__.pop("_is_hf_initialized", None)
-    with _record_hf_init() as record:
+    with _RecordInit() as recorder:
         twin.initialize_weights()
+    record = recorder.record
     zeroed = set()
     if plan.mup.zero_init_readout:
         zeroed |= {f"{n}.weight" for n in plan.readouts.keys() - plan.tied_readouts}

@@ -1,54 +1,34 @@
 """`fold`: bake every μP multiplier into the weights, leaving a stock transformers model with the same logits."""
 from __future__ import annotations
 
-import torch
 from transformers import PreTrainedModel
 
-from .architectures import scale_slices
+from .apply import PLAN_ATTR, fold_entries, remove_hooks, scale_parameters
 from .errors import MuPError
-from .model import CONFIG_KEY, get_plan, remove_hooks, stock_attention_scaling, unwrap
+from .model import CONFIG_KEY, get_plan, unwrap
 
 
-@torch.no_grad()
 def fold(model: PreTrainedModel) -> PreTrainedModel:
     """Fold μP into the weights, in place, and return the now stock model (no hooks, no `config.mup`).
 
-    Usage: `plain = hf_mup.fold(model); plain.save_pretrained("out")` (deep-copy first to keep the μP model).
+    Usage: `plain = hf_mup.fold(model)` (deep-copy first to keep the μP model); `hf_mup.convert(plain, ...)` undoes it.
 
     The attention scale moves into the query projection, `input_mult` into the embedding tables, and the readout
     multiplier into the readout weight, or, for a readout tied to the input embedding, into the norm that feeds it
-    (so the folded model's `last_hidden_state` is scaled, its logits are not). `pipeline`, `generate`, exporters
-    and quantizers then see an ordinary model.
+    (so the folded model's `last_hidden_state` is scaled, its logits are not). These are the weights a μP model's
+    `state_dict()` and `save_pretrained` hold already: `fold` is for a model object without μP.
     """
     plan = get_plan(model)
     if plan is None:
         raise MuPError("fold needs a μP model; this one has no μP settings.")
     model = unwrap(model)
-    for _, attn in plan.arch.attention_modules(model):
-        stock = stock_attention_scaling(attn)
-        scale_slices(plan.arch.query_slices(attn), attn.scaling / stock)
-        attn.scaling = stock
+    scale_parameters(model, fold_entries(model, plan))
+    for name in plan.attention:
+        attn = model.get_submodule(name)
+        attn.scaling = attn.mup_stock_scaling
         del attn.mup_stock_scaling
-    input_mult = plan.mup.input_mult
-    for name in plan.embeddings:
-        model.get_submodule(name).weight.mul_(input_mult)
-    for name, scale in plan.readouts.items():
-        if name not in plan.tied_readouts:
-            model.get_submodule(name).weight.mul_(scale)
-            continue
-        norm_path = plan.arch.tied_readout_norms.get(type(model).__name__)
-        if norm_path is None:
-            raise MuPError(
-                f"Cannot fold the tied readout {name!r} of {type(model).__name__}: no norm feeding it is known. "
-                "Add it to tied_readout_norms in hf_mup/architectures/."
-            )
-        norm = model.get_submodule(norm_path)
-        norm_scale = scale / input_mult  # the shared weight now also carries input_mult
-        norm.weight.mul_(norm_scale)
-        if norm.bias is not None:
-            norm.bias.mul_(norm_scale)
     remove_hooks(model)
-    del model._mup_plan
+    del model.__dict__[PLAN_ATTR]
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     return model

@@ -1,256 +1,133 @@
-"""Turning a stock transformers model into a μP model, in place: no forked modeling files.
+"""The public entry points: `convert` (the one place a stock model becomes μP), `MuPModel.from_config` /
+`from_pretrained`, `get_plan`, `is_mup`.
 
-What changes on the stock model:
-- every attention module's `scaling` (read at each forward and passed to SDPA / flash attention),
-- a forward hook multiplying embedding outputs by `input_mult` (only when it is not 1),
-- a forward pre-hook multiplying each readout's input by `output_mult / m`,
-- the init of hidden weights (σ/√m), the query projection and an untied readout (zero),
-- `config.mup`, which `save_pretrained` writes and `MuPModel.from_pretrained` reads back.
+A μP checkpoint is a stock checkpoint plus `config.mup`: `save_pretrained` writes the *folded* weights (the stock
+model with the μP model's outputs, see `hf_mup.apply`), so `AutoModel*.from_pretrained` and `pipeline` compute the
+μP model's outputs, while `MuPModel.from_pretrained` loads them and unfolds them back into μP's parametrization.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass, field
+import difflib
+import inspect
+import warnings
 from typing import Any
 
-import torch
 import transformers
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
-from transformers.pytorch_utils import Conv1D
 
-from .architectures import Architecture, get_architecture, supported_classes
-from .config import MuPConfig
+from .apply import PLAN_ATTR, apply_forward, apply_init, fold_entries, scale_parameters, sync
+from .architectures import get_architecture, supported_classes
+from .config import FORMAT_VERSION, MuPConfig, format_version, resolve
 from .errors import MuPError
-from .rules import Kind, TensorRule, attention_scale_factor, classify
+from .plan import MuPPlan, base_configs_for, canonical_name, make_plan, meta_model, supported_class_name
 
 CONFIG_KEY = "mup"
+# Keywords transformers' `_from_config` takes besides the model class's own constructor arguments.
+HF_FROM_CONFIG_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "experts_implementation", "allow_all_kernels")
+
+__all__ = ["MuPModel", "MuPPlan", "canonical_name", "convert", "get_plan", "is_mup", "unwrap"]
 
 
-@dataclass
-class MuPPlan:
-    """What hf_mup decided for one model: a rule per parameter and the modules that get multipliers."""
-
-    mup: MuPConfig
-    arch: Architecture
-    head_dim: int
-    base_head_dim: int
-    rules: dict[str, TensorRule]  # by name in `model.named_parameters()`
-    readouts: dict[str, float] = field(default_factory=dict)  # readout module -> scale on its input
-    tied_readouts: set[str] = field(default_factory=set)  # readouts whose weight is an input embedding's
-    embeddings: list[str] = field(default_factory=list)  # embedding modules whose output gets input_mult
-
-    @property
-    def attention_scale_factor(self) -> float:
-        return attention_scale_factor(self.mup.attn_mult, self.head_dim, self.base_head_dim)
+# ------------------------------------------------------------------------------------------------- finding it
 
 
-# ----------------------------------------------------------------------------------------------- base model
+def unwrap(model: nn.Module) -> nn.Module:
+    """The μP transformers model inside any wrapper (DDP, FSDP, torch.compile, PEFT); for a stock model, the model
+    inside DDP / accelerate / torch.compile wrappers."""
+    for module in model.modules():
+        if PLAN_ATTR in module.__dict__:
+            return module
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
 
 
-def _head_dims(config: PretrainedConfig, mup: MuPConfig) -> tuple[int, int, int]:
-    """(head_dim, base_head_dim, base_num_heads), with the errors a user can act on."""
-    hidden, heads = config.hidden_size, config.num_attention_heads
-    if hidden % heads:
-        raise MuPError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
-    head_dim, base = hidden // heads, mup.base_hidden_size
-    base_heads, base_head_dim = mup.base_num_attention_heads, mup.base_head_dim
-    if base_heads is None and base_head_dim is None:
-        base_head_dim = head_dim  # head size kept fixed: the number of heads scales with width
-    if base_heads is not None:
-        if base % base_heads:
-            raise MuPError(
-                f"base_hidden_size {base} is not divisible by base_num_attention_heads {base_heads}; "
-                "choose a base width that is a multiple of the base head count."
-            )
-        if base_head_dim is not None and base_head_dim * base_heads != base:
-            raise MuPError(
-                f"Mismatched head sizes: base_head_dim {base_head_dim} × base_num_attention_heads {base_heads} "
-                f"!= base_hidden_size {base}; give only one of the two."
-            )
-        base_head_dim = base // base_heads
-    if base % base_head_dim:
-        raise MuPError(
-            f"base_hidden_size {base} is not a multiple of the head size {base_head_dim}: the base model cannot "
-            f"have a whole number of heads. Choose a base width that is a multiple of {base_head_dim}, or set "
-            "base_num_attention_heads / base_head_dim."
-        )
-    return head_dim, base_head_dim, base // base_head_dim
+def get_plan(model: nn.Module) -> MuPPlan | None:
+    """The μP plan of a converted model (re-applied first if surgery changed the model); None for a stock model.
 
-
-def _resized_config(config: PretrainedConfig, hidden: int, heads: int, intermediate: int) -> PretrainedConfig:
-    arch = get_architecture(config)
-    resized = copy.deepcopy(config)
-    resized.hidden_size = hidden
-    resized.num_attention_heads = heads
-    setattr(resized, arch.intermediate_size_attr, intermediate)
-    return resized
-
-
-def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[PretrainedConfig, PretrainedConfig]:
-    """Configs of the base model (hidden size `mup.base_hidden_size`) and of a 2× wider "delta" model.
-
-    Dimensions that differ between the two are the width dimensions, as in microsoft/mup's `delta` shapes.
+    Raises a `MuPError` for a model that carries μP settings without μP applied (a checkpoint opened by the stock
+    loader): it computes the right outputs, but training it as it is would not be μP.
     """
-    arch = get_architecture(config)
-    hidden, base = config.hidden_size, mup.base_hidden_size
-    if base > hidden:
+    root = unwrap(model)
+    if PLAN_ATTR in root.__dict__:
+        return sync(root)
+    if getattr(getattr(root, "config", None), CONFIG_KEY, None):
         raise MuPError(
-            f"base_hidden_size {base} is larger than the model's hidden_size {hidden}; the base is the small proxy "
-            f"width the hyperparameters were tuned at: choose base_hidden_size <= {hidden}."
+            "This model's config has μP settings (config.mup) but μP is not applied to it: it was loaded with "
+            "transformers' own from_pretrained, which gives the right outputs (the checkpoint holds folded weights) "
+            "but not μP's training. Use hf_mup.MuPModel.from_pretrained(path), or hf_mup.convert(model) (same outputs)."
         )
-    _, _, base_heads = _head_dims(config, mup)
-    intermediate = arch.intermediate_size(config)
-    base_intermediate = mup.base_intermediate_size
-    if base_intermediate is None:
-        if (intermediate * base) % hidden:
-            raise MuPError(
-                f"The base intermediate size {intermediate} × {base} / {hidden} is not a whole number; "
-                "set base_intermediate_size explicitly."
-            )
-        base_intermediate = intermediate * base // hidden
-    if base_intermediate > intermediate:
-        raise MuPError(f"base_intermediate_size {base_intermediate} is larger than the model's {intermediate}.")
-    return (
-        _resized_config(config, base, base_heads, base_intermediate),
-        _resized_config(config, 2 * base, 2 * base_heads, 2 * base_intermediate),
-    )
+    return None
 
 
-# ------------------------------------------------------------------------------------------------- planning
+def is_mup(model: nn.Module) -> bool:
+    return get_plan(model) is not None
 
 
-def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
-    """(fan-in dim, fan-out dim) of each parameter, by id, from the module that owns it."""
-    layouts: dict[int, tuple[int | None, int | None]] = {}
-    for module in model.modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if p.ndim == 0:
-                layout = (None, None)
-            elif p.ndim == 1:
-                layout = (None, 0)
-            elif isinstance(module, nn.Embedding):
-                layout = (None, 1)  # a lookup table: (vocab, width), no fan-in
-            elif isinstance(module, Conv1D):
-                layout = (0, 1)  # GPT-2's Conv1D stores (in, out)
-            elif p.ndim == 2:
-                layout = (1, 0)  # nn.Linear: (out, in)
-            else:
-                raise MuPError(f"hf_mup cannot scale the {p.ndim}-d parameter {pname!r} of {type(module).__name__}.")
-            # A tied weight is an input embedding first: an Embedding owner decides its layout.
-            if id(p) not in layouts or isinstance(module, nn.Embedding):
-                layouts[id(p)] = layout
-    return layouts
+# ---------------------------------------------------------------------------------------------- conversion
 
 
-def _meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
-    # fork_rng: planning must not change what the seed gives the real model.
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        return model_class(config)
+def _translate(names: list[str], source_prefix: str, target: nn.Module) -> dict[str, str]:
+    """Parameter names of a model of another class (e.g. the MLM that saved a checkpoint) -> names in `target`,
+    across the base-model prefix transformers adds or strips when loading (`bert.` / `transformer.`)."""
+    params = {canonical_name(n) for n, _ in target.named_parameters()}
+    prefix = getattr(target, "base_model_prefix", "") or source_prefix
+    out = {}
+    for name in names:
+        for candidate in (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")):
+            if candidate in params:
+                out[name] = candidate
+                break
+    return out
 
 
-def make_plan(model: PreTrainedModel, mup: MuPConfig) -> MuPPlan:
-    """Classify every parameter of `model` by comparing shapes with the base and delta models (meta device)."""
+def _unfold(model: PreTrainedModel, plan: MuPPlan, folded_with: MuPConfig, saved_by: str | None,
+            loaded: set[str] | None) -> None:
+    """Turn folded (stock) weights into μP's parametrization: divide what `fold` multiplied, as it was folded.
+
+    `folded_with`: the settings the weights were folded with; `saved_by`: the class that folded them (its fold may
+    differ: a tied readout's norm); `loaded`: the names that came from the checkpoint (None: all).
+    """
+    if saved_by not in plan.arch.model_classes or saved_by == plan.model_class:  # (a user subclass: the same)
+        entries = fold_entries(model, plan if folded_with == plan.mup else make_plan(model, folded_with))
+    else:
+        source_class = getattr(transformers, saved_by)
+        source = meta_model(source_class, model.config)
+        entries = fold_entries(source, make_plan(source, folded_with))
+        names = _translate([e[0] for e in entries], source.base_model_prefix, model)
+        entries = [(names[n], index, factor) for n, index, factor in entries if n in names]
+    scale_parameters(model, entries, inverse=True, only=loaded)
+
+
+def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: MuPConfig | None = None,
+             saved_by: str | None = None, fresh: set[str] | None = None) -> PreTrainedModel:
+    """Make `model` μP in place. `weights`: "fresh" (just HF-initialised: rescale to μP's init), "folded" (stock or
+    folded weights: unfold, same outputs) or "mup" (already μP's parametrization, format-1 checkpoints). `fresh`: the
+    tensors a checkpoint did not have (a new head), initialised by the μP rules whatever `weights` says."""
+    if PLAN_ATTR in model.__dict__:
+        raise MuPError("This model is μP already; to change its settings, hf_mup.fold it first and convert again.")
+    plan = make_plan(model, mup)
+    if weights == "fresh":
+        apply_init(model, plan)
+    else:
+        loaded = None if fresh is None else {n for n in map(canonical_name, dict(model.named_parameters())) if n not in fresh}
+        if weights == "folded":
+            _unfold(model, plan, folded_with or mup, saved_by, loaded)
+        if fresh:
+            apply_init(model, plan, only=fresh)
+    apply_forward(model, plan)
+    setattr(model.config, CONFIG_KEY, mup.to_dict())
     arch = get_architecture(model.config)
-    cls_name = type(model).__name__
-    if cls_name not in arch.model_classes:
-        raise MuPError(f"hf_mup does not support {cls_name}. Supported classes: {', '.join(supported_classes())}.")
-    head_dim, base_head_dim, _ = _head_dims(model.config, mup)
-    base, delta = (_meta_model(type(model), c) for c in base_configs_for(model.config, mup))
-    base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
-    layouts = _layouts(model)
-
-    def rule(name: str, p: torch.Tensor, layout) -> TensorRule:
-        fan_in, fan_out = layout
-        if fan_out is None:
-            return TensorRule(Kind.SCALAR)
-        return classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out)
-
-    plan = MuPPlan(mup, arch, head_dim, base_head_dim, {n: rule(n, p, layouts[id(p)]) for n, p in model.named_parameters()})
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
-            plan.embeddings.append(name)
-        elif isinstance(module, nn.Linear):
-            # Judge the Linear from its own (out, in) view: a tied weight is listed under its embedding's name.
-            as_linear = classify(
-                tuple(module.weight.shape), tuple(base.get_submodule(name).weight.shape),
-                tuple(delta.get_submodule(name).weight.shape), 1, 0,
-            )
-            if as_linear.kind is Kind.READOUT:
-                plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
-                if id(module.weight) in embedding_ids:
-                    plan.tied_readouts.add(name)
-    return plan
-
-
-# ---------------------------------------------------------------------------------------- forward multipliers
-
-
-class ScaleInput:
-    """Forward pre-hook: the readout reads `scale` × its input (its bias stays unscaled)."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (args[0] * self.scale, *args[1:])
-
-
-class ScaleOutput:
-    """Forward hook: an embedding's output times `scale`."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output * self.scale
-
-
-def remove_hooks(model: nn.Module) -> None:
-    """Remove every hook hf_mup added (and only those)."""
-    for module in model.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for key in [k for k, h in hooks.items() if isinstance(h, (ScaleInput, ScaleOutput))]:
-                del hooks[key]
-
-
-def stock_attention_scaling(module: nn.Module) -> float:
-    """The scale the stock module was built with, remembered the first time hf_mup touches it."""
-    if not hasattr(module, "mup_stock_scaling"):
-        module.mup_stock_scaling = module.scaling
-    return module.mup_stock_scaling
-
-
-def apply_forward(model: PreTrainedModel, plan: MuPPlan) -> None:
-    """Set the μP attention scale and the multiplier hooks; idempotent."""
-    remove_hooks(model)
-    for _, attn in plan.arch.attention_modules(model):
-        attn.scaling = stock_attention_scaling(attn) * plan.attention_scale_factor
-    if plan.mup.input_mult != 1.0:
-        for name in plan.embeddings:
-            model.get_submodule(name).register_forward_hook(ScaleOutput(plan.mup.input_mult))
-    for name, scale in plan.readouts.items():
-        if scale != 1.0:
-            model.get_submodule(name).register_forward_pre_hook(ScaleInput(scale))
-    model._mup_plan = plan
-
-
-@torch.no_grad()
-def apply_init(model: PreTrainedModel, plan: MuPPlan) -> None:
-    """Rescale a freshly HF-initialised model to the μP init (σ/√m on hidden weights, zero-inits)."""
-    for name, p in model.named_parameters():
-        scale = plan.rules[name].init_scale
-        if scale != 1.0:
-            p.mul_(scale)
-    if plan.mup.zero_init_readout:
-        for name in plan.readouts.keys() - plan.tied_readouts:
-            model.get_submodule(name).weight.zero_()
-    if plan.mup.zero_init_query:
-        for _, attn in plan.arch.attention_modules(model):
-            for param, index in plan.arch.query_slices(attn):
-                param[index] = 0.0
+    if mup.input_mult != 1.0 and arch.embeddings_feed_norm:
+        warnings.warn(f"input_mult={mup.input_mult:g} has no effect on {arch.model_type}: its embeddings are summed "
+                      "into a LayerNorm, which undoes any common factor.", stacklevel=3)
+    return model
 
 
 def _reinitialize(model: PreTrainedModel) -> None:
@@ -261,83 +138,75 @@ def _reinitialize(model: PreTrainedModel) -> None:
     model.init_weights()
 
 
-# --------------------------------------------------------------------------------------------- public API
+def _stored(config: PretrainedConfig) -> dict | None:
+    stored = getattr(config, CONFIG_KEY, None)
+    if stored is not None and not isinstance(stored, dict):
+        raise MuPError(f"config.mup must be a dict of μP settings, got {type(stored).__name__}.")
+    return stored or None
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / accelerate / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        else:
-            return model
+def convert(model: PreTrainedModel, mup: MuPConfig | None = None, *, reinit: bool = False,
+            **options: Any) -> PreTrainedModel:
+    """Make a stock transformers model μP, in place, and return it. Its outputs do not change unless `reinit=True`.
 
+    Usage: `model = hf_mup.convert(GPT2LMHeadModel.from_pretrained("gpt2"), base_hidden_size=256)` — a trained
+    model, now in μP's parametrization, for continued pretraining or fine-tuning (`fold` is the inverse).
+    `hf_mup.convert(model, base_hidden_size=256, reinit=True)`: a fresh μP initialisation instead.
 
-# Segments that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter names.
-WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def canonical_name(name: str) -> str:
-    """A parameter's name in the bare transformers model, whatever wrappers it went through."""
-    for segment in WRAPPER_SEGMENTS:
-        name = name.replace(segment, "")
-    return name
-
-
-def get_plan(model: nn.Module) -> MuPPlan | None:
-    """The μP plan of a converted model; None for a stock one. Raises if μP settings were not applied."""
-    model = unwrap(model)
-    plan = getattr(model, "_mup_plan", None)
-    if plan is None and getattr(getattr(model, "config", None), CONFIG_KEY, None):
-        raise MuPError(
-            "This model's config has μP settings (config.mup) but μP is not applied to it: it was probably loaded "
-            "with transformers' from_pretrained. Load it with hf_mup.MuPModel.from_pretrained(path)."
-        )
-    return plan
-
-
-def is_mup(model: nn.Module) -> bool:
-    return get_plan(model) is not None
-
-
-def _as_mup_config(config: PretrainedConfig, base_hidden_size: int | None, options: dict[str, Any]) -> MuPConfig:
-    if base_hidden_size is None:
-        stored = getattr(config, CONFIG_KEY, None)
-        if not stored:
-            raise MuPError("Give base_hidden_size=<the proxy's width>, e.g. MuPModel.from_config(config, base_hidden_size=256).")
-        return MuPConfig.from_dict({**stored, **options})
-    return MuPConfig(base_hidden_size=base_hidden_size, **options)
-
-
-def convert(model: PreTrainedModel, mup: MuPConfig | None = None, *, reinit: bool = True, **options: Any) -> PreTrainedModel:
-    """Convert a stock transformers model to μP in place (re-initialising it) and return it.
-
-    Usage: `model = hf_mup.convert(GPT2LMHeadModel(config), hf_mup.MuPConfig(base_hidden_size=256))`
+    Settings: a `MuPConfig`, or its fields as keywords; the model's stored `config.mup` (a μP checkpoint opened with
+    transformers' loader) is used and merged with them (explicit ones win, a conflict is logged).
     """
-    if mup is None:
-        mup = _as_mup_config(model.config, options.pop("base_hidden_size", None), options)
-    elif options:
-        mup = mup.replace(**options)
-    plan = make_plan(model, mup)
+    stored = _stored(model.config)
+    if mup is not None:
+        options = {**mup.to_dict(), **options}
+    _check_mup_keywords(options, "convert")
+    mup = resolve(stored, options)
     if reinit:
         _reinitialize(model)
-        apply_init(model, plan)
-    apply_forward(model, plan)
-    setattr(model.config, CONFIG_KEY, mup.to_dict())
-    return model
+        return _convert(model, mup, "fresh")
+    version = format_version(stored) if stored else FORMAT_VERSION
+    folded_with = MuPConfig.from_dict(stored) if stored else mup
+    return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with,
+                    saved_by=(getattr(model.config, "architectures", None) or [None])[0] if stored else None)
+
+
+# --------------------------------------------------------------------------------------------------- keywords
+
+
+def _check_mup_keywords(options: dict[str, Any], where: str, others: tuple[str, ...] = ()) -> None:
+    fields = MuPConfig.field_names()
+    bad = [k for k in options if k not in fields and k != "version"]
+    if bad:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, fields + others, 1)) else repr(k)
+                 for k in bad]
+        raise MuPError(
+            f"Unknown keyword(s) for {where}: {', '.join(hints)}. μP settings: {', '.join(fields)}."
+            + (f" Passed on to transformers: {', '.join(others)}." if others else "")
+        )
+
+
+def _split_kwargs(kwargs: dict[str, Any], model_class: type, where: str) -> tuple[dict, dict]:
+    """(μP settings, transformers keywords); anything else is a `MuPError` listing the valid names."""
+    fields = set(MuPConfig.field_names())
+    hf_names = HF_FROM_CONFIG_KWARGS + tuple(
+        p for p in inspect.signature(model_class.__init__).parameters if p not in ("self", "config", "args", "kwargs")
+    )
+    mup = {k: v for k, v in kwargs.items() if k in fields}
+    hf = {k: v for k, v in kwargs.items() if k in hf_names}
+    _check_mup_keywords({k: v for k, v in kwargs.items() if k not in mup and k not in hf}, where, hf_names)
+    return mup, hf
 
 
 def _model_class(config: PretrainedConfig, model_class: type | str | None) -> type:
     arch = get_architecture(config)
     if model_class is None:
         archs = getattr(config, "architectures", None) or [arch.model_classes[0]]
-        model_class = archs[0]
+        model_class = next((a for a in archs if a in arch.model_classes), arch.model_classes[0])
     if isinstance(model_class, str):
         if model_class not in arch.model_classes:
             raise MuPError(f"hf_mup does not support {model_class}. Supported classes: {', '.join(supported_classes())}.")
         model_class = getattr(transformers, model_class)
+    supported_class_name(model_class, config)
     return model_class
 
 
@@ -360,36 +229,45 @@ class MuPModel:
         """A freshly initialised μP model of `config`'s architecture.
 
         `model_class` defaults to `config.architectures[0]`, else the causal LM (GPT-2) / masked LM (BERT).
-        `kwargs` are `MuPConfig` fields (`output_mult=8.0`, `zero_init_query=False`, ...); the others go to
-        transformers' `_from_config` (`dtype=torch.bfloat16`, `attn_implementation="flash_attention_2"`, ...).
+        `kwargs` are `MuPConfig` fields (`output_mult=8.0`, `zero_init_query=False`, ...), merged over the config's
+        stored `config.mup` if it has one; transformers' keywords (`dtype=torch.bfloat16`,
+        `attn_implementation="flash_attention_2"`, the model class's own arguments) are passed on.
         """
         config = copy.deepcopy(config)
-        mup_fields = {f.name for f in dataclasses.fields(MuPConfig)}
-        mup = _as_mup_config(config, base_hidden_size, {k: v for k, v in kwargs.items() if k in mup_fields})
         cls = _model_class(config, model_class)
+        mup_kwargs, hf_kwargs = _split_kwargs(kwargs, cls, "MuPModel.from_config")
+        mup = resolve(_stored(config), {"base_hidden_size": base_hidden_size, **mup_kwargs})
         base_configs_for(config, mup)  # fail on a bad base before allocating a big model
-        model = cls._from_config(config, **{k: v for k, v in kwargs.items() if k not in mup_fields})
-        plan = make_plan(model, mup)
-        apply_init(model, plan)
-        apply_forward(model, plan)
-        setattr(model.config, CONFIG_KEY, mup.to_dict())
-        return model
+        return _convert(cls._from_config(config, **hf_kwargs), mup, "fresh")
 
     @staticmethod
-    def from_pretrained(path: str, model_class: type | str | None = None, **kwargs: Any) -> PreTrainedModel:
-        """Load a μP checkpoint saved with `save_pretrained`; μP is re-applied from its `config.mup`.
+    def from_pretrained(path: str, model_class: type | str | None = None, base_hidden_size: int | None = None,
+                        **kwargs: Any) -> PreTrainedModel:
+        """Load a μP checkpoint (or convert a stock one, given `base_hidden_size`), with the same outputs.
 
-        Usage: `model = hf_mup.MuPModel.from_pretrained("ckpt")`
+        Usage: `model = hf_mup.MuPModel.from_pretrained("ckpt")`,
+        `hf_mup.MuPModel.from_pretrained("mlm_ckpt", model_class="BertForSequenceClassification")` (a new head,
+        initialised by the μP rules), `hf_mup.MuPModel.from_pretrained("gpt2", base_hidden_size=256)` (a stock
+        checkpoint, converted keeping its outputs). `MuPConfig` fields given here override the stored ones; other
+        keywords go to transformers' `from_pretrained`.
         """
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
-        stored = getattr(config, CONFIG_KEY, None)
-        if not stored:
+        fields = set(MuPConfig.field_names())
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **{
+            k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs})
+        stored = _stored(config)
+        if stored is None and base_hidden_size is None:
             raise MuPError(
                 f"The checkpoint {path!r} has no μP settings (config.mup): it was saved from a stock model. "
-                "Load it with transformers' from_pretrained, or build a μP model with "
+                "To continue from it in μP with the same outputs, give base_hidden_size=<the proxy's width> "
+                "(MuPModel.from_pretrained(path, base_hidden_size=256)); to start afresh, use "
                 "hf_mup.MuPModel.from_config(config, base_hidden_size=...)."
             )
+        mup = resolve(stored, {"base_hidden_size": base_hidden_size, **overrides})
+        saved_by = (getattr(config, "architectures", None) or [None])[0] if stored else None
         cls = _model_class(config, model_class)
-        model = cls.from_pretrained(path, config=config, **kwargs)
-        apply_forward(model, make_plan(model, MuPConfig.from_dict(stored)))
-        return model
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+        fresh = {canonical_name(k) for k in info.get("missing_keys", ())}
+        version = format_version(stored) if stored else FORMAT_VERSION
+        folded_with = MuPConfig.from_dict(stored) if stored else mup
+        return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with, saved_by, fresh)

@@ -1,17 +1,22 @@
-"""μP optimizer parameter groups, and the check that an optimizer has them."""
+"""μP optimizer parameter groups, the check that an optimizer has them, and per-group LR floors for schedulers."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .errors import MuPError
-from .model import canonical_name, get_plan, unwrap
-from .rules import ADAM_LIKE, OPTIMIZERS, SGD_LIKE, weight_decay_for_group
+from .model import get_plan, unwrap
+from .plan import canonical_name
+from .rules import optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
+UNSCALED = "unscaled"  # the group kind of tensors with no μP rule (adapters): trained at the plain LR
+# Above this, "independent" weight decay (a fraction of the weights removed per step) is almost surely a coupled value.
+INDEPENDENT_WD_WARN = 1e-2
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -37,7 +42,7 @@ def mup_param_groups(
     model: nn.Module,
     lr: float,
     weight_decay: float = 0.0,
-    optimizer: str = "adamw",
+    optimizer="adamw",
     weight_decay_mode: str = "width_independent",
     no_decay: NoDecay = None,
 ) -> list[dict]:
@@ -47,30 +52,41 @@ def mup_param_groups(
 
     Each group carries `lr_mult` (its LR over `lr`), `mup_kind` and `mup_optimizer`, so that schedulers
     (which scale each group's LR relatively), logs and `check_optimizer` can see them.
-    `optimizer`: "adamw" / "adam" (Adam-like rules) or "sgd". `weight_decay_mode`: "width_independent"
+    `optimizer`: the optimizer's class or name (`torch.optim.Adamax`, "adamw", "sgd", "adamw_torch_fused", ...);
+    `hf_mup.rules.optimizer_family` decides which μP rules apply. `weight_decay_mode`: "width_independent"
     (lr·wd the same at every width, microsoft/mup's default), "coupled" (plain) or "independent" (the decay per
     step is `weight_decay`, whatever the LR). `no_decay`: parameter names (substrings) or a predicate on the name;
-    by default biases and norm weights.
+    by default biases and norm weights. Trainable tensors with no μP rule (an adapter's) get a group of their own at
+    the plain LR (`mup_kind` "unscaled"), with a warning naming them.
     """
-    if optimizer not in OPTIMIZERS:
-        raise MuPError(f"No μP learning-rate rule for optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
+    family = optimizer_family(optimizer)
     plan = get_plan(model)
     if plan is None:
         raise MuPError(
             "mup_param_groups needs a μP model: build it with hf_mup.MuPModel.from_config(config, base_hidden_size=...) "
             "or hf_mup.convert(model, ...)."
         )
+    if weight_decay_mode == "independent" and weight_decay > INDEPENDENT_WD_WARN:
+        warnings.warn(
+            f"weight_decay_mode='independent' removes weight_decay={weight_decay:g} of every weight per step "
+            f"({weight_decay:.0%}); independent decay values are usually 1e-5..1e-3. For the usual coupled value "
+            "(e.g. 0.1, multiplied by the LR) use weight_decay_mode='width_independent' or 'coupled'.",
+            stacklevel=2,
+        )
     model = unwrap(model)
     skip_decay = _no_decay_predicate(model, no_decay)
     groups: dict[tuple, dict] = {}
+    unscaled = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = canonical_name(name)
-        rule = plan.rules[name]
-        lr_mult = rule.lr_mult(optimizer)
+        rule = plan.rules.get(name)
+        if rule is None:
+            unscaled.append(name)
+        kind, lr_mult = (UNSCALED, 1.0) if rule is None else (rule.kind.value, rule.lr_mult(family))
         decays = weight_decay != 0 and not skip_decay(name)
-        key = (rule.kind.value, lr_mult, decays)
+        key = (kind, lr_mult, decays)
         if key not in groups:
             groups[key] = {
                 "params": [],
@@ -78,38 +94,45 @@ def mup_param_groups(
                 "lr": lr * lr_mult,
                 "weight_decay": weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode) if decays else 0.0,
                 "lr_mult": lr_mult,
-                "mup_kind": rule.kind.value,
-                "mup_optimizer": optimizer,
+                "mup_kind": kind,
+                "mup_optimizer": family,
             }
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
+    if unscaled:
+        warnings.warn(
+            f"{len(unscaled)} trainable tensor(s) have no μP rule (not in the stock model: adapters or a custom head, "
+            f"e.g. {unscaled[:3]}); they train at the plain learning rate.",
+            stacklevel=2,
+        )
     return list(groups.values())
-
-
-def _optimizer_family(optimizer: torch.optim.Optimizer) -> str | None:
-    if isinstance(optimizer, torch.optim.SGD):
-        return SGD_LIKE[0]
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        return ADAM_LIKE[0]
-    return None
 
 
 def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Raise `MuPError` unless every trainable parameter of a μP model is in a group with its μP learning rate.
 
-    Catches the commonest silent μP failure: `torch.optim.AdamW(model.parameters())`. Does nothing for a stock model.
+    Catches the commonest silent μP failures: `torch.optim.AdamW(model.parameters())`, groups built for another
+    model or optimizer, and tensors left out of the optimizer. Also re-checks (and, after module surgery, re-applies)
+    the forward multipliers and attention scales (`get_plan`). Does nothing for a stock model.
     """
     plan = get_plan(model)
     if plan is None:
         return
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    family = _optimizer_family(optimizer)
+    try:
+        family = optimizer_family(optimizer)
+    except MuPError:
+        family = None  # a class hf_mup does not know: trust the family the groups were built for
+    left_out = []
     for name, p in unwrap(model).named_parameters():
-        group = group_of.get(id(p))
-        if group is None or not p.requires_grad:
+        if not p.requires_grad:
             continue
         name = canonical_name(name)
+        group = group_of.get(id(p))
+        if group is None:
+            left_out.append(name)
+            continue
         if "lr_mult" not in group:
             raise MuPError(
                 f"The optimizer {type(optimizer).__name__} has no μP parameter groups (parameter {name!r} is in a "
@@ -117,14 +140,31 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 f"torch.optim.{type(optimizer).__name__}(hf_mup.mup_param_groups(model, lr=...))."
             )
         rules_for = group.get("mup_optimizer", family)
-        if family is not None and (rules_for in ADAM_LIKE) != (family in ADAM_LIKE):
+        if family is not None and rules_for != family:
             raise MuPError(
                 f"The parameter groups were made for {rules_for!r} but the optimizer is {type(optimizer).__name__}: "
                 f"pass optimizer={family!r} to hf_mup.mup_param_groups."
             )
-        expected = plan.rules[name].lr_mult(rules_for)
+        rule = plan.rules.get(name)
+        expected = 1.0 if rule is None else rule.lr_mult(rules_for)
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):
             raise MuPError(
                 f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}; "
                 "build the groups with hf_mup.mup_param_groups(model, ...) for this model."
             )
+    if left_out:
+        raise MuPError(
+            f"{len(left_out)} trainable parameter(s) are in no optimizer group, e.g. {left_out[:4]}: they would never "
+            "train. Build the optimizer from hf_mup.mup_param_groups(model, ...) after any change to the model, or "
+            "freeze them (requires_grad=False)."
+        )
+
+
+def mup_min_lrs(optimizer: torch.optim.Optimizer, min_lr: float) -> list[float]:
+    """Per-group LR floors for `ReduceLROnPlateau(min_lr=...)` that keep μP's ratios: `min_lr` × each group's lr_mult.
+
+    Usage: `ReduceLROnPlateau(opt, min_lr=hf_mup.mup_min_lrs(opt, 1e-5))` (one floor for all groups would clamp the
+    hidden groups, whose LR is η/m, long before the others).
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    return [min_lr * g.get("lr_mult", 1.0) for g in optimizer.param_groups]

@@ -19,9 +19,70 @@ from dataclasses import dataclass
 
 from .errors import MuPError
 
-ADAM_LIKE = ("adamw", "adam")
-SGD_LIKE = ("sgd",)
-OPTIMIZERS = ADAM_LIKE + SGD_LIKE
+# The two μP rule families: updates that normalise the gradient entrywise (Adam-like: Adam, AdamW, Adagrad,
+# RMSprop, ...) and plain gradient steps (SGD). `optimizer_family` is the one place that decides which applies.
+ADAM_LIKE = "adamw"
+SGD_LIKE = "sgd"
+FAMILIES = (ADAM_LIKE, SGD_LIKE)
+
+# Class names (lower case, with the bitsandbytes "paged" prefix and "8bit"/"32bit" suffixes removed) and
+# `TrainingArguments.optim` names of each family.
+_ADAM_CLASSES = {"adam", "adamw", "nadam", "radam", "adamax", "sparseadam", "adagrad", "rmsprop", "adamwfp8"}
+_SGD_CLASSES = {"sgd"}
+_ADAM_OPTIMS = {
+    "adamw", "adam", "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit",
+    "paged_adamw_8bit", "adagrad", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+}
+_SGD_OPTIMS = {"sgd"}
+# Optimizers with no μP rule, and why (checked by substring of the lower-case name).
+_REFUSED = {
+    "adafactor": "Adafactor's relative step size and parameter scaling size each update by the tensor's RMS, which "
+                 "μP's per-tensor learning rates do not model",
+    "lion": "Lion's sign update has no μP rule here, and μTransfer was found to fail with it (Lingle, 2024)",
+    "schedule_free": "schedule-free optimizers average iterates and set their own warmup; untested with μP",
+    "schedulefree": "schedule-free optimizers average iterates and set their own warmup; untested with μP",
+    "galore": "GaLore projects gradients to a low-rank subspace; untested with μP",
+    "apollo": "APOLLO scales updates by projected statistics; untested with μP",
+    "lomo": "LOMO fuses the update into the backward pass; untested with μP",
+}
+
+
+def _class_key(name: str) -> str:
+    key = name.lower()
+    key = key.removeprefix("paged")
+    for suffix in ("8bit", "32bit", "4bit"):
+        key = key.removesuffix(suffix)
+    return key
+
+
+def optimizer_family(optimizer) -> str:
+    """The μP rule family (`"adamw"` or `"sgd"`) of an optimizer class, instance, or name; a `MuPError` otherwise.
+
+    Usage: `optimizer_family(torch.optim.Adamax)`, `optimizer_family("adamw_torch_fused")`, `optimizer_family(opt)`
+
+    Names are `TrainingArguments.optim` values or the families themselves ("adamw", "adam", "sgd").
+    """
+    if isinstance(optimizer, str) or hasattr(optimizer, "value"):  # a name, or TrainingArguments' OptimizerNames
+        name = str(getattr(optimizer, "value", optimizer))
+        key, label = name.lower(), f"optim={name!r}"
+        family = ADAM_LIKE if key in _ADAM_OPTIMS else SGD_LIKE if key in _SGD_OPTIMS else None
+    else:
+        cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+        key, label = _class_key(cls.__name__), cls.__name__
+        family = next((f for c in cls.__mro__ for f, names in ((ADAM_LIKE, _ADAM_CLASSES), (SGD_LIKE, _SGD_CLASSES))
+                       if _class_key(c.__name__) in names), None)
+    if family is not None:
+        return family
+    reason = next((why for k, why in _REFUSED.items() if k in key), None)
+    raise MuPError(
+        f"hf_mup has no μP rule for the optimizer {label}"
+        + (f": {reason}." if reason else ": μP's per-tensor learning rates depend on whether the update normalises the "
+           "gradient entrywise (Adam-like) or not (SGD), and this optimizer is neither known one.")
+        + " Use an Adam-like optimizer (e.g. optim='adamw_torch', torch.optim.AdamW) or SGD"
+        + ("" if reason else ", or, if you know its family, build the groups with "
+           "hf_mup.mup_param_groups(model, lr, optimizer='adamw' or 'sgd') and pass them to it yourself") + "."
+    )
 
 
 class Kind(str, enum.Enum):
@@ -49,15 +110,13 @@ class TensorRule:
         """Factor on the stock HF init std (zero-inits are decided by the model, not here)."""
         return self.fanin_mult**-0.5 if self.kind is Kind.HIDDEN else 1.0
 
-    def lr_mult(self, optimizer: str = "adamw") -> float:
-        """Factor on the user's learning rate for this tensor."""
-        if optimizer in ADAM_LIKE:
+    def lr_mult(self, optimizer="adamw") -> float:
+        """Factor on the user's learning rate for this tensor, for an optimizer family, name or class."""
+        if optimizer_family(optimizer) == ADAM_LIKE:
             return 1.0 / self.fanin_mult if self.kind is Kind.HIDDEN else 1.0
-        if optimizer in SGD_LIKE:
-            if self.kind is Kind.HIDDEN:
-                return self.fanout_mult / self.fanin_mult
-            return 1.0 if self.kind is Kind.SCALAR else self.width_mult
-        raise MuPError(f"No μP learning-rate rule for optimizer {optimizer!r}; use one of {OPTIMIZERS}.")
+        if self.kind is Kind.HIDDEN:
+            return self.fanout_mult / self.fanin_mult
+        return 1.0 if self.kind is Kind.SCALAR else self.width_mult
 
 
 def classify(

@@ -12,32 +12,12 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .config import MuPConfig
-from .errors import MuPError
-from .model import MuPModel, canonical_name, is_mup
-from .optim import check_optimizer, mup_param_groups
-from .rules import ADAM_LIKE, SGD_LIKE
+from .model import MuPModel, is_mup
+from .optim import check_optimizer, mup_min_lrs, mup_param_groups
+from .plan import canonical_name
+from .rules import optimizer_family
 
-# `TrainingArguments.optim` values whose update normalises the gradient entrywise (Adam-like μP rules) or not (SGD).
-ADAM_LIKE_OPTIMS = {
-    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_anyprecision",
-    "adamw_torch_4bit", "adamw_torch_8bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit",
-    "adagrad", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
-}
-SGD_LIKE_OPTIMS = {"sgd"}
 KINDS = ("hidden", "input", "readout")
-
-
-def optimizer_family(optim: str) -> str:
-    """The μP rule family ("adamw" or "sgd") of a `TrainingArguments.optim` name, or a `MuPError`."""
-    optim = str(getattr(optim, "value", optim))
-    if optim in ADAM_LIKE_OPTIMS:
-        return ADAM_LIKE[0]
-    if optim in SGD_LIKE_OPTIMS:
-        return SGD_LIKE[0]
-    raise MuPError(
-        f"MuPTrainer cannot scale optim={optim!r} with μP: it is neither Adam-like nor SGD (or untested, e.g. "
-        f"Adafactor's relative steps, Lion, schedule-free). Use one of {sorted(ADAM_LIKE_OPTIMS | SGD_LIKE_OPTIMS)}."
-    )
 
 
 class MuPTrainer(Trainer):
@@ -72,7 +52,7 @@ class MuPTrainer(Trainer):
             return super().create_optimizer(model)
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-            family = ADAM_LIKE[0] if not issubclass(optimizer_cls, torch.optim.SGD) else SGD_LIKE[0]
+            family = optimizer_family(optimizer_cls)
         else:
             family = optimizer_family(self.args.optim)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
@@ -88,6 +68,17 @@ class MuPTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        optimizer = self.optimizer if optimizer is None else optimizer
+        kwargs = dict(self.args.lr_scheduler_kwargs or {})
+        if (self.lr_scheduler is None and str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+                == "reduce_lr_on_plateau" and isinstance(kwargs.get("min_lr"), (int, float))
+                and "lr_mult" in getattr(optimizer, "param_groups", [{}])[0]):
+            # One floor for every group would clamp the hidden groups (LR η/m) first and break μP's ratios.
+            kwargs["min_lr"] = mup_min_lrs(optimizer, kwargs["min_lr"])
+            self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         groups = self.optimizer.param_groups if self.optimizer is not None else []

@@ -8,7 +8,7 @@ import transformers
 from conftest import make_config
 
 import hf_mup
-from hf_mup.model import _meta_model
+from hf_mup.plan import meta_model as _meta_model
 
 BASE = 64
 

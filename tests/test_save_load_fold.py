@@ -36,7 +36,8 @@ def test_save_load_same_logits(model_class, tokens, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
     loaded = hf_mup.MuPModel.from_pretrained(tmp_path)
     assert type(loaded) is type(model)
-    torch.testing.assert_close(logits(loaded, tokens), logits(model, tokens), rtol=0, atol=0)
+    # The file holds folded weights (× 1.5, 3/m, ...), unfolded on load: float32 rounding, not bits, may differ.
+    torch.testing.assert_close(logits(loaded, tokens), logits(model, tokens), rtol=1e-5, atol=1e-5)
     assert hf_mup.get_plan(loaded).readouts == hf_mup.get_plan(model).readouts
     out = loaded.get_output_embeddings()
     if out is not None and model.config.tie_word_embeddings and "Classification" not in model_class:
@@ -105,7 +106,7 @@ def test_convert_existing_model_reinitialises(tokens):
     model = transformers.GPT2LMHeadModel(make_config("GPT2LMHeadModel", 256))
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight.fill_(1.0)  # "trained" weights are replaced
-    hf_mup.convert(model, hf_mup.MuPConfig(base_hidden_size=64))
+    hf_mup.convert(model, hf_mup.MuPConfig(base_hidden_size=64), reinit=True)  # asked for: never by default
     assert hf_mup.is_mup(model) and model.config.mup["base_hidden_size"] == 64
     c_fc = model.transformer.h[0].mlp.c_fc.weight
     assert c_fc.std().item() == pytest.approx(0.02 / 2, rel=0.05)  # σ/√m, m = 4

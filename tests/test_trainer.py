@@ -61,7 +61,7 @@ def test_group_lrs_follow_mup_and_the_schedule(tmp_path, optim, family):
 
 def test_unscalable_optimizer_is_refused(tmp_path):
     trainer = MuPTrainer(model=_model(), args=_args(tmp_path, optim="adafactor"), train_dataset=_dataset())
-    with pytest.raises(hf_mup.MuPError, match=r"cannot scale optim='adafactor'.*adamw_torch"):
+    with pytest.raises(hf_mup.MuPError, match=r"no μP rule for the optimizer optim='adafactor': Adafactor's relative step.*adamw_torch"):
         trainer.train()
 
 
@@ -89,26 +89,32 @@ def _losses(trainer):
 
 
 def test_resume_is_exact(tmp_path):
-    full = MuPTrainer(model=_model(output_mult=2.0), args=_args(tmp_path / "full"), train_dataset=_dataset())
+    # Multipliers that are not powers of two: the checkpoint's folded weights (× 3/m, × 1.5) do not round-trip to
+    # the bit, and resuming must still give the same run.
+    mults = {"output_mult": 3.0, "attn_mult": 1.5}
+    full = MuPTrainer(model=_model(**mults), args=_args(tmp_path / "full"), train_dataset=_dataset())
     full.train()
     # Interrupted run: killed after step 5's checkpoint; a fresh start then resumes from it.
-    first = MuPTrainer(model=_model(output_mult=2.0), args=_args(tmp_path / "cut", save_strategy="steps", save_steps=5),
+    first = MuPTrainer(model=_model(**mults), args=_args(tmp_path / "cut", save_strategy="steps", save_steps=5),
                        train_dataset=_dataset(), callbacks=[StopAfter(5)])
     first.train()
     assert first.state.global_step == 5
     checkpoint = tmp_path / "cut" / "checkpoint-5"
-    assert hf_mup.MuPModel.from_pretrained(checkpoint).config.mup["output_mult"] == 2.0
+    assert hf_mup.MuPModel.from_pretrained(checkpoint).config.mup["output_mult"] == 3.0
     assert (checkpoint / "model.safetensors").exists()
     other_seed_model = hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE,
-                                                   output_mult=2.0)
+                                                   **mults)
     resumed = MuPTrainer(model=other_seed_model, args=_args(tmp_path / "cut"), train_dataset=_dataset())
     resumed.train(resume_from_checkpoint=str(checkpoint))
     expected, got = _losses(full), _losses(resumed)
     assert sorted(got) == list(range(1, 11))  # steps 1-5 come back from the checkpoint's trainer state
     for step in got:
         assert got[step] == pytest.approx(expected[step], abs=1e-6)
+    # Parameters agree to 1e-5: the unfolded weights differ from the uninterrupted run's in the last bit, and Adam
+    # turns the rounding noise of gradients that are zero in exact arithmetic (the key bias: softmax ignores it)
+    # into updates of its full step size, which differ (without changing any output).
     for name, p in resumed.model.named_parameters():
-        torch.testing.assert_close(p, full.model.get_parameter(name), rtol=0, atol=1e-6)
+        torch.testing.assert_close(p, full.model.get_parameter(name), rtol=0, atol=1e-5)
 
 
 def test_optuna_search_over_mup_multipliers(tmp_path):

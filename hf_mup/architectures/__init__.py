@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import MuPError
-from .base import Architecture, scale_slices
+from .base import Architecture
 from .bert import BERT
 from .gpt2 import GPT2
 
@@ -25,4 +25,4 @@ def get_architecture(config) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "get_architecture", "scale_slices", "supported_classes"]
+__all__ = ["ARCHITECTURES", "Architecture", "get_architecture", "supported_classes"]

@@ -22,6 +22,7 @@ class Architecture:
     - `query_key`: the query and key projections of an attention module's input (for coordinate checks).
     - `tied_readout_norms`: per model class, the norm whose output only a tied readout reads; `fold` puts the
       readout multiplier there, since the tied weight is shared with the input embedding.
+    - `embeddings_feed_norm`: the embeddings are summed straight into a norm (BERT), so `input_mult` cancels out.
     """
 
     model_type: str
@@ -32,12 +33,11 @@ class Architecture:
     query_slices: Callable[[nn.Module], QuerySlices]
     query_key: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     tied_readout_norms: dict[str, str] = field(default_factory=dict)
+    embeddings_feed_norm: bool = False
+
+    def is_attention(self, module: nn.Module) -> bool:
+        """True for the attention classes and their subclasses."""
+        return any(c.__name__ in self.attention_classes for c in type(module).__mro__)
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(n, m) for n, m in model.named_modules() if type(m).__name__ in self.attention_classes]
-
-
-@torch.no_grad()
-def scale_slices(slices: QuerySlices, factor: float) -> None:
-    for param, index in slices:
-        param[index] *= factor
+        return [(n, m) for n, m in model.named_modules() if self.is_attention(m)]

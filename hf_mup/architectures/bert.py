@@ -23,4 +23,5 @@ BERT = Architecture(
     query_slices=_query_slices,
     query_key=_query_key,
     tied_readout_norms={"BertForMaskedLM": "cls.predictions.transform.LayerNorm"},
+    embeddings_feed_norm=True,
 )

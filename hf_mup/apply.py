@@ -1,0 +1,281 @@
+"""Applying a plan to a stock transformers model, in place: init, forward multipliers, folding, and the guards that
+keep them right.
+
+What a μP model carries (all of it on the stock modules; no forked modeling code):
+- every attention module's `scaling` (read at each forward and passed to SDPA / flash attention),
+- a forward hook multiplying embedding outputs by `input_mult` (only when it is not 1),
+- a forward pre-hook multiplying each readout's input by `output_mult / m`,
+- on the model itself: the plan (`_mup_plan`), a forward pre-hook that notices module surgery (a replaced head,
+  `resize_token_embeddings`) and re-applies the multipliers, and state-dict hooks: `state_dict()` gives the *folded*
+  weights — those of the stock model with the same outputs — and `load_state_dict()` unfolds them.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import MuPError
+from .plan import MuPPlan, canonical_name, make_plan
+
+PLAN_ATTR = "_mup_plan"
+# (canonical parameter name, index or None for the whole tensor, factor): the folded weight is `w[index] * factor`.
+FoldEntry = tuple[str, object, float]
+
+
+# ---------------------------------------------------------------------------------------- forward multipliers
+
+
+class ScaleInput:
+    """Forward pre-hook: the readout reads `scale` × its input (its bias stays unscaled)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.scale, *args[1:])
+
+
+class ScaleOutput:
+    """Forward hook: an embedding's output times `scale`."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * self.scale
+
+
+def _hook_scale(module: nn.Module, hook_type: type) -> float | None:
+    hooks = module._forward_pre_hooks if hook_type is ScaleInput else module._forward_hooks
+    return next((h.scale for h in hooks.values() if isinstance(h, hook_type)), None)
+
+
+def stock_attention_scaling(module: nn.Module) -> float:
+    """The scale the stock module was built with, remembered the first time hf_mup touches it."""
+    if not hasattr(module, "mup_stock_scaling"):
+        module.mup_stock_scaling = module.scaling
+    return module.mup_stock_scaling
+
+
+def readout_module(model: nn.Module, name: str) -> nn.Module:
+    """The Linear that computes the readout `name`: the module itself, or the stock layer inside an adapter wrapper."""
+    module = model.get_submodule(name)
+    return getattr(module, "base_layer", module)
+
+
+def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
+    """Set the μP attention scale, the multiplier hooks and the model-level guards; idempotent."""
+    remove_hooks(model, keep_model_hooks=True)
+    for name in plan.attention:
+        attn = model.get_submodule(name)
+        attn.scaling = stock_attention_scaling(attn) * plan.attention_scale_factor
+    if plan.mup.input_mult != 1.0:
+        for name in plan.embeddings:
+            model.get_submodule(name).register_forward_hook(ScaleOutput(plan.mup.input_mult))
+    for name, scale in plan.readouts.items():
+        if scale != 1.0:
+            readout_module(model, name).register_forward_pre_hook(ScaleInput(scale))
+    model.__dict__[PLAN_ATTR] = plan  # in __dict__: wrappers that forward attributes (PEFT, FSDP1) do not hold it
+    if not any(isinstance(h, Guard) for h in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(Guard())
+        model.register_state_dict_post_hook(fold_state_dict)
+        model.register_load_state_dict_pre_hook(unfold_state_dict)
+
+
+def remove_hooks(model: nn.Module, keep_model_hooks: bool = False) -> None:
+    """Remove every hook hf_mup added (and only those)."""
+    ours = (ScaleInput, ScaleOutput) if keep_model_hooks else (ScaleInput, ScaleOutput, Guard)
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, ours)]:
+                del hooks[key]
+    if not keep_model_hooks:
+        for hooks in (model._state_dict_hooks, model._load_state_dict_pre_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "hook", h) in (fold_state_dict, unfold_state_dict)]:
+                del hooks[key]
+
+
+# ------------------------------------------------------------------------------------------------------- init
+
+
+@torch.no_grad()
+def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = None) -> None:
+    """Rescale freshly HF-initialised tensors to the μP init (σ/√m on hidden weights, zero-inits).
+
+    `only`: the canonical names of the fresh tensors (default: all); the others are left alone.
+    """
+    fresh = None if only is None else set(only)
+
+    def is_fresh(name: str) -> bool:
+        return fresh is None or name in fresh
+
+    params = {canonical_name(n): p for n, p in model.named_parameters()}
+    for name, p in params.items():
+        if name in plan.rules and is_fresh(name) and plan.rules[name].init_scale != 1.0:
+            p.mul_(plan.rules[name].init_scale)
+    if plan.mup.zero_init_readout:
+        for name in plan.readouts.keys() - plan.tied_readouts:
+            if is_fresh(f"{name}.weight"):
+                readout_module(model, name).weight.zero_()
+    if plan.mup.zero_init_query:
+        names = {id(p): n for n, p in params.items()}
+        for name in plan.attention:
+            for param, index in plan.arch.query_slices(model.get_submodule(name)):
+                if is_fresh(names[id(param)]):
+                    param[index] = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------- folding
+
+
+def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
+    """What folding multiplies: the query projection by the attention factor, embedding tables by `input_mult`, an
+    untied readout by its multiplier, and for a readout tied to the input embedding the norm that feeds it.
+
+    Folded weights in a stock model give the μP model's outputs (a tied readout's `last_hidden_state` is scaled).
+    """
+    names = {id(p): canonical_name(n) for n, p in model.named_parameters()}
+    entries: list[FoldEntry] = []
+    factor = plan.attention_scale_factor
+    if factor != 1.0:
+        for name in plan.attention:
+            entries += [(names[id(p)], index, factor) for p, index in plan.arch.query_slices(model.get_submodule(name))]
+    input_mult = plan.mup.input_mult
+    if input_mult != 1.0:
+        entries += [(f"{name}.weight", None, input_mult) for name in plan.embeddings]
+    for name, scale in plan.readouts.items():
+        if name not in plan.tied_readouts:
+            if scale != 1.0:
+                entries.append((f"{name}.weight", None, scale))
+            continue
+        norm_path = plan.arch.tied_readout_norms.get(plan.model_class)
+        if norm_path is None:
+            raise MuPError(
+                f"Cannot fold the tied readout {name!r} of {plan.model_class}: no norm feeding it is known. "
+                "Add it to tied_readout_norms in hf_mup/architectures/."
+            )
+        norm_scale = scale / input_mult  # the shared weight already carries input_mult
+        if norm_scale != 1.0:
+            norm = model.get_submodule(norm_path)
+            entries += [(f"{norm_path}.{p}", None, norm_scale) for p, t in norm.named_parameters() if t is not None]
+    return entries
+
+
+def _scaled(tensor: torch.Tensor, index, factor: float) -> torch.Tensor:
+    if index is None:
+        return tensor * factor
+    out = tensor.clone()
+    out[index] *= factor
+    return out
+
+
+@torch.no_grad()
+def scale_parameters(model: nn.Module, entries: list[FoldEntry], inverse: bool = False,
+                     only: Iterable[str] | None = None) -> None:
+    """Fold (or, with `inverse`, unfold) `entries` into the model's parameters in place; `only`: names to touch."""
+    params = {canonical_name(n): p for n, p in model.named_parameters()}
+    keep = None if only is None else set(only)
+    for name, index, factor in entries:
+        if name in params and (keep is None or name in keep):
+            target = params[name] if index is None else params[name][index]
+            target.mul_(1.0 / factor if inverse else factor)
+
+
+def _state_dict_keys(model: nn.Module, prefix: str) -> dict[str, list[str]]:
+    """Canonical parameter name -> its keys in a state dict of `model` (a tied weight has several)."""
+    ids = {id(p): canonical_name(n) for n, p in model.named_parameters()}
+    keys: dict[str, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        keys.setdefault(ids[id(p)], []).append(prefix + n)
+    return keys
+
+
+def fold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict post-hook: a μP model's state dict holds its folded (stock-exact) weights."""
+    plan = module.__dict__.get(PLAN_ATTR)
+    if plan is None:
+        return
+    keys = _state_dict_keys(module, prefix)
+    folded: dict[str, torch.Tensor] = {}
+    for name, index, factor in fold_entries(module, plan):
+        for key in keys.get(name, ()):
+            if key in state_dict:
+                folded[key] = _scaled(folded.get(key, state_dict[key]), index, factor)
+    for name, key_list in keys.items():  # a tied weight: one tensor under each of its keys
+        present = [k for k in key_list if k in folded]
+        for k in present[1:]:
+            folded[k] = folded[present[0]]
+    state_dict.update(folded)
+
+
+def unfold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                      missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """Load-state-dict pre-hook: the incoming weights are folded (what `state_dict()` gave): unfold them."""
+    plan = module.__dict__.get(PLAN_ATTR)
+    if plan is None:
+        return
+    keys = _state_dict_keys(module, prefix)
+    for name, index, factor in fold_entries(module, plan):
+        for key in keys.get(name, ()):
+            if key in state_dict:
+                state_dict[key] = _scaled(state_dict[key], index, 1.0 / factor)
+
+
+# ------------------------------------------------------------------------------------------------------ guards
+
+
+def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
+    """What no longer matches the plan: replaced readouts or embeddings (their multiplier hook is gone), and with
+    `full` also attention scales and parameters the plan does not know. [] when μP is in place."""
+    problems = []
+    for name, scale in plan.readouts.items():
+        module = model.get_submodule(name)
+        if scale != 1.0 and _hook_scale(getattr(module, "base_layer", module), ScaleInput) != scale:
+            problems.append(f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
+        if getattr(module, "base_layer", None) is not None and hasattr(module, "lora_A"):
+            raise MuPError(
+                f"A LoRA adapter wraps the readout {name!r}: its low-rank path reads the input without μP's readout "
+                "multiplier. Leave the readout out of target_modules (or use modules_to_save)."
+            )
+    if plan.mup.input_mult != 1.0:
+        for name in plan.embeddings:
+            if _hook_scale(model.get_submodule(name), ScaleOutput) != plan.mup.input_mult:
+                problems.append(f"the embedding {name!r} was replaced (input_mult {plan.mup.input_mult:g} is not applied)")
+    if full:
+        expected = plan.attention_scale_factor
+        for name in plan.attention:
+            attn = model.get_submodule(name)
+            if getattr(attn, "mup_stock_scaling", None) is None or attn.scaling != attn.mup_stock_scaling * expected:
+                problems.append(f"the attention module {name!r} does not have the μP scale")
+    return problems
+
+
+def sync(model: nn.Module, full: bool = True) -> MuPPlan:
+    """The model's plan, made true again if surgery changed the model: re-planned and re-applied, with a warning.
+
+    Usage: `plan = sync(model)` (the guard does this before every forward, cheaply; `get_plan` fully).
+    """
+    plan: MuPPlan = model.__dict__[PLAN_ATTR]
+    problems = diagnose(model, plan, full)
+    if problems:
+        plan = make_plan(model, plan.mup)
+        apply_forward(model, plan)
+        warnings.warn(
+            "hf_mup: the μP model was changed after conversion (" + "; ".join(problems) + "). μP's multipliers are "
+            "re-applied to the new modules; their initialisation is yours. Rebuild the optimizer with "
+            "hf_mup.mup_param_groups(model, ...) if it was built before the change.",
+            stacklevel=3,
+        )
+    return plan
+
+
+class Guard:
+    """Forward pre-hook on the model: a replaced readout or embedding (`resize_token_embeddings`, a new head) gets
+    μP's multiplier back before the forward runs. A few dict lookups; skipped while torch.compile traces."""
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not torch.compiler.is_compiling() and PLAN_ATTR in module.__dict__:
+            sync(module, full=False)

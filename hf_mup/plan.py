@@ -1,0 +1,225 @@
+"""Planning: from a model's parameter shapes to a μP rule per tensor. Nothing here changes a model.
+
+Usage: `plan = make_plan(model, MuPConfig(base_hidden_size=256))` — then `hf_mup.apply` carries it out.
+
+The base model (hidden size `base_hidden_size`) and a 2× wider "delta" model are built on the meta device; a dimension
+that differs between the two is a width dimension (as microsoft/mup's `delta` shapes). `rules.classify` turns the
+shapes into a `TensorRule`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.pytorch_utils import Conv1D
+
+from .architectures import Architecture, get_architecture, supported_classes
+from .config import MuPConfig
+from .errors import MuPError
+from .rules import Kind, TensorRule, attention_scale_factor, classify
+
+# Segments that wrappers insert into parameter and module names: FSDP1, activation checkpointing, torch.compile,
+# and PEFT's adapter layers (`<layer>.base_layer.weight` is the stock `<layer>.weight`).
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "base_layer.")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's (or module's) name in the bare transformers model, whatever wrappers it went through."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name.removesuffix(".base_layer")
+
+
+@dataclass
+class MuPPlan:
+    """What hf_mup decided for one model: a rule per parameter and the modules that get multipliers.
+
+    Names are relative to the transformers model, without wrapper segments (`canonical_name`).
+    """
+
+    mup: MuPConfig
+    arch: Architecture
+    model_class: str  # the supported transformers class the model is (or subclasses)
+    head_dim: int
+    base_head_dim: int
+    rules: dict[str, TensorRule]  # by name in `model.named_parameters()`
+    extra: list[str] = field(default_factory=list)  # parameters the stock model lacks (adapters): no μP rule
+    readouts: dict[str, float] = field(default_factory=dict)  # readout module -> scale on its input
+    tied_readouts: set[str] = field(default_factory=set)  # readouts whose weight is an input embedding's
+    embeddings: list[str] = field(default_factory=list)  # embedding modules whose output gets input_mult
+    attention: list[str] = field(default_factory=list)  # attention modules whose `scaling` μP sets
+
+    @property
+    def attention_scale_factor(self) -> float:
+        return attention_scale_factor(self.mup.attn_mult, self.head_dim, self.base_head_dim)
+
+
+# ------------------------------------------------------------------------------------------ classes and configs
+
+
+def supported_class_name(model_class: type, config: PretrainedConfig) -> str:
+    """The supported transformers class `model_class` is or subclasses (user subclasses work); a `MuPError` else."""
+    arch = get_architecture(config)
+    name = next((c.__name__ for c in model_class.__mro__ if c.__name__ in arch.model_classes), None)
+    if name is None:
+        raise MuPError(
+            f"hf_mup does not support {model_class.__name__}. Supported classes: {', '.join(supported_classes())}."
+        )
+    config_class = getattr(model_class, "config_class", None)
+    if config_class is not None and getattr(config_class, "model_type", None) != config.model_type:
+        raise MuPError(
+            f"{model_class.__name__} is a {config_class.model_type!r} model but the config is {config.model_type!r}: "
+            f"pass a model class of the config's architecture ({', '.join(arch.model_classes)})."
+        )
+    return name
+
+
+def _head_dims(config: PretrainedConfig, mup: MuPConfig) -> tuple[int, int, int]:
+    """(head_dim, base_head_dim, base_num_heads), with the errors a user can act on."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    if hidden % heads:
+        raise MuPError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
+    head_dim, base = hidden // heads, mup.base_hidden_size
+    base_heads, base_head_dim = mup.base_num_attention_heads, mup.base_head_dim
+    if base_heads is None and base_head_dim is None:
+        base_head_dim = head_dim  # head size kept fixed: the number of heads scales with width
+    if base_heads is not None:
+        if base % base_heads:
+            raise MuPError(
+                f"base_hidden_size {base} is not divisible by base_num_attention_heads {base_heads}; "
+                "choose a base width that is a multiple of the base head count."
+            )
+        if base_head_dim is not None and base_head_dim * base_heads != base:
+            raise MuPError(
+                f"Mismatched head sizes: base_head_dim {base_head_dim} × base_num_attention_heads {base_heads} "
+                f"!= base_hidden_size {base}; give only one of the two."
+            )
+        base_head_dim = base // base_heads
+    if base % base_head_dim:
+        raise MuPError(
+            f"base_hidden_size {base} is not a multiple of the head size {base_head_dim}: the base model cannot "
+            f"have a whole number of heads. Choose a base width that is a multiple of {base_head_dim}, or set "
+            "base_num_attention_heads / base_head_dim."
+        )
+    return head_dim, base_head_dim, base // base_head_dim
+
+
+def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, heads: int,
+                    intermediate: int) -> PretrainedConfig:
+    resized = copy.deepcopy(config)
+    resized.hidden_size = hidden
+    resized.num_attention_heads = heads
+    setattr(resized, arch.intermediate_size_attr, intermediate)
+    return resized
+
+
+def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[PretrainedConfig, PretrainedConfig]:
+    """Configs of the base model (hidden size `mup.base_hidden_size`) and of a 2× wider "delta" model.
+
+    Raises a `MuPError` naming the fix when the base does not fit the model.
+    """
+    arch = get_architecture(config)
+    hidden, base = config.hidden_size, mup.base_hidden_size
+    if base > hidden:
+        raise MuPError(
+            f"base_hidden_size {base} is larger than the model's hidden_size {hidden}; the base is the small proxy "
+            f"width the hyperparameters were tuned at: choose base_hidden_size <= {hidden}."
+        )
+    _, _, base_heads = _head_dims(config, mup)
+    intermediate = arch.intermediate_size(config)
+    base_intermediate = mup.base_intermediate_size
+    if base_intermediate is None:
+        if (intermediate * base) % hidden:
+            raise MuPError(
+                f"The base intermediate size {intermediate} × {base} / {hidden} is not a whole number; "
+                "set base_intermediate_size explicitly."
+            )
+        base_intermediate = intermediate * base // hidden
+    if base_intermediate > intermediate:
+        raise MuPError(f"base_intermediate_size {base_intermediate} is larger than the model's {intermediate}.")
+    return (
+        _resized_config(config, arch, base, base_heads, base_intermediate),
+        _resized_config(config, arch, 2 * base, 2 * base_heads, 2 * base_intermediate),
+    )
+
+
+def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
+    """`model_class(config)` on the meta device: shapes without memory. The RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return model_class(config)
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
+    """(fan-in dim, fan-out dim) of each parameter, by id, from the module that owns it."""
+    layouts: dict[int, tuple[int | None, int | None]] = {}
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.ndim == 0:
+                layout = (None, None)
+            elif p.ndim == 1:
+                layout = (None, 0)
+            elif isinstance(module, nn.Embedding):
+                layout = (None, 1)  # a lookup table: (vocab, width), no fan-in
+            elif isinstance(module, Conv1D):
+                layout = (0, 1)  # GPT-2's Conv1D stores (in, out)
+            elif p.ndim == 2:
+                layout = (1, 0)  # nn.Linear: (out, in)
+            else:
+                raise MuPError(f"hf_mup cannot scale the {p.ndim}-d parameter {pname!r} of {type(module).__name__}.")
+            # A tied weight is an input embedding first: an Embedding owner decides its layout.
+            if id(p) not in layouts or isinstance(module, nn.Embedding):
+                layouts[id(p)] = layout
+    return layouts
+
+
+def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
+    """Classify every parameter of `model` by comparing shapes with the base and delta models (meta device).
+
+    Parameters the stock model of this config does not have (adapters a wrapper added, e.g. PEFT's LoRA) get no rule.
+    """
+    config = model.config
+    arch = get_architecture(config)
+    class_name = supported_class_name(type(model), config)
+    head_dim, base_head_dim, _ = _head_dims(config, mup)
+    base, delta = (meta_model(type(model), c) for c in base_configs_for(config, mup))
+    base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
+    layouts = _layouts(model)
+    rules: dict[str, TensorRule] = {}
+    extra: list[str] = []
+    for raw_name, p in model.named_parameters():
+        name = canonical_name(raw_name)
+        if name not in base_params:
+            extra.append(name)  # an adapter's tensor, or a head the stock model lacks: no μP rule
+            continue
+        fan_in, fan_out = layouts[id(p)]
+        rules[name] = (TensorRule(Kind.SCALAR) if fan_out is None else
+                       classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape),
+                                fan_in, fan_out))
+    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra)
+    base_modules = dict(base.named_modules())
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for raw_name, module in model.named_modules():
+        name = canonical_name(raw_name)
+        if raw_name != name or name not in base_modules:
+            continue  # a wrapper's inner module (listed at the wrapper), or a module the stock model lacks
+        if isinstance(module, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
+            plan.embeddings.append(name)
+        elif arch.is_attention(module):
+            plan.attention.append(name)
+        elif isinstance(module, nn.Linear) or isinstance(getattr(module, "base_layer", None), nn.Linear):
+            # Judge the Linear from its own (out, in) view: a tied weight is listed under its embedding's name.
+            as_linear = classify(
+                tuple(module.weight.shape), tuple(base.get_submodule(name).weight.shape),
+                tuple(delta.get_submodule(name).weight.shape), 1, 0,
+            )
+            if as_linear.kind is Kind.READOUT:
+                plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
+                if id(module.weight) in embedding_ids:
+                    plan.tied_readouts.add(name)
+    return plan
