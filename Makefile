@@ -1,4 +1,6 @@
 # `make demo` and `make test` work on a fresh machine: each builds .venv, torch pinned by constraints.txt.
+# demo installs hf_mup[sweep] (the demo needs matplotlib besides torch/transformers); test installs hf_mup[test]
+# ([train,sweep] + pytest, peft, setuptools) and microsoft's mup. Both are editable installs of this checkout.
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip
@@ -8,22 +10,30 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
 .PHONY: demo test install clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+# The venv and torch 2.13.0 (CPU wheel); constraints.txt keeps every later install from replacing it.
+$(VENV)/.torch: constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
+	touch $@
+
+$(VENV)/.installed-demo: $(VENV)/.torch setup.cfg pyproject.toml
+	$(PIP) install -q -c constraints.txt -e '.[sweep]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch setup.cfg pyproject.toml
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	# microsoft/mup, the test oracle: --no-deps, or it drags torchvision (which replaces torch)
-	$(PIP) install -q --no-deps mup==1.0.0
+	$(PIP) install -q -c constraints.txt --no-deps mup==1.0.0
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/python -m hf_mup.demo --out demo_out
 
-test: install
+test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out build dist
