@@ -63,16 +63,16 @@ class MuPPlan:
 def supported_class_name(model_class: type, config: PretrainedConfig) -> str:
     """The supported transformers class `model_class` is or subclasses (user subclasses work); a `MuPError` else."""
     arch = get_architecture(config)
+    config_class = getattr(model_class, "config_class", None)
+    if config_class is not None and getattr(config_class, "model_type", config.model_type) != config.model_type:
+        raise MuPError(
+            f"{model_class.__name__} is a {config_class.model_type!r} model but the config is {config.model_type!r}: "
+            f"pass a model class of the config's architecture ({', '.join(arch.model_classes)})."
+        )
     name = next((c.__name__ for c in model_class.__mro__ if c.__name__ in arch.model_classes), None)
     if name is None:
         raise MuPError(
             f"hf_mup does not support {model_class.__name__}. Supported classes: {', '.join(supported_classes())}."
-        )
-    config_class = getattr(model_class, "config_class", None)
-    if config_class is not None and getattr(config_class, "model_type", None) != config.model_type:
-        raise MuPError(
-            f"{model_class.__name__} is a {config_class.model_type!r} model but the config is {config.model_type!r}: "
-            f"pass a model class of the config's architecture ({', '.join(arch.model_classes)})."
         )
     return name
 

@@ -135,9 +135,7 @@ def classify(
     if not len(shape) == len(base_shape) == len(delta_shape):
         raise MuPError(f"Shape {shape}, base shape {base_shape} and delta shape {delta_shape} differ in rank.")
     width_dims = {i for i, (b, d) in enumerate(zip(base_shape, delta_shape)) if b != d}
-    unexpected = width_dims - {fan_in_dim, fan_out_dim} | {
-        i for i, (n, b) in enumerate(zip(shape, base_shape)) if n != b and i not in width_dims
-    }
+    unexpected = width_dims - {fan_in_dim, fan_out_dim}  # (other dims may differ from the base: a new head's labels)
     if unexpected:
         raise MuPError(
             f"A parameter of shape {tuple(shape)} (base {tuple(base_shape)}) changes with width along dimension(s) "
