@@ -21,7 +21,7 @@ from .apply import PLAN_ATTR, apply_forward, apply_init, fold_entries, scale_par
 from .architectures import get_architecture, supported_classes
 from .config import FORMAT_VERSION, MuPConfig, format_version, resolve
 from .errors import MuPError
-from .plan import MuPPlan, base_configs_for, canonical_name, make_plan, meta_model, supported_class_name
+from .plan import MuPPlan, canonical_name, make_plan, meta_model, supported_class_name
 
 CONFIG_KEY = "mup"
 # Keywords transformers' `_from_config` takes besides the model class's own constructor arguments.
@@ -106,13 +106,14 @@ def _unfold(model: PreTrainedModel, plan: MuPPlan, folded_with: MuPConfig, saved
 
 
 def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: MuPConfig | None = None,
-             saved_by: str | None = None, fresh: set[str] | None = None) -> PreTrainedModel:
+             saved_by: str | None = None, fresh: set[str] | None = None, plan: MuPPlan | None = None) -> PreTrainedModel:
     """Make `model` μP in place. `weights`: "fresh" (just HF-initialised: rescale to μP's init), "folded" (stock or
     folded weights: unfold, same outputs) or "mup" (already μP's parametrization, format-1 checkpoints). `fresh`: the
-    tensors a checkpoint did not have (a new head), initialised by the μP rules whatever `weights` says."""
+    tensors a checkpoint did not have (a new head), initialised by the μP rules whatever `weights` says. `plan`: made
+    already (on a meta-device twin, before allocating the model)."""
     if PLAN_ATTR in model.__dict__:
         raise MuPError("This model is μP already; to change its settings, hf_mup.fold it first and convert again.")
-    plan = make_plan(model, mup)
+    plan = plan or make_plan(model, mup)
     if weights == "fresh":
         apply_init(model, plan)
     else:
@@ -237,8 +238,8 @@ class MuPModel:
         cls = _model_class(config, model_class)
         mup_kwargs, hf_kwargs = _split_kwargs(kwargs, cls, "MuPModel.from_config")
         mup = resolve(_stored(config), {"base_hidden_size": base_hidden_size, **mup_kwargs})
-        base_configs_for(config, mup)  # fail on a bad base before allocating a big model
-        return _convert(cls._from_config(config, **hf_kwargs), mup, "fresh")
+        plan = make_plan(meta_model(cls, config), mup)  # planned (and refused if bad) before allocating the model
+        return _convert(cls._from_config(config, **hf_kwargs), mup, "fresh", plan=plan)
 
     @staticmethod
     def from_pretrained(path: str, model_class: type | str | None = None, base_hidden_size: int | None = None,
