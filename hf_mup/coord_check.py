@@ -20,35 +20,13 @@ import torch
 from torch import nn
 
 from .architectures import Architecture, get_architecture
-from .model import MuPModel
-from .optim import mup_param_groups
+from .lm import PARAMETRIZATIONS, build_lm, lm_config  # noqa: F401 (PARAMETRIZATIONS: coord-check's choices)
 
-# "mup_global_lr" is a deliberately broken setup: a μP model trained with one LR for every tensor
-# (`torch.optim.AdamW(model.parameters())`), which a coordinate check must catch.
-PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
 # The band a μP slope must stay in, (low, high). Asymmetric on purpose: blowing up is what μP prevents, while at
 # small widths μP's own finite-width corrections shrink like width^-1/2 (activations that start at 0, e.g. attention
 # scores with a zero-initialised query; the readout at init). Measured slopes: tests/test_coord_check.py.
 DEFAULT_BAND = (-0.7, 0.25)
-
-
-def make_config(arch: str, width: int, n_layer: int, head_dim: int, seq_len: int, vocab_size: int):
-    """A small GPT-2 / BERT config of hidden size `width` with fixed head size, MLP 4× and dropout 0."""
-    from transformers import BertConfig, GPT2Config
-
-    heads = width // head_dim
-    if arch == "gpt2":
-        return GPT2Config(
-            n_embd=width, n_head=heads, n_layer=n_layer, n_positions=seq_len, vocab_size=vocab_size,
-            bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )
-    if arch == "bert":
-        return BertConfig(
-            hidden_size=width, num_attention_heads=heads, num_hidden_layers=n_layer, intermediate_size=4 * width,
-            max_position_embeddings=seq_len, vocab_size=vocab_size, pad_token_id=0,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        )
-    raise ValueError(f"coord_check supports arch 'gpt2' and 'bert', not {arch!r}")
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int,
@@ -94,28 +72,6 @@ def add_hooks(model: nn.Module, head_dim: int, stats: dict[str, float], arch: Ar
     ]
 
 
-def build(arch: str, parametrization: str, config, lr: float, optimizer: str, base_width: int,
-          mup_options: dict[str, Any] | None) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model and its optimizer for one parametrization ("mup", "sp" or "mup_global_lr")."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if optimizer not in optimizers:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {tuple(optimizers)}")
-    opt_class = optimizers[optimizer]
-    extra = {"weight_decay": 0.0} if optimizer != "sgd" else {}  # AdamW's default decay would blur the check
-    if parametrization == "sp":
-        auto = AutoModelForCausalLM if arch == "gpt2" else AutoModelForMaskedLM
-        model = auto.from_config(config)
-        return model, opt_class(model.parameters(), lr=lr, **extra)
-    if parametrization not in PARAMETRIZATIONS:
-        raise ValueError(f"unknown parametrization {parametrization!r}; use one of {PARAMETRIZATIONS}")
-    model = MuPModel.from_config(config, base_hidden_size=base_width, **(mup_options or {}))
-    if parametrization == "mup_global_lr":
-        return model, opt_class(model.parameters(), lr=lr, **extra)
-    return model, opt_class(mup_param_groups(model, lr=lr, optimizer=optimizer), **extra)
-
-
 def coord_check(
     arch: str = "gpt2",
     widths: Sequence[int] = (64, 128, 256, 512),
@@ -142,6 +98,9 @@ def coord_check(
     Returns dicts `{parametrization, width, seed, step, module, value}`. `data`: token ids of shape [N, seq_len]
     (e.g. real text) to sample batches from; random tokens otherwise. `mup_options`: `MuPConfig` fields.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {tuple(OPTIMIZERS)}")
+    no_decay = {"weight_decay": 0.0} if optimizer != "sgd" else {}  # AdamW's default decay would blur the check
     if data is not None:
         vocab_size = max(vocab_size, int(data.max()) + 2)  # +1: BERT's mask token is the last id
     records = []
@@ -149,9 +108,10 @@ def coord_check(
         batches = make_batches(arch, steps, batch_size, seq_len, vocab_size, seed, data)
         for parametrization in parametrizations:
             for width in widths:
-                config = make_config(arch, width, n_layer, head_dim, seq_len, vocab_size)
-                torch.manual_seed(seed)
-                model, opt = build(arch, parametrization, config, lr, optimizer, base_width, mup_options)
+                config = lm_config(arch, width, n_layer, head_dim, seq_len, vocab_size)
+                model, groups = build_lm(config, parametrization, lr, base_width, seed=seed, optimizer=optimizer,
+                                         **(mup_options or {}))
+                opt = OPTIMIZERS[optimizer](groups, **no_decay)
                 model.train()
                 stats: dict[str, float] = {}
                 hooks = add_hooks(model, head_dim, stats, get_architecture(config))

@@ -1,4 +1,6 @@
-"""A short, reusable causal-LM training loop (AdamW, warmup + cosine, clipping) used by sweeps and benchmarks.
+"""The small LMs of the coordinate check, sweeps and demo: one config factory (`lm_config`, GPT-2 / BERT), one
+builder of (model, optimizer groups) for μP / SP (`build_lm`), and a short causal-LM training loop (AdamW, warmup +
+cosine, clipping) used by sweeps, the demo and benchmarks.
 
 Usage:
     model = hf_mup.MuPModel.from_config(gpt2_config(128), base_hidden_size=64, output_mult=8.0)
@@ -15,44 +17,72 @@ import torch
 from torch import nn
 
 
-def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048, **kw):
-    """A GPT-2 config of hidden size `width` with fixed head size (heads = width / head_dim), MLP 4×, dropout 0.
+ARCHS = ("gpt2", "bert")
+# "mup_global_lr" is a deliberately broken setup: a μP model trained with one LR for every tensor
+# (`torch.optim.AdamW(model.parameters())`), which a coordinate check must catch.
+PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
 
-    Usage: `config = gpt2_config(256, layers=2, head_dim=16, seq_len=64, vocab_size=256)`
+
+def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
+              **kw):
+    """A small GPT-2 or BERT config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
+    dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
+
+    Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
     """
-    from transformers import GPT2Config
+    from transformers import BertConfig, GPT2Config
 
     from .errors import MuPError
 
     if width <= 0 or width % head_dim:
         raise MuPError(f"width {width} is not a positive multiple of the head size {head_dim}.")
-    kw = {"bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
-    return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
-                      n_head=width // head_dim, **kw)
+    if arch == "gpt2":
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
+        return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
+                          n_head=width // head_dim, **kw)
+    if arch == "bert":
+        kw = {"pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **kw}
+        return BertConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
+                          num_hidden_layers=layers, num_attention_heads=width // head_dim,
+                          intermediate_size=4 * width, **kw)
+    raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
+
+
+def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048, **kw):
+    """`lm_config("gpt2", ...)`. Usage: `config = gpt2_config(256, layers=2, head_dim=16, seq_len=64, vocab_size=256)`"""
+    return lm_config("gpt2", width, layers, head_dim, seq_len, vocab_size, **kw)
 
 
 def build_lm(config, parametrization: str, lr: float, base_width: int | None = None, seed: int = 0,
-             device: str | torch.device = "cpu", **mup_options) -> tuple[nn.Module, list[dict]]:
-    """(model, optimizer groups) of a causal LM: "sp" the stock model (one LR), "mup" via `MuPModel`.
+             device: str | torch.device = "cpu", optimizer: str = "adamw", **mup_options) -> tuple[nn.Module, list[dict]]:
+    """(model, optimizer parameter groups) of the LM of `config` (GPT-2: causal LM, BERT: masked LM), seeded by `seed`.
 
     Usage: `model, groups = build_lm(gpt2_config(512), "mup", lr=2**-8, base_width=64, output_mult=8.0)`
+
+    `parametrization`: "sp" the stock model, one LR; "mup" via `MuPModel` (`mup_options`: `MuPConfig` fields) with
+    `mup_param_groups` for `optimizer` ("adamw", "adam" or "sgd"); "mup_global_lr" the μP model with one LR for
+    every tensor (deliberately broken, for the coordinate check). Pass the groups to `torch.optim.*`.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from .errors import MuPError
     from .model import MuPModel
     from .optim import mup_param_groups
 
+    if parametrization not in PARAMETRIZATIONS:
+        raise MuPError(f"unknown parametrization {parametrization!r}; use one of {', '.join(PARAMETRIZATIONS)}.")
     torch.manual_seed(seed)  # the init seed
     if parametrization == "sp":
-        model = AutoModelForCausalLM.from_config(config).to(device)
-        groups = [{"params": list(model.parameters()), "lr": lr}]
-    elif parametrization == "mup":
-        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options).to(device)
-        groups = mup_param_groups(model, lr=lr)
+        auto = AutoModelForMaskedLM if config.model_type == "bert" else AutoModelForCausalLM
+        model = auto.from_config(config).to(device)
     else:
-        raise MuPError(f"unknown parametrization {parametrization!r}; use 'mup' or 'sp'.")
-    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
+        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options).to(device)
+    if parametrization == "mup":
+        groups = mup_param_groups(model, lr=lr, optimizer=optimizer)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": lr}]
+    if config.model_type != "bert":
+        model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
     return model, groups
 
 

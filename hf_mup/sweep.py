@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from . import data as hf_data
 from .errors import MuPError
-from .lm import build_lm, evaluate, gpt2_config, train_lm
+from .lm import build_lm, evaluate, lm_config, train_lm
 
 ARCHS = ("gpt2",)
 PARAMETRIZATIONS = ("mup", "sp")
@@ -250,8 +250,8 @@ def safe_url(url: str) -> str:
 
 def build(spec: dict, width: int, parametrization: str, hp: dict, seed: int, device: str = "cpu"):
     """(model, optimizer groups) for one trial: SP is the stock model, μP via `MuPModel` with the spec's base width."""
-    config = gpt2_config(width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"],
-                         initializer_range=hp["initializer_range"])
+    config = lm_config(spec["arch"], width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"],
+                       initializer_range=hp["initializer_range"])
     return build_lm(config, parametrization, 2.0 ** hp["log2_lr"], spec["base_width"], seed=seed, device=device,
                     **{k: hp[k] for k in ("input_mult", "output_mult", "attn_mult") if k in hp})
 
