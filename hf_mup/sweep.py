@@ -19,6 +19,7 @@ import json
 import math
 import time
 import warnings
+import weakref
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +41,8 @@ TUNE_SPACE = {"initializer_range": (2**-8, 2**-3), "input_mult": (2**-3, 2**5), 
 DIVERGED_VALUE = 1e3  # the objective of a diverged trial (its losses are recorded as +inf)
 GRACE = 3  # a trial whose heartbeat is older than GRACE × the heartbeat interval is stale
 STATES = ("COMPLETE", "RUNNING", "WAITING", "PRUNED", "FAIL")
+# study -> the RDBStorage that open_study / load_study made for it (optuna has no public study.storage)
+_STORAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -103,7 +106,6 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
 
     Usage: `spec = make_spec("grid", steps=150, base_width=64, output_mult=8.0, tokenizer="bytes")`
     """
-    args = dict(locals())
     if mode not in MODES:
         raise MuPError(f"--mode {mode!r}: use one of {', '.join(MODES)}.")
     if arch not in ARCHS:
@@ -114,8 +116,13 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
         raise MuPError("--steps, --batch-size, --layers, --val-blocks must be positive and --seq-len at least 2.")
     if base_width <= 0 or base_width % head_dim:
         raise MuPError(f"--base-width {base_width} must be a positive multiple of --head-dim {head_dim}.")
-    spec = {k: v for k, v in args.items() if k not in ("proxy_width", "log2_lr_range")}
-    spec["vocab_size"] = 256 if tokenizer == "bytes" else vocab_size
+    spec = {"mode": mode, "arch": arch, "layers": layers, "head_dim": head_dim, "seq_len": seq_len, "steps": steps,
+            "batch_size": batch_size, "warmup_frac": warmup_frac, "final_lr_frac": final_lr_frac, "clip": clip,
+            "base_width": base_width, "input_mult": input_mult, "output_mult": output_mult, "attn_mult": attn_mult,
+            "initializer_range": initializer_range, "tokenizer": tokenizer,
+            "vocab_size": 256 if tokenizer == "bytes" else vocab_size, "train_file": train_file,
+            "val_file": val_file, "dataset": dataset, "dataset_config": dataset_config, "train_chars": train_chars,
+            "val_blocks": val_blocks}
     if mode == "tune":
         if proxy_width is None:
             raise MuPError("tune mode tunes at one proxy width: give exactly one width, e.g. --widths 128.")
@@ -217,8 +224,10 @@ def open_study(name: str, storage: str, spec: dict, heartbeat: int = 10, sampler
 
     Usage: `study = open_study("lr_transfer", "sqlite:///out/sweep.db", spec)`
     """
-    study = optuna.create_study(study_name=name, storage=_storage(storage, heartbeat), sampler=sampler,
-                                direction="minimize", load_if_exists=True)
+    st = _storage(storage, heartbeat)
+    study = optuna.create_study(study_name=name, storage=st, sampler=sampler, direction="minimize",
+                                load_if_exists=True)
+    _STORAGES[study] = st
     old = study.user_attrs.get("spec")
     if old is None:
         study.set_user_attr("spec", spec)
@@ -236,7 +245,24 @@ def load_study(name: str, storage: str, heartbeat: int = 10):
     names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
     if name not in names:
         raise MuPError(f"no study {name!r} in {safe_url(storage)}; it has {names or 'none'}.")
-    return optuna.load_study(study_name=name, storage=st)
+    study = optuna.load_study(study_name=name, storage=st)
+    _STORAGES[study] = st
+    return study
+
+
+def storage_of(study) -> optuna.storages.RDBStorage:
+    """The `RDBStorage` (with heartbeats) behind a study that `open_study` or `load_study` returned."""
+    try:
+        return _STORAGES[study]
+    except KeyError:
+        raise MuPError("hf_mup sweeps need a study from hf_mup.sweep.open_study or load_study (an RDB storage "
+                       "with heartbeats).") from None
+
+
+def trial_id(study, number: int) -> int:
+    """The storage's id of trial `number` of `study` (what `RDBStorage.record_heartbeat` takes)."""
+    storage = storage_of(study)
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
 def safe_url(url: str) -> str:
@@ -317,12 +343,12 @@ def _fail_stale(study, adopted: set[int]) -> None:
     as stale: give every RUNNING trial older than the grace period one heartbeat (once), so that it goes stale
     unless its worker is alive and beating.
     """
-    storage = study._storage
+    storage = storage_of(study)
     now, grace = datetime.now(), GRACE * storage.get_heartbeat_interval()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t._trial_id not in adopted and (now - t.datetime_start).total_seconds() > grace:
-            storage.record_heartbeat(t._trial_id)
-            adopted.add(t._trial_id)
+        if t.number not in adopted and (now - t.datetime_start).total_seconds() > grace:
+            storage.record_heartbeat(trial_id(study, t.number))
+            adopted.add(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
@@ -367,7 +393,7 @@ def run_grid(study, spec: dict, points: list[dict], data: tuple, device: str = "
             break
         else:  # the rest is running elsewhere (or in a killed process, until its heartbeat goes stale)
             bar.set_postfix_str(f"waiting for {len(keys) - done} point(s) running elsewhere")
-            time.sleep(study._storage.get_heartbeat_interval())
+            time.sleep(storage_of(study).get_heartbeat_interval())
     bar.close()
 
 
@@ -392,7 +418,7 @@ def run_tune(study, spec: dict, n_trials: int, data: tuple, device: str = "cpu",
             if after_trial:
                 after_trial(study)
         else:
-            time.sleep(study._storage.get_heartbeat_interval())
+            time.sleep(storage_of(study).get_heartbeat_interval())
     bar.close()
 
 

@@ -84,7 +84,7 @@ def test_resume_after_kill_runs_each_point_once(tmp_path, data):
     assert len(first) == 1
     # two workers killed mid-trial: their trials stay RUNNING, one after a heartbeat, one before its first
     killed = [study.ask(), study.ask()]
-    study._storage.record_heartbeat(killed[0]._trial_id)
+    sw.storage_of(study).record_heartbeat(sw.trial_id(study, killed[0].number))
     assert all(study.get_trials()[t.number].state == TrialState.RUNNING for t in killed)
 
     study = sw.open_study("g", url, spec, heartbeat=1)  # a new process, same arguments
@@ -215,6 +215,25 @@ def test_parse_log2_lrs():
     assert sw.parse_log2_lrs("-7.5,-6.5") == [-7.5, -6.5]
     with pytest.raises(MuPError):
         sw.parse_log2_lrs("a:b")
+
+
+def test_make_spec_fields():
+    spec = sw.make_spec("grid", steps=7, output_mult=8.0, tokenizer="bytes", vocab_size=999)
+    assert list(spec) == ["mode", "arch", "layers", "head_dim", "seq_len", "steps", "batch_size", "warmup_frac",
+                          "final_lr_frac", "clip", "base_width", "input_mult", "output_mult", "attn_mult",
+                          "initializer_range", "tokenizer", "vocab_size", "train_file", "val_file", "dataset",
+                          "dataset_config", "train_chars", "val_blocks"]
+    assert spec["steps"] == 7 and spec["output_mult"] == 8.0 and spec["vocab_size"] == 256  # bytes: 256
+    tune = sw.make_spec("tune", proxy_width=128, log2_lr_range=(-10.0, -6.0))
+    assert tune["proxy_width"] == 128 and tune["space"]["log2_lr"] == [-10.0, -6.0]
+    assert not {"input_mult", "output_mult", "attn_mult", "initializer_range"} & set(tune)  # tuned, not fixed
+
+
+def test_storage_of_needs_an_hf_mup_study():
+    import optuna
+
+    with pytest.raises(MuPError, match="open_study"):
+        sw.storage_of(optuna.create_study())
 
 
 def test_dataset_folder_through_datasets(tmp_path):
