@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,16 +16,40 @@ from .errors import MuPError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt")
 
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def load_config(path: str):
-    """A transformers config from a config.json file, a checkpoint folder or (online) a Hub name."""
+    """A transformers config from a config.json file, a checkpoint folder or (online) a Hub name.
+
+    Every failure is a `MuPError` naming `path`: no such file or folder, not a config, the Hub unreachable.
+    """
     from transformers import AutoConfig
 
     if os.path.isfile(path):
-        data = json.loads(Path(path).read_text())
-        if "model_type" not in data:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise MuPError(f"{path} is not a readable JSON file ({e}).") from None
+        if not isinstance(data, dict) or "model_type" not in data:
             raise MuPError(f"{path} has no model_type; it is not a transformers config.json.")
-        return AutoConfig.for_model(data.pop("model_type"), **data)
-    return AutoConfig.from_pretrained(path)
+        try:
+            return AutoConfig.for_model(data.pop("model_type"), **data)
+        except (TypeError, ValueError) as e:
+            raise MuPError(f"{path} is not a valid transformers config: {_first_line(e)}") from None
+    if not os.path.isdir(path) and (path.endswith(".json") or not HUB_NAME.fullmatch(path)):
+        raise MuPError(f"{path}: no such file or folder (expected a config.json, a checkpoint folder or a Hub "
+                       "model name).")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        where = "the folder" if os.path.isdir(path) else "a local folder or a Hub model (offline?)"
+        raise MuPError(f"cannot load a config from {path!r} as {where}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -129,6 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     points = sw.grid_points(widths, lrs, params, args.seeds) if args.mode == "grid" else []
     if args.mode == "tune" and len(widths) != 1:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
+    if args.mode == "tune" and args.n_trials < 1:
+        raise MuPError(f"--n-trials must be at least 1, got {args.n_trials}.")
     base = args.base_width or widths[0]
     if base > widths[0] or any(w % args.head_dim for w in widths):
         raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")

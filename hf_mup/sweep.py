@@ -54,14 +54,20 @@ def parse_log2_lrs(text: str) -> list[float]:
     if not text:
         return []
     try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in (text.split(":") + ["1"])[:3])
-            if step <= 0:
-                raise MuPError(f"log2-LR range {text!r}: the step must be positive.")
-            return [start + i * step for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = ([float(v) for v in text.split(":")] if ":" in text
+                  else [float(v) for v in text.split(",") if v.strip()])
     except ValueError:
         raise MuPError(f"expected a log2-LR range like -12:-4:1 or a list like -8,-7.5,-7; got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise MuPError(f"log2 LRs must be finite numbers, got {text!r}.")
+    if ":" not in text:
+        return values
+    if len(values) not in (2, 3):
+        raise MuPError(f"log2-LR range {text!r}: expected start:stop or start:stop:step.")
+    start, stop, step = (values + [1.0])[:3]
+    if step <= 0:
+        raise MuPError(f"log2-LR range {text!r}: the step must be positive.")
+    return [start + i * step for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
 
 
 def grid_points(widths: Sequence[int], log2_lrs: Sequence[float], parametrizations: Sequence[str],
@@ -402,6 +408,8 @@ def run_tune(study, spec: dict, n_trials: int, data: tuple, device: str = "cpu",
     """Run tune trials until the study has `n_trials` complete ones (counting other workers' and earlier runs')."""
     from tqdm.auto import tqdm
 
+    if n_trials < 1:
+        raise MuPError(f"--n-trials must be at least 1, got {n_trials}.")
     S = TrialState
     objective = tune_objective(spec, data, device, progress)
     bar = tqdm(total=n_trials, desc="tune", disable=not progress, dynamic_ncols=True)

@@ -213,8 +213,18 @@ def test_parse_log2_lrs():
     assert sw.parse_log2_lrs("-12:-4:1") == [float(x) for x in range(-12, -3)]
     assert sw.parse_log2_lrs("-8:-7:0.5") == [-8.0, -7.5, -7.0]
     assert sw.parse_log2_lrs("-7.5,-6.5") == [-7.5, -6.5]
-    with pytest.raises(MuPError):
+    assert sw.parse_log2_lrs("-8:-6") == [-8.0, -7.0, -6.0]
+    with pytest.raises(MuPError, match="expected a log2-LR range"):
         sw.parse_log2_lrs("a:b")
+    # the step's own message, not the generic one (MuPError is a ValueError: it must not be swallowed)
+    for text in ("-12:-5:0", "-12:-5:-1"):
+        with pytest.raises(MuPError, match="the step must be positive"):
+            sw.parse_log2_lrs(text)
+    for text in ("-12:inf:1", "-8,nan"):
+        with pytest.raises(MuPError, match="finite"):
+            sw.parse_log2_lrs(text)
+    with pytest.raises(MuPError, match="start:stop or start:stop:step"):
+        sw.parse_log2_lrs("-12:-5:1:2")
 
 
 def test_make_spec_fields():
