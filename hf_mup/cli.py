@@ -104,10 +104,16 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     base = args.base_width or widths[0]
     if any(w % args.head_dim for w in widths) or base > widths[0]:
         raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")
+    if args.steps < 1 or args.seeds < 1:
+        raise MuPError(f"--steps and --seeds must be at least 1, got --steps {args.steps} --seeds {args.seeds}.")
+    if "mup" in params and args.seeds < cc.MIN_VERDICT_SEEDS:
+        raise MuPError(f"--seeds {args.seeds}: the μP verdict needs at least {cc.MIN_VERDICT_SEEDS} seeds (one seed's "
+                       "slopes are too noisy to trust: a correct μP model can fail); use --seeds 3, or "
+                       "--parametrization sp for plots without a verdict.")
     records = cc.coord_check(
         args.arch, widths=widths, steps=args.steps, lr=args.lr, optimizer=args.optimizer, parametrizations=params,
-        seeds=range(args.seeds), base_width=base, n_layer=args.layers, head_dim=args.head_dim,
-        seq_len=args.seq_len, batch_size=args.batch_size,
+        seeds=range(args.first_seed, args.first_seed + args.seeds), base_width=base, n_layer=args.layers,
+        head_dim=args.head_dim, seq_len=args.seq_len, batch_size=args.batch_size,
         mup_options={k: getattr(args, k) for k in ("input_mult", "output_mult", "attn_mult")},
     )
     out = Path(args.out)
@@ -119,7 +125,8 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     cc.plot(records, str(out / "coord_check.png"))
     rows = cc.slopes(records)
     band = (args.low, args.high)
-    print(f"log-log slope of mean |activation| against width ({', '.join(map(str, widths))}); μP band {band}")
+    print(f"log-log slope of mean |activation| against width ({', '.join(map(str, widths))}), mean of "
+          f"{args.seeds} seed(s); μP band {band}")
     steps = sorted({r["step"] for r in rows})
     by = {(r["parametrization"], r["module"], r["step"]): r["slope"] for r in rows}
     modules = list(dict.fromkeys(r["module"] for r in rows))
@@ -131,6 +138,9 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'coord_check.csv'} and {out / 'coord_check.png'}")
     if "mup" not in params:
         return 0
+    if args.steps > cc.VERDICT_STEPS:
+        print(f"note: the band was measured for --steps {cc.VERDICT_STEPS}; later steps of a correct μP model can "
+              "leave it at small widths (measurements: hf_mup/coord_check.py, MIN_VERDICT_SEEDS).")
     bad = cc.verdict(rows, band)
     if bad:
         print(f"FAIL: {len(bad)} μP slope(s) outside {band}: "
@@ -251,11 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coord-check", help="coordinate check: activation size against width, μP beside SP")
     p.add_argument("--arch", default="gpt2", help="gpt2 or bert")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing")
-    p.add_argument("--steps", type=int, default=5, help="optimizer steps recorded (t=0 is at init)")
+    p.add_argument("--steps", type=int, default=3, help="forwards recorded, t=0 at init (the band holds for 3)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--parametrization", default="mup,sp", help="comma-separated: mup, sp, mup_global_lr")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeds averaged")
+    p.add_argument("--seeds", type=int, default=3, help="seeds averaged (a μP verdict needs 2 or more)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     add_model_args(p, seq_len=32, batch_size=8)
     p.add_argument("--low", type=float, default=DEFAULT_BAND[0], help="lowest slope μP may show")
     p.add_argument("--high", type=float, default=DEFAULT_BAND[1], help="highest slope μP may show")

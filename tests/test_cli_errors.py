@@ -73,3 +73,15 @@ def test_inspect_missing_file_in_a_fresh_process(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "hf-mup: error: missing.json: no such file or folder (expected a config.json, a checkpoint folder or a Hub "
         "model name)."]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "1"], "the μP verdict needs at least 2 seeds"),
+    (["--seeds", "1", "--parametrization", "mup_global_lr,mup"], "the μP verdict needs at least 2 seeds"),
+    (["--seeds", "0", "--parametrization", "sp"], "--seeds must be at least 1"),
+    (["--steps", "0"], "--steps and --seeds must be at least 1"),
+])
+def test_coord_check_needs_seeds_for_a_verdict(argv, message, tmp_path, capsys):
+    assert cli.main(["coord-check", *argv, "--out", str(tmp_path)]) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "coord_check.csv").exists()  # refused before any work
