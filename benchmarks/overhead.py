@@ -329,6 +329,20 @@ def ratio(x, y) -> float | None:
 # ------------------------------------------------------------------------------------------------- a case
 
 
+def guard_microseconds(model, calls: int = 2000) -> float:
+    """Median over 5 repeats of the time, in µs, of the guard hf_mup runs before each forward."""
+    from hf_mup.apply import Guard
+
+    guard = next(h for h in model._forward_pre_hooks.values() if isinstance(h, Guard))
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            guard(model, ())
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+    return round(statistics.median(runs), 2)
+
+
 def run_case(model_name: str, width: int, args, device) -> dict[str, Any]:
     variants = build_variants(model_name, width, args, device)
     batch = make_batch(model_name, args, device)
@@ -377,6 +391,8 @@ def run_case(model_name: str, width: int, args, device) -> dict[str, Any]:
                 "readout_pre_hooks": {k: s for k, s in plan.readouts.items() if s != 1.0},
                 "embedding_hooks": plan.embeddings if plan.mup.input_mult != 1.0 else [],
                 "optimizer_groups": len(v.optimizer.param_groups),
+                # the model-level guard that checks for module surgery before each forward (inside the timed step)
+                "guard_us_per_forward": guard_microseconds(v.model),
             }
         if peaks[v.name]:
             entry["memory"]["cuda_step_peak_bytes_median"] = int(statistics.median(peaks[v.name]))

@@ -227,22 +227,41 @@ def unfold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_me
 # ------------------------------------------------------------------------------------------------------ guards
 
 
+def _child(model: nn.Module, name: str) -> nn.Module | None:
+    """`model.get_submodule(name)` through `_modules` dicts: a few lookups, no exceptions (run before every forward)."""
+    module = model
+    for part in name.split("."):
+        module = module._modules.get(part)
+        if module is None:
+            return None
+    return module
+
+
+def _has_hook(hooks: dict, hook_type: type, scale: float) -> bool:
+    return any(type(h) is hook_type and h.scale == scale for h in hooks.values())
+
+
 def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
     """What no longer matches the plan: replaced readouts or embeddings (their multiplier hook is gone), and with
-    `full` also attention scales and parameters the plan does not know. [] when μP is in place."""
+    `full` also attention scales. [] when μP is in place."""
     problems = []
     for name, scale in plan.readouts.items():
-        module = model.get_submodule(name)
-        if scale != 1.0 and _hook_scale(getattr(module, "base_layer", module), ScaleInput) != scale:
-            problems.append(f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
-        if getattr(module, "base_layer", None) is not None and hasattr(module, "lora_A"):
+        module = _child(model, name)
+        if module is None:
+            problems.append(f"the readout {name!r} is gone")
+            continue
+        if "lora_A" in module._modules:
             raise MuPError(
                 f"A LoRA adapter wraps the readout {name!r}: its low-rank path reads the input without μP's readout "
                 "multiplier. Leave the readout out of target_modules (or use modules_to_save)."
             )
+        inner = module._modules.get("base_layer") or module
+        if scale != 1.0 and not _has_hook(inner._forward_pre_hooks, ScaleInput, scale):
+            problems.append(f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
     if plan.mup.input_mult != 1.0:
         for name in plan.embeddings:
-            if _hook_scale(model.get_submodule(name), ScaleOutput) != plan.mup.input_mult:
+            module = _child(model, name)
+            if module is None or not _has_hook(module._forward_hooks, ScaleOutput, plan.mup.input_mult):
                 problems.append(f"the embedding {name!r} was replaced (input_mult {plan.mup.input_mult:g} is not applied)")
     if full:
         expected = plan.attention_scale_factor
@@ -277,5 +296,6 @@ class Guard:
     μP's multiplier back before the forward runs. A few dict lookups; skipped while torch.compile traces."""
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        if not torch.compiler.is_compiling() and PLAN_ATTR in module.__dict__:
+        plan = module.__dict__.get(PLAN_ATTR)
+        if plan is not None and not torch.compiler.is_compiling() and diagnose(module, plan, full=False):
             sync(module, full=False)

@@ -48,3 +48,4 @@ def test_overhead_quick_tiny(tmp_path):
             assert mup["attention"]["sdpa_kernel_nodes"] == stock["attention"]["sdpa_kernel_nodes"] != {}
             assert comp["memory_equal"] and comp["sdpa_in_both"]
         assert case["variants"]["mup_input_mult"]["hooks"]["embedding_hooks"]
+        assert 0 < case["variants"]["mup"]["hooks"]["guard_us_per_forward"] < mup["timing"]["median_ms"] * 1e3
