@@ -1,6 +1,7 @@
 """MuPTrainer: μP groups for args.optim, per-kind LR logs, refused plain optimizers, exact resume, Optuna search."""
 import pytest
 import torch
+import transformers
 from conftest import make_config
 from transformers import TrainerCallback, TrainingArguments
 
@@ -101,6 +102,12 @@ def test_resume_is_exact(tmp_path):
     assert first.state.global_step == 5
     checkpoint = tmp_path / "cut" / "checkpoint-5"
     assert hf_mup.MuPModel.from_pretrained(checkpoint).config.mup["output_mult"] == 3.0
+    # The checkpoint opened by the stock loader (an eval harness on checkpoint-5) computes the μP model's logits.
+    x = _dataset(2, seed=3)[0]["input_ids"][None]
+    stock = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    first.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stock(x).logits, first.model(x).logits, rtol=1e-5, atol=1e-5)
     assert (checkpoint / "model.safetensors").exists()
     other_seed_model = hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE,
                                                    **mults)
