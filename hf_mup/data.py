@@ -17,6 +17,7 @@ import torch
 
 DATA_ENV = "HF_MUP_DATA"
 EOS_TOKEN = "<|endoftext|>"
+MASK_TOKEN = "[MASK]"  # a masked LM's mask token: `train_tokenizer(..., special_tokens=[MASK_TOKEN])`
 
 PathLike = str | os.PathLike
 
@@ -55,12 +56,15 @@ def read_lines(files: Iterable[PathLike], max_chars: int | None = None) -> list[
 
 
 def train_tokenizer(
-    files: Sequence[PathLike], vocab_size: int = 2048, min_frequency: int = 2, max_chars: int | None = None
+    files: Sequence[PathLike], vocab_size: int = 2048, min_frequency: int = 2, max_chars: int | None = None,
+    special_tokens: Sequence[str] = (),
 ):
     """A byte-level BPE trained locally on `files` (about a second for WikiText-2), as a `PreTrainedTokenizerFast`.
 
     `max_chars`: train on the first `max_chars` characters only.
     Its eos token is `<|endoftext|>` (id 0); byte-level, so any text round-trips through encode/decode.
+    `special_tokens`: more special tokens, ids 1, 2, ... in order (inside `vocab_size`); `MASK_TOKEN` among them
+    becomes the tokenizer's `mask_token` (for masked-LM training, e.g. `DataCollatorForLanguageModeling`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -71,7 +75,7 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[EOS_TOKEN, *special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -79,7 +83,10 @@ def train_tokenizer(
         tok.train([str(f) for f in files], trainer)
     else:
         tok.train_from_iterator(read_lines(files, max_chars), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN)
+    extra = [t for t in special_tokens if t != MASK_TOKEN]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN,
+                                   **({"mask_token": MASK_TOKEN} if MASK_TOKEN in special_tokens else {}),
+                                   **({"extra_special_tokens": extra} if extra else {}))
 
 
 def token_ids(files: Sequence[PathLike], tokenizer, max_chars: int | None = None) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """The small LMs of the coordinate check, sweeps and demo: one config factory (`lm_config`, GPT-2 / BERT), one
-builder of (model, optimizer groups) for μP / SP (`build_lm`), and a short causal-LM training loop (AdamW, warmup +
-cosine, clipping) used by sweeps, the demo and benchmarks.
+builder of (model, optimizer groups) for μP / SP (`build_lm`), and one short training loop (AdamW, warmup + cosine,
+clipping) for causal LMs (GPT-2) and masked LMs (BERT), used by sweeps, the demo and benchmarks.
 
 Usage:
     model = hf_mup.MuPModel.from_config(gpt2_config(128), base_hidden_size=64, output_mult=8.0)
     result = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train_blocks, val_blocks, steps=150)
     result["final_train_loss"], result["final_val_loss"], result["diverged"]
+    # a BERT masked LM on raw bytes: vocabulary 256 + 1, the last id is [MASK]
+    model, groups = build_lm(lm_config("bert", 128, vocab_size=257), "mup", lr=2**-8, base_width=64)
+    result = train_lm(model, groups, train_blocks, val_blocks, steps=150, mask_id=256)
 """
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from torch import nn
 
 
 ARCHS = ("gpt2", "bert")
+TASKS = ("causal_lm", "masked_lm")
+# transformers' DataCollatorForLanguageModeling defaults: 15% of the positions are targets; of those 80% are
+# replaced by [MASK], 10% by a random token and 10% left unchanged.
+MLM_PROBABILITY, MASK_REPLACE_PROB, RANDOM_REPLACE_PROB = 0.15, 0.8, 0.1
+EVAL_MASK_SEED = 1234  # validation masks are drawn from this seed at every evaluation: the same masks each time
 # "mup_global_lr" is a deliberately broken setup: a μP model trained with one LR for every tensor
 # (`torch.optim.AdamW(model.parameters())`), which a coordinate check must catch.
 PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
@@ -99,18 +107,78 @@ def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1):
     return f
 
 
+def lm_task(config) -> str:
+    """"masked_lm" for a BERT config (unless it is a decoder), else "causal_lm": the task `train_lm` trains."""
+    return "masked_lm" if config.model_type == "bert" and not getattr(config, "is_decoder", False) else "causal_lm"
+
+
+def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator,
+                special_ids: Iterable[int] = (), mlm_probability: float = MLM_PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of a masked-LM batch, by `DataCollatorForLanguageModeling.torch_mask_tokens`'s rule and
+    draws: each position is a target with probability `mlm_probability` (never `mask_id` nor `special_ids`); a target
+    becomes `mask_id` with probability 0.8, a uniform random id below `vocab_size` with 0.1, else stays. Labels are
+    the original ids at targets and -100 elsewhere. `ids` is not modified; CPU tensors (`generator` is a CPU one).
+
+    Usage: `x, labels = mask_tokens(blocks, mask_id=256, vocab_size=257, generator=torch.Generator().manual_seed(0))`
+    """
+    inputs, labels = ids.clone(), ids.clone()
+    probability = torch.full(ids.shape, mlm_probability)
+    probability.masked_fill_(torch.isin(ids, torch.tensor([mask_id, *special_ids], dtype=ids.dtype)), 0.0)
+    targets = torch.bernoulli(probability, generator=generator).bool()
+    labels[~targets] = -100
+    replaced = torch.bernoulli(torch.full(ids.shape, MASK_REPLACE_PROB), generator=generator).bool() & targets
+    inputs[replaced] = mask_id
+    random_prob = RANDOM_REPLACE_PROB / (1 - MASK_REPLACE_PROB)  # of the targets not replaced by the mask
+    randomized = torch.bernoulli(torch.full(ids.shape, random_prob), generator=generator).bool() & targets & ~replaced
+    random_ids = torch.randint(vocab_size, ids.shape, dtype=ids.dtype, generator=generator)
+    inputs[randomized] = random_ids[randomized]
+    return inputs, labels
+
+
+class _Batches:
+    """(input_ids, labels, predicted tokens) of a batch of blocks for `task`, on the model's device: a causal LM gets
+    the block twice (the model shifts), a masked LM `mask_tokens` drawn from `generator` (redrawn in the rare case
+    of no target at all, which would make the loss NaN)."""
+
+    def __init__(self, model: nn.Module, task: str | None, mask_id: int | None, special_ids: Iterable[int],
+                 generator: torch.Generator):
+        from .errors import MuPError
+
+        self.task = task or lm_task(model.config)
+        if self.task not in TASKS:
+            raise MuPError(f"task {self.task!r}: use one of {', '.join(TASKS)}.")
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+        self.mask_id = self.vocab_size - 1 if mask_id is None else int(mask_id)
+        self.special_ids = tuple(int(i) for i in special_ids)
+        self.generator = generator
+
+    def __call__(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.task == "causal_lm":
+            x = block.to(self.device)
+            return x, x, x.numel() - len(x)
+        has_candidates = bool((~torch.isin(block, torch.tensor([self.mask_id, *self.special_ids]))).any())
+        while True:
+            x, labels = mask_tokens(block, self.mask_id, self.vocab_size, self.generator, self.special_ids)
+            n = int((labels != -100).sum())
+            if n or not has_candidates:
+                return x.to(self.device), labels.to(self.device), n
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, blocks: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean next-token loss (nats/token) of a causal LM over `blocks` (n, seq_len)."""
+def evaluate(model: nn.Module, blocks: torch.Tensor, batch_size: int = 64, task: str | None = None,
+             mask_id: int | None = None, special_ids: Iterable[int] = (), seed: int = EVAL_MASK_SEED) -> float:
+    """Mean loss (nats per predicted token) over `blocks` (n, seq_len): next-token loss of a causal LM, or masked-LM
+    loss on masks drawn from `seed` (the same masks at every call). `task`, `mask_id`, `special_ids`: as `train_lm`."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    batch = _Batches(model, task, mask_id, special_ids, torch.Generator().manual_seed(seed))
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        x = blocks[i : i + batch_size].to(device)
-        n = x.numel() - len(x)  # predicted tokens
-        total += model(input_ids=x, labels=x).loss.item() * n
-        count += n
+        x, labels, n = batch(blocks[i : i + batch_size])
+        if n:
+            total += model(input_ids=x, labels=labels).loss.item() * n
+            count += n
     model.train(was_training)
     return total / max(count, 1)
 
@@ -132,28 +200,37 @@ def train_lm(
     betas: tuple[float, float] = (0.9, 0.95),
     weight_decay: float = 0.0,
     desc: str = "",
+    task: str | None = None,
+    mask_id: int | None = None,
+    special_ids: Iterable[int] = (),
 ) -> dict:
-    """Train a causal LM with AdamW on random batches of `train_blocks`; never raises on divergence.
+    """Train a causal or masked LM with AdamW on random batches of `train_blocks`; never raises on divergence.
 
     Usage: `r = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train, val, steps=150)`
+
+    `task`: "causal_lm" or "masked_lm" (default: `lm_task(model.config)`, masked LM for BERT). A masked LM trains on
+    `mask_tokens` (15% targets, 80/10/10) drawn from `seed`, with `mask_id` (default: the last id of the
+    vocabulary) and `special_ids` never chosen as targets; it is validated on fixed masks (`evaluate`).
 
     `param_groups`: μP groups (each carries its own LR) or plain parameters (trained at `lr`). The batch order
     depends on `seed` only. Validation every `eval_every` steps (0: only at the end). A non-finite train or
     validation loss stops training: `diverged` is True and the final losses are +inf.
     Returns per-step `train_loss`, `val_steps`/`val_loss`, `final_train_loss` (mean of the last 10% of steps),
-    `final_val_loss`, `diverged`, `steps_run`, `tokens`, `n_params`, `seconds`.
+    `final_val_loss`, `diverged`, `steps_run`, `tokens` (every position, the forward's), `n_params`, `seconds`,
+    `task`. Losses are nats per predicted token (masked LM: per target).
     """
     from tqdm.auto import tqdm
 
     from .optim import check_optimizer
 
-    device = next(model.parameters()).device
     model.train()
     opt = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay)
     check_optimizer(model, opt)  # no-op for a stock (SP) model
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup_frac, final_lr_frac))
     order = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(len(train_blocks), generator=order), 0
+    batch = _Batches(model, task, mask_id, special_ids, torch.Generator().manual_seed(seed + 1))  # masks: own stream
+    masking = {"task": batch.task, "mask_id": batch.mask_id, "special_ids": batch.special_ids}
     train_losses: list[float] = []
     val_steps: list[int] = []
     val_losses: list[float] = []
@@ -163,9 +240,9 @@ def train_lm(
     for step in bar:
         if pos + batch_size > len(perm):
             perm, pos = torch.randperm(len(train_blocks), generator=order), 0
-        x = train_blocks[perm[pos : pos + batch_size]].to(device)
+        x, labels, _ = batch(train_blocks[perm[pos : pos + batch_size]])
         pos += batch_size
-        loss = model(input_ids=x, labels=x).loss
+        loss = model(input_ids=x, labels=labels).loss
         value = loss.item()
         if not math.isfinite(value):
             diverged = True
@@ -179,7 +256,7 @@ def train_lm(
         train_losses.append(value)
         done = step + 1
         if val_blocks is not None and ((eval_every and done % eval_every == 0) or done == steps):
-            v = evaluate(model, val_blocks)
+            v = evaluate(model, val_blocks, **masking)
             val_steps.append(done)
             val_losses.append(v)
             if not math.isfinite(v):
@@ -200,4 +277,5 @@ def train_lm(
         "tokens": len(train_losses) * batch_size * train_blocks.shape[1],
         "n_params": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
+        "task": batch.task,
     }
