@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="LR-transfer grid (Figure 1) or proxy tuning, as a resumable Optuna study")
     p.add_argument("--mode", default="grid", choices=["grid", "tune"], help="grid: widths × LRs × seeds; tune: Optuna")
-    p.add_argument("--arch", default="gpt2", help="gpt2")
+    p.add_argument("--arch", default="gpt2", help="gpt2 (causal LM) or bert (masked LM: 15%% of tokens masked)")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing (tune: the one proxy width)")
     p.add_argument("--log2-lrs", default="-12:-4:1", help="start:stop:step or a list; write --log2-lrs=-12:-4:1 "
                    "(tune: the range searched)")
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
     p.add_argument("--initializer-range", type=float, default=0.02)
     p.add_argument("--tokenizer", default="bpe", choices=["bpe", "bytes"], help="BPE trained locally, or raw bytes")
-    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (bert: [MASK] included; "
+                   "bytes: 256, bert 257)")
     p.add_argument("--train-file", help="local text (default: WikiText-2 valid.txt shipped with hf_mup)")
     p.add_argument("--val-file", help="local text (default: WikiText-2 test.txt)")
     p.add_argument("--train-chars", type=int, help="use only the first N characters of the train file")

@@ -4,6 +4,8 @@ Usage:
     hparams, cost = transfer(study, target_config, target_tokens=2e9)
     Path("hparams.json").write_text(json.dumps(hparams))   # recipes/gpt2_wikitext.py --hparams hparams.json
 
+The target is a config of the proxy's architecture: GPT-2 (causal LM) or BERT (masked LM, `source.task` says which).
+
 Which trial: in tune mode, the complete, non-diverged trial with the lowest validation loss. In grid mode, the μP
 learning rate with the lowest seed-mean validation loss at the *widest* μP width of the grid (the width closest to
 the target; under μP the optimum should not depend on it) with the grid's fixed multipliers.
@@ -48,11 +50,13 @@ def best_trial(study) -> tuple[dict, dict]:
 def transfer(study, target_config, target_tokens: float | None = None) -> tuple[dict, dict]:
     """The target's hparams JSON (`recipes/gpt2_wikitext.py --hparams` reads it) and the tuning cost.
 
-    Usage: `hparams, cost = transfer(hf_mup.sweep.load_study("tune", url), GPT2Config(n_embd=1024, n_layer=2))`
+    Usage: `hparams, cost = transfer(hf_mup.sweep.load_study("tune", url), GPT2Config(n_embd=1024, n_layer=2))`,
+    `transfer(study_of_a_bert_sweep, BertConfig(hidden_size=1024, num_attention_heads=64, vocab_size=257))`
 
     Cost: 6·params·tokens summed over every trial that trained in the study, against 6·target params·`target_tokens`
     (default 20 tokens per parameter, Chinchilla's ratio); target params from the config built on the meta device.
     """
+    from .lm import lm_task
     from .model import MuPModel
 
     spec = study.user_attrs["spec"]
@@ -87,8 +91,8 @@ def transfer(study, target_config, target_tokens: float | None = None) -> tuple[
         "training_args": {"learning_rate": 2.0 ** hp["log2_lr"], "adam_beta1": 0.9, "adam_beta2": 0.95,
                           "max_grad_norm": spec["clip"], "weight_decay": 0.0},
         "model_config": model_config,
-        "source": {"study": study.study_name, "mode": spec["mode"], **source, "log2_lr": hp["log2_lr"],
-                   "base_width": spec["base_width"], "proxy_steps": spec["steps"], "notes": notes,
-                   "tuning_cost": cost},
+        "source": {"study": study.study_name, "mode": spec["mode"], "task": lm_task(target_config), **source,
+                   "log2_lr": hp["log2_lr"], "base_width": spec["base_width"], "proxy_steps": spec["steps"],
+                   "notes": notes, "tuning_cost": cost},
     }
     return hparams, cost
