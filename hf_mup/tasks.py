@@ -107,6 +107,18 @@ def _balance(pairs: list[Example], positives: int, rng: random.Random) -> list[E
     return keep
 
 
+def add_pair_template(tokenizer) -> None:
+    """BERT's input layout on a locally trained tokenizer with [CLS], [SEP] and [PAD] special tokens:
+    `[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]` with token type ids 0 / 1."""
+    from tokenizers.processors import TemplateProcessing
+
+    cls, sep = tokenizer.convert_tokens_to_ids("[CLS]"), tokenizer.convert_tokens_to_ids("[SEP]")
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer.cls_token, tokenizer.sep_token, tokenizer.pad_token = "[CLS]", "[SEP]", "[PAD]"
+    tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+
+
 def split(examples: list[Example], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """A seeded (train, test) split."""
     shuffled = examples[:]
