@@ -10,6 +10,11 @@ from hf_mup import sweep as sw
 VOCAB, MASK, SPECIAL = 1000, 999, (0, 1)
 
 
+def tiny_bert(parametrization="mup"):
+    """(model, groups) of a 2-layer width-32 BERT masked LM on bytes (vocabulary 257: [MASK] is 256)."""
+    return lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), parametrization, 2**-7, 32, seed=0)
+
+
 @pytest.fixture(scope="module")
 def blocks():
     spec = sw.make_spec(arch="bert", seq_len=32, tokenizer="bytes", train_chars=20000, val_blocks=4)
@@ -68,7 +73,7 @@ def test_train_lm_masked_lm_is_reproducible_with_fixed_validation_masks(blocks):
     train, val = blocks
     runs = []
     for _ in range(2):
-        model, groups = lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), "mup", 2**-7, 32, seed=0)
+        model, groups = tiny_bert()
         runs.append(lm.train_lm(model, groups, train, val, steps=4, batch_size=8, seed=5, eval_every=2, mask_id=256))
     r = runs[0]
     assert r["task"] == "masked_lm" and not r["diverged"] and r["steps_run"] == 4
@@ -79,14 +84,14 @@ def test_train_lm_masked_lm_is_reproducible_with_fixed_validation_masks(blocks):
     assert lm.evaluate(model, val, mask_id=256) == lm.evaluate(model, val, mask_id=256)
     assert lm.evaluate(model, val, mask_id=256, seed=1) != lm.evaluate(model, val, mask_id=256)
     # another training seed: other masks (and batches), other losses
-    model, groups = lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), "mup", 2**-7, 32, seed=0)
+    model, groups = tiny_bert()
     assert lm.train_lm(model, groups, train, val, steps=4, batch_size=8, seed=6)["train_loss"] != r["train_loss"]
 
 
 def test_evaluate_weighs_masked_targets(blocks):
     """The masked-LM validation loss is the mean over every masked target of the set (not of the batch means)."""
     _, val = blocks
-    model, _ = lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), "sp", 1e-3, seed=0)
+    model, _ = tiny_bert("sp")
     model.eval()
     g = torch.Generator().manual_seed(lm.EVAL_MASK_SEED)
     total = count = 0
