@@ -40,7 +40,7 @@ class Preset:
     """Everything a pipeline run depends on; stored with the study, so a study of another recipe is refused."""
 
     name: str
-    arch: str  # "bert" (masked LM, fine-tuned on sentence tasks) or "gpt2" (causal LM)
+    arch: str  # "bert" (masked LM, fine-tuned on sentence tasks) or "gpt2" (causal LM, no fine-tuning)
     proxy: Shape
     target: Shape
     seq_len: int
@@ -60,6 +60,7 @@ class Preset:
     eval_blocks: int = 64
     train_chars: int | None = None
     hardware: str = ""
+    sp_grid_lrs: tuple[float, ...] = ()  # a small LR grid at full width in SP: the regret of μTransfer is measured on it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +70,22 @@ class Preset:
 # weight decay 0.01, gradient clipping 1.0, init std 0.02, β = (0.9, 0.999).
 MEGATRON_BERT = {"name": "megatron", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.01, "warmup_frac": 0.01,
                  "final_lr_frac": 0.1, "decay": "linear", "clip": 1.0, "initializer_range": 0.02}
+
+# GPT-3 paper, Table 2.1, GPT-3 Small (125M, GPT-2 small's shape): Adam lr 6e-4, β = (0.9, 0.95), weight decay 0.1,
+# cosine decay to 10%, gradient clipping 1.0, init std 0.02 (GPT-2).
+GPT3_SMALL = {"name": "published", "lr": 6e-4, "betas": (0.9, 0.95), "weight_decay": 0.1, "warmup_frac": 0.01,
+              "final_lr_frac": 0.1, "decay": "cosine", "clip": 1.0, "initializer_range": 0.02}
+
+GPT2_PRESETS = {
+    "tiny": Preset("tiny", "gpt2", proxy=Shape(64, 2, 16), target=Shape(512, 2, 16), seq_len=64, vocab_size=2048,
+                   search_trials=16, search_steps=150, search_batch=16, pretrain_steps=300, pretrain_batch=16,
+                   baseline=GPT3_SMALL, eval_blocks=128, sp_grid_lrs=(2**-12, 2**-10, 2**-8),
+                   hardware="2 CPU cores, about an hour"),
+    "small": Preset("small", "gpt2", proxy=Shape(256, 12, 64), target=Shape(768, 12, 64), seq_len=1024,
+                    vocab_size=50257, search_trials=200, search_steps=5000, search_batch=64, pretrain_steps=100_000,
+                    pretrain_batch=512, baseline=GPT3_SMALL, eval_blocks=1024,
+                    sp_grid_lrs=(2**-12, 2**-11, 2**-10, 2**-9), hardware="8× A100 80GB, about 2 days"),
+}
 
 BERT_PRESETS = {
     # CPU-sized: all stages on 2 cores in minutes. Proxy shrunk in width and depth, as Tensor Programs V did.
@@ -228,6 +245,11 @@ class Pipeline:
                            "initializer_range": hp["model_config"]["initializer_range"], "warmup_frac": 0.1,
                            "final_lr_frac": 0.1, "decay": "cosine"},
             b["name"]: {"mup": None, **{k: v for k, v in b.items() if k != "name"}},
+            # SP at full width over a small LR grid, with the μTransfer row's schedule: what tuning the target costs
+            **{f"sp_lr{lr:g}": {"mup": None, "lr": lr, "betas": (args["adam_beta1"], args["adam_beta2"]),
+                                "weight_decay": 0.0, "clip": args["max_grad_norm"], "initializer_range": 0.02,
+                                "warmup_frac": 0.1, "final_lr_frac": 0.1, "decay": "cosine"}
+               for lr in self.preset.sp_grid_lrs},
         }
 
     def pretrain(self) -> dict:
@@ -378,11 +400,19 @@ class Pipeline:
             table.append(entry)
         hp = json.loads((self.out / "hparams.json").read_text())
         cost = hp["source"]["tuning_cost"]
-        (self.out / "table6.json").write_text(json.dumps({"preset": p.to_dict(), "rows": table}, indent=2))
-        (self.out / "table6.md").write_text(table_markdown(table, p.tasks))
+        summary = {"preset": p.to_dict(), "rows": table}
+        grid = {row: r["eval_loss"] for row, r in pretrain.items() if row.startswith("sp_lr")}
+        if grid:  # the regret of μTransfer: its loss minus the best of the full-width SP grid
+            best = min(grid, key=grid.get)
+            mu, published = pretrain["mutransfer"]["eval_loss"], pretrain[p.baseline["name"]]["eval_loss"]
+            summary["regret"] = {"mutransfer_loss": mu, "best_sp_grid_row": best, "best_sp_grid_loss": grid[best],
+                                 "regret": mu - grid[best], "published_lr_loss": published,
+                                 "beats_published": mu < published}
+        (self.out / "table6.json").write_text(json.dumps(summary, indent=2))
+        (self.out / "table6.md").write_text(table_markdown(table, p.tasks) + regret_markdown(summary.get("regret")))
         (self.out / "cost.json").write_text(json.dumps(cost, indent=2))
         plot_curves(pretrain, self.out / "pretrain_curves.png")
-        return {"rows": table}
+        return {"rows": table, **({"regret": summary["regret"]} if "regret" in summary else {})}
 
     # --------------------------------------------------------------------------------------------------- plan
 
@@ -399,7 +429,7 @@ class Pipeline:
             "target": {**asdict(p.target), "params": target_n},
             "search": {"trials": p.search_trials, "steps_per_trial": p.search_steps, "tokens": search_tokens,
                        "flops": 6 * proxy_n * search_tokens},
-            "pretrain": {"rows": 2, "steps": p.pretrain_steps, "batch": p.pretrain_batch, "tokens": pre_tokens,
+            "pretrain": {"rows": 2 + len(p.sp_grid_lrs), "steps": p.pretrain_steps, "batch": p.pretrain_batch, "tokens": pre_tokens,
                          "flops_per_row": 6 * target_n * pre_tokens},
             "finetune": {"tasks": list(p.tasks), "lrs": list(p.finetune_lrs), "seeds": p.finetune_seeds,
                          "runs": 2 * len(p.tasks) * len(p.finetune_lrs) * p.finetune_seeds},
@@ -443,6 +473,15 @@ def table_markdown(table: list[dict], tasks: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def regret_markdown(regret: dict | None) -> str:
+    if not regret:
+        return ""
+    return (f"\nRegret of μTransfer: {regret['regret']:+.3f} nats ({regret['mutransfer_loss']:.3f} against the best "
+            f"full-width SP grid row {regret['best_sp_grid_row']}, {regret['best_sp_grid_loss']:.3f}); the published-LR "
+            f"baseline reaches {regret['published_lr_loss']:.3f}: μTransfer "
+            f"{'beats' if regret['beats_published'] else 'does not beat'} it.\n")
+
+
 def plot_curves(pretrain: dict, path: Path) -> None:
     import matplotlib
 
@@ -464,4 +503,57 @@ def plot_curves(pretrain: dict, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["BERT_PRESETS", "MEGATRON_BERT", "Pipeline", "Preset", "Shape", "STAGES"]
+def main(argv: list[str] | None, presets: dict, prog: str) -> int:
+    """The command line of the recipes: `--preset`, `--output_dir`, `--stages`, `--storage`, `--tasks`, `--dry_run`."""
+    import argparse
+    import sys
+    from dataclasses import replace
+
+    parser = argparse.ArgumentParser(prog=prog, description="μTransfer end to end, in resumable stages")
+    parser.add_argument("--preset", default="tiny", help=f"one of {', '.join(presets)}")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
+    parser.add_argument("--storage", help="Optuna RDB URL shared by search workers (default: sqlite in output_dir)")
+    parser.add_argument("--tasks", help="comma-separated fine-tuning tasks (default: the preset's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dry_run", action="store_true", help="print the plan (shapes, parameters, tokens, FLOPs)")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.preset not in presets:
+            raise MuPError(f"unknown preset {args.preset!r}: use one of {', '.join(presets)}.")
+        preset = presets[args.preset]
+        if args.tasks:
+            preset = replace(preset, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+        pipe = Pipeline(preset, args.output_dir, storage=args.storage, device=args.device,
+                        progress=not args.no_progress)
+        if args.dry_run:
+            print(json.dumps(pipe.plan(), indent=2))
+            return 0
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise MuPError(f"unknown stage(s) {unknown}: the stages are {', '.join(STAGES)}.")
+        run_stages(pipe, stages)
+    except MuPError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_stages(pipe: Pipeline, stages: tuple[str, ...]) -> None:
+    """Pretraining on every process (the Trainer shares the work); the other stages on the main process only."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    try:
+        for stage in STAGES:
+            if stage in stages and (stage == "pretrain" or state.is_main_process):
+                pipe.run((stage,))
+            state.wait_for_everyone()
+    finally:
+        state.destroy_process_group()  # torn down before exit: no "terminate called" aborts under accelerate
+
+
+__all__ = ["BERT_PRESETS", "GPT2_PRESETS", "GPT3_SMALL", "MEGATRON_BERT", "Pipeline", "Preset", "Shape", "STAGES",
+           "main"]

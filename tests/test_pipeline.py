@@ -10,10 +10,9 @@ import pytest
 from transformers import TrainerCallback
 
 from hf_mup import MuPError
-from hf_mup.pipeline import BERT_PRESETS, MEGATRON_BERT, Pipeline, Preset, Shape
+from hf_mup.pipeline import BERT_PRESETS, GPT2_PRESETS, GPT3_SMALL, MEGATRON_BERT, Pipeline, Preset, Shape, main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import bert_large  # noqa: E402
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 POLARITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentence-polarity"
 
@@ -94,8 +93,35 @@ def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     assert resumed["eval_loss"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_gpt2_pipeline_reports_the_regret(tmp_path):
+    mini = Preset("mini", "gpt2", proxy=Shape(32, 1, 16), target=Shape(64, 1, 16), seq_len=32, vocab_size=320,
+                  search_trials=2, search_steps=4, search_batch=8, pretrain_steps=4, pretrain_batch=8,
+                  baseline=GPT3_SMALL, eval_blocks=8, train_chars=60_000, sp_grid_lrs=(2**-10, 2**-8),
+                  log2_lr_range=(-9.0, -6.0))
+    report = Pipeline(mini, tmp_path, progress=False).run()["report"]
+    regret = report["regret"]
+    assert regret["best_sp_grid_row"] in ("sp_lr0.000976562", "sp_lr0.00390625")
+    assert regret["regret"] == pytest.approx(regret["mutransfer_loss"] - regret["best_sp_grid_loss"])
+    assert [r["hyperparameters"] for r in report["rows"]] == ["mutransfer", "published", "sp_lr0.000976562",
+                                                              "sp_lr0.00390625"]
+    assert "Regret of μTransfer" in (tmp_path / "table6.md").read_text()
+    assert not (tmp_path / "finetune.jsonl").exists()  # no tasks for a causal LM
+
+
+def test_recipes_run_as_scripts(tmp_path):
+    import subprocess
+
+    for recipe, params in (("bert_large.py", 335e6), ("gpt2_transfer.py", 124e6)):
+        preset = "large" if recipe == "bert_large.py" else "small"
+        out = subprocess.run([sys.executable, str(RECIPES / recipe), "--preset", preset, "--output_dir",
+                              str(tmp_path / recipe), "--dry_run"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout)["target"]["params"] == pytest.approx(params, rel=0.01)
+    assert GPT2_PRESETS["small"].target.width == 768
+
+
 def test_dry_run_counts(capsys):
-    assert bert_large.main(["--preset", "large", "--output_dir", "unused", "--dry_run"]) == 0
+    assert main(["--preset", "large", "--output_dir", "unused", "--dry_run"], BERT_PRESETS, "bert_large") == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["target"]["params"] == pytest.approx(335e6, rel=0.01)  # BERT-large
     assert plan["proxy"]["width"] == 256 and plan["proxy"]["layers"] == 10
@@ -107,9 +133,10 @@ def test_dry_run_counts(capsys):
 
 
 def test_bad_input(tmp_path, capsys):
-    assert bert_large.main(["--preset", "huge", "--output_dir", str(tmp_path)]) == 2
+    assert main(["--preset", "huge", "--output_dir", str(tmp_path)], BERT_PRESETS, "bert_large") == 2
     assert "unknown preset 'huge': use one of tiny, base, large" in capsys.readouterr().err
-    assert bert_large.main(["--preset", "tiny", "--output_dir", str(tmp_path), "--stages", "train"]) == 2
+    assert main(["--preset", "tiny", "--output_dir", str(tmp_path), "--stages", "train"], BERT_PRESETS,
+                "bert_large") == 2
     assert "unknown stage(s) ['train']" in capsys.readouterr().err
     with pytest.raises(MuPError, match="wider than the target"):
         Pipeline(replace(MINI, proxy=Shape(128, 1, 16)), tmp_path)
