@@ -32,12 +32,15 @@ from . import data as hf_data
 from .errors import MuPError
 from .lm import build_lm, evaluate, lm_config, train_lm
 
-ARCHS = ("gpt2",)
+ARCHS = ("gpt2", "bert")  # GPT-2 trains as a causal LM, BERT as a masked LM (hf_mup.lm.train_lm)
 PARAMETRIZATIONS = ("mup", "sp")
 MODES = ("grid", "tune")
 # Tensor Programs V's space: LR, init std, embedding / output multipliers, attention temperature (log scales).
 TUNE_SPACE = {"initializer_range": (2**-8, 2**-3), "input_mult": (2**-3, 2**5), "output_mult": (2**-3, 2**5),
               "attn_mult": (2**-3, 2**3)}
+# Multipliers an architecture ignores, fixed at 1 and left out of its tune space. BERT sums its three embeddings into
+# a LayerNorm, which undoes any common factor: input_mult has no effect there (MuPModel warns when it is set).
+NO_EFFECT = {"bert": ("input_mult",)}
 DIVERGED_VALUE = 1e3  # the objective of a diverged trial (its losses are recorded as +inf)
 GRACE = 3  # a trial whose heartbeat is older than GRACE × the heartbeat interval is stale
 STATES = ("COMPLETE", "RUNNING", "WAITING", "PRUNED", "FAIL")
@@ -111,11 +114,20 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
     """The settings a study is tied to (everything but the grid points / trial count), validated.
 
     Usage: `spec = make_spec("grid", steps=150, base_width=64, output_mult=8.0, tokenizer="bytes")`
+
+    `arch` "bert" is a masked-LM sweep: its vocabulary has a [MASK] token (`mask_id`; bytes: id 256 of 257, BPE: id
+    1, after <|endoftext|>, inside `vocab_size`), and `special_ids` are never masking targets; see `masking`.
     """
     if mode not in MODES:
         raise MuPError(f"--mode {mode!r}: use one of {', '.join(MODES)}.")
     if arch not in ARCHS:
-        raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LMs).")
+        raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LM "
+                       "GPT-2, masked LM BERT).")
+    mults = {"input_mult": input_mult, "output_mult": output_mult, "attn_mult": attn_mult}
+    ignored = [k for k in NO_EFFECT.get(arch, ()) if mults[k] != 1.0]
+    if ignored:
+        raise MuPError(f"--{ignored[0].replace('_', '-')} has no effect on {arch} (its embeddings are summed into a "
+                       "LayerNorm); leave it at 1.")
     if tokenizer not in ("bpe", "bytes"):
         raise MuPError(f"--tokenizer {tokenizer!r}: use bpe or bytes.")
     if steps < 1 or batch_size < 1 or layers < 1 or seq_len < 2 or val_blocks < 1:
@@ -129,14 +141,24 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
             "vocab_size": 256 if tokenizer == "bytes" else vocab_size, "train_file": train_file,
             "val_file": val_file, "dataset": dataset, "dataset_config": dataset_config, "train_chars": train_chars,
             "val_blocks": val_blocks}
+    if arch == "bert":  # masked LM: bytes get a 257th id for [MASK]; the BPE holds [MASK] as its special token 1
+        on_bytes = tokenizer == "bytes"
+        spec.update(vocab_size=spec["vocab_size"] + on_bytes, mask_id=256 if on_bytes else 1,
+                    special_ids=[] if on_bytes else [0])
     if mode == "tune":
         if proxy_width is None:
             raise MuPError("tune mode tunes at one proxy width: give exactly one width, e.g. --widths 128.")
         spec["proxy_width"] = proxy_width
-        spec["space"] = {"log2_lr": list(log2_lr_range), **{k: list(v) for k, v in TUNE_SPACE.items()}}
+        spec["space"] = {"log2_lr": list(log2_lr_range),
+                         **{k: list(v) for k, v in TUNE_SPACE.items() if k not in NO_EFFECT.get(arch, ())}}
         for k in ("input_mult", "output_mult", "attn_mult", "initializer_range"):
-            spec.pop(k)  # tuned, not fixed
+            spec.pop(k)  # tuned (or, in NO_EFFECT, fixed at 1)
     return spec
+
+
+def masking(spec: dict) -> dict:
+    """The masked-LM keywords of `hf_mup.lm.train_lm` / `evaluate` for a spec (none for a causal LM)."""
+    return {k: spec[k] for k in ("mask_id", "special_ids") if k in spec}
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -188,10 +210,14 @@ def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> t
     if spec["tokenizer"] == "bytes":
         return (_byte_blocks(train_file, block, spec["train_chars"]),
                 _byte_blocks(val_file, block, val_chars, n_val))
-    tok = hf_data.train_tokenizer([train_file], vocab_size=spec["vocab_size"], max_chars=spec["train_chars"])
+    specials = [hf_data.MASK_TOKEN] if "mask_id" in spec else []
+    tok = hf_data.train_tokenizer([train_file], vocab_size=spec["vocab_size"], max_chars=spec["train_chars"],
+                                  special_tokens=specials)
     if len(tok) != spec["vocab_size"]:
         raise MuPError(f"the BPE trained on {train_file} reached {len(tok)} tokens, not --vocab-size "
                        f"{spec['vocab_size']}: use a smaller --vocab-size or more text.")
+    if specials and tok.mask_token_id != spec["mask_id"]:
+        raise MuPError(f"the BPE's {hf_data.MASK_TOKEN} has id {tok.mask_token_id}, the spec says {spec['mask_id']}.")
     try:
         return (hf_data.token_blocks([train_file], tok, block, max_chars=spec["train_chars"]),
                 hf_data.token_blocks([val_file], tok, block, max_blocks=n_val, max_chars=val_chars))
@@ -420,7 +446,8 @@ def run_trial(spec: dict, data: tuple, width: int, parametrization: str, hp: dic
     """Train one point; returns the user attrs a trial records (losses, diverged, cost, timing)."""
     model, groups = build(spec, width, parametrization, hp, seed, device)
     r = train_lm(model, groups, data[0], data[1], spec["steps"], spec["batch_size"], warmup_frac=spec["warmup_frac"],
-                 final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=seed, progress=progress, desc=desc)
+                 final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=seed, progress=progress, desc=desc,
+                 **masking(spec))
     return {"hparams": hp, "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"],
             "diverged": r["diverged"], "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
             "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3)}
@@ -456,13 +483,14 @@ def grid_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool 
 
 
 def tune_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool = False):
-    """The objective of tune mode: samples Tensor Programs V's space and trains the μP proxy."""
+    """The objective of tune mode: samples Tensor Programs V's space (the spec's) and trains the μP proxy."""
 
     def objective(trial) -> float:
         space = spec["space"]
         hp = {"log2_lr": trial.suggest_float("log2_lr", *space["log2_lr"])}
-        for k in TUNE_SPACE:
+        for k in (k for k in space if k != "log2_lr"):
             hp[k] = trial.suggest_float(k, *space[k], log=True)
+        hp.update({k: 1.0 for k in NO_EFFECT.get(spec["arch"], ())})  # recorded, so transfer copies 1
         return _record(trial, run_trial(spec, data, spec["proxy_width"], "mup", hp, seed=0, device=device,
                                         progress=progress, desc=f"trial {trial.number}"))
 
@@ -581,10 +609,10 @@ def estimate_seconds(spec: dict, points: list[dict], data: tuple, device: str = 
         start = time.perf_counter()
         model, groups = build(spec, p[1], p[0], hp, 0, device)
         built = time.perf_counter() - start
-        train_lm(model, groups, data[0], None, 1, spec["batch_size"])  # warm-up
-        r = train_lm(model, groups, data[0], None, timed_steps, spec["batch_size"])
+        train_lm(model, groups, data[0], None, 1, spec["batch_size"], **masking(spec))  # warm-up
+        r = train_lm(model, groups, data[0], None, timed_steps, spec["batch_size"], **masking(spec))
         start = time.perf_counter()
-        evaluate(model, data[1])
+        evaluate(model, data[1], **masking(spec))
         per[f"{p[0]}/w{p[1]}"] = built + r["seconds"] / timed_steps * spec["steps"] + time.perf_counter() - start
     total = sum(per[f"{q['parametrization']}/w{q['width']}"] for q in points)
     return {"seconds_per_trial": {k: round(v, 2) for k, v in sorted(per.items())}, "total_seconds": round(total, 1)}
@@ -719,7 +747,8 @@ def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_
     axes[0][0].set_ylabel(f"{'training' if metric == 'train_loss' else 'validation'} loss (seed mean)")
     text = spec["dataset"] or Path(spec["train_file"] or "WikiText-2").name
     tokens = "bytes" if spec["tokenizer"] == "bytes" else f"BPE {spec['vocab_size']}"
-    fig.suptitle(f"GPT-2, {spec['layers']} layers, head size {spec['head_dim']}, seq {spec['seq_len']}, {text} as "
+    model = {"gpt2": "GPT-2", "bert": "BERT masked LM"}.get(spec["arch"], spec["arch"])
+    fig.suptitle(f"{model}, {spec['layers']} layers, head size {spec['head_dim']}, seq {spec['seq_len']}, {text} as "
                  f"{tokens}, {spec['steps']} AdamW steps, batch {spec['batch_size']}; ★ = best LR per width",
                  fontsize=10)
     fig.tight_layout()

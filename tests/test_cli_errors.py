@@ -85,3 +85,13 @@ def test_coord_check_needs_seeds_for_a_verdict(argv, message, tmp_path, capsys):
     assert cli.main(["coord-check", *argv, "--out", str(tmp_path)]) == 2
     assert message in _error_line(capsys)
     assert not (tmp_path / "coord_check.csv").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "t5"], "--arch 't5' is not supported by the sweep; use one of gpt2, bert"),
+    (["--arch", "bert", "--input-mult", "2"], "--input-mult has no effect on bert"),
+])
+def test_sweep_arch_errors(argv, message, tmp_path, capsys):
+    assert cli.main(["sweep", "--widths", "32,64", *argv, "--out", str(tmp_path)]) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "sweep.db").exists()  # refused before any work

@@ -177,6 +177,64 @@ def test_tune_three_trials_and_transfer(tmp_path, data, capsys):
     assert cost["target_tokens"] == 20 * cost["target_params"]
 
 
+def test_bert_grid_cli_writes_finite_mlm_losses(tmp_path, capsys):
+    assert cli.main(["sweep", "--arch", "bert", *TINY, "--log2-lrs=-8:-7:1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["spec"]["arch"] == "bert" and result["spec"]["vocab_size"] == 257 and result["spec"]["mask_id"] == 256
+    assert result["counts"]["COMPLETE"] == 8
+    for t in result["trials"]:  # masked-LM losses (nats per masked token), below uniform over 257 after 4 steps
+        assert not t["diverged"] and 0 < t["val_loss"] < math.log(257) + 0.5 and math.isfinite(t["train_loss"])
+    assert set(result["optimum"]["val_loss"]) == {"mup", "sp"}
+    assert len((tmp_path / "results.csv").read_text().strip().splitlines()) == 9
+    assert (tmp_path / "lr_transfer.png").stat().st_size > 10_000
+    assert "drift" in capsys.readouterr().out
+
+
+def test_bert_tune_two_trials_and_transfer_to_a_wider_bert(tmp_path, capsys):
+    argv = ["sweep", "--arch", "bert", "--mode", "tune", *TINY, "--widths", "32", "--n-trials", "2",
+            "--sampler", "random", "--log2-lrs=-10:-6", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    study = sw.load_study("tune", sw.default_storage(tmp_path))
+    spec = study.user_attrs["spec"]
+    assert spec["arch"] == "bert" and set(spec["space"]) == {"log2_lr", "initializer_range", "output_mult", "attn_mult"}
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and all("input_mult" not in t.params for t in trials)
+    assert all(t.user_attrs["hparams"]["input_mult"] == 1.0 and math.isfinite(t.value) for t in trials)
+    best = min(trials, key=lambda t: t.value)
+
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps({"model_type": "bert", "hidden_size": 128, "num_attention_heads": 8,
+                                  "num_hidden_layers": 2, "intermediate_size": 512, "max_position_embeddings": 32,
+                                  "vocab_size": 257}))
+    out = tmp_path / "hparams.json"
+    assert cli.main(["transfer", "--study", "tune", "--out", str(tmp_path), "--target-config", str(target),
+                     "--output", str(out)]) == 0
+    hp = json.loads(out.read_text())
+    assert hp["mup"] == {"base_hidden_size": 32, "input_mult": 1.0,
+                         **{k: best.params[k] for k in ("output_mult", "attn_mult")}}
+    assert hp["training_args"]["learning_rate"] == 2.0 ** best.params["log2_lr"]
+    assert hp["model_config"]["model_type"] == "bert" and hp["model_config"]["hidden_size"] == 128
+    assert hp["model_config"]["initializer_range"] == best.params["initializer_range"]
+    assert hp["source"]["trial"] == best.number and hp["source"]["task"] == "masked_lm"
+    assert hp["source"]["notes"] == [] and hp["source"]["tuning_cost"]["trials"] == 2
+    gpt2 = tmp_path / "gpt2.json"
+    gpt2.write_text(json.dumps({"model_type": "gpt2", "n_embd": 128, "n_head": 8, "n_layer": 2, "vocab_size": 257}))
+    assert cli.main(["transfer", "--study", "tune", "--out", str(tmp_path), "--target-config", str(gpt2)]) == 2
+    assert "tuned a bert proxy" in capsys.readouterr().err
+
+
+def test_bert_spec():
+    spec = sw.make_spec("grid", "bert", tokenizer="bytes")
+    assert (spec["vocab_size"], spec["mask_id"], spec["special_ids"]) == (257, 256, [])
+    bpe = sw.make_spec("grid", "bert", vocab_size=512)
+    assert (bpe["vocab_size"], bpe["mask_id"], bpe["special_ids"]) == (512, 1, [0])  # [MASK] after <|endoftext|>
+    assert sw.masking(bpe) == {"mask_id": 1, "special_ids": [0]} and sw.masking(sw.make_spec()) == {}
+    tune = sw.make_spec("tune", "bert", proxy_width=64)
+    assert list(tune["space"]) == ["log2_lr", "initializer_range", "output_mult", "attn_mult"]  # no input_mult
+    with pytest.raises(MuPError, match="--input-mult has no effect on bert"):
+        sw.make_spec("grid", "bert", input_mult=2.0)
+
+
 def test_train_lm_reports_divergence_without_crashing(data):
     model = lm.gpt2_config(32, seq_len=32, vocab_size=256)
     from transformers import AutoModelForCausalLM
@@ -237,6 +295,7 @@ def test_make_spec_fields():
     tune = sw.make_spec("tune", proxy_width=128, log2_lr_range=(-10.0, -6.0))
     assert tune["proxy_width"] == 128 and tune["space"]["log2_lr"] == [-10.0, -6.0]
     assert not {"input_mult", "output_mult", "attn_mult", "initializer_range"} & set(tune)  # tuned, not fixed
+    assert list(tune["space"]) == ["log2_lr", "initializer_range", "input_mult", "output_mult", "attn_mult"]
 
 
 def test_storage_of_needs_an_hf_mup_study():
