@@ -26,8 +26,8 @@ from .lm import PARAMETRIZATIONS, build_lm, lm_config  # noqa: F401 (PARAMETRIZA
 # small widths μP's own finite-width corrections shrink like width^-1/2 (activations that start at 0, e.g. attention
 # scores with a zero-initialised query; the readout at init). Measured slopes: tests/test_coord_check.py.
 DEFAULT_BAND = (-0.7, 0.25)
-# A verdict averages over seeds: the slopes of one seed vary (a correct μP model, widths 64-512, 3 steps, per-seed
-# s.d. up to 0.13), and the band holds for t <= 2. Measured on 12 seeds with `hf-mup coord-check`'s shapes (the
+# A verdict averages over seeds: the slopes of one seed vary (a correct μP model, widths 64-512, 3 steps: per-seed
+# s.d. up to 0.12 for GPT-2, 0.16 for BERT), and the band holds for t <= 2. Measured on 12 seeds with `hf-mup coord-check`'s shapes (the
 # correct μP model; number of seed sets failing DEFAULT_BAND):
 #   steps 3 (t <= 2):  1, 2, 3 seeds: GPT-2 0/12, 0/66, 0/220 (max slope +0.13, +0.13, +0.12);
 #                      BERT 0/12, 0/66, 0/220 (max +0.23, +0.22, +0.17)
