@@ -33,7 +33,7 @@ demo: $(VENV)/.installed-demo
 	$(VENV)/bin/python -m hf_mup.demo --out demo_out
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -rs
 
 clean:
 	rm -rf $(VENV) demo_out build dist

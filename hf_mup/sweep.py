@@ -206,7 +206,9 @@ def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> t
         if not Path(path).is_file():
             raise MuPError(f"data file {path} not found.")
     block, n_val = spec["seq_len"], spec["val_blocks"]
-    val_chars = n_val * block * 8  # enough text for n_val blocks of BPE tokens, without tokenizing a whole file
+    # Enough text for n_val blocks without tokenizing a whole file; at least 100k characters, because the cap is
+    # applied per line and WikiText has paragraphs of thousands (the first n_val blocks are the same either way).
+    val_chars = max(n_val * block * 8, 100_000)
     if spec["tokenizer"] == "bytes":
         return (_byte_blocks(train_file, block, spec["train_chars"]),
                 _byte_blocks(val_file, block, val_chars, n_val))

@@ -314,3 +314,9 @@ def test_dataset_folder_through_datasets(tmp_path):
     train, val = sw.load_data(tiny_spec(dataset=str(folder)), tmp_path / "out")
     assert train.shape[1] == val.shape[1] == 32 and len(val) == 4
     assert (tmp_path / "out" / "data" / "train.txt").read_text().startswith("hello world")
+
+
+def test_few_validation_blocks_of_bytes():
+    """The validation text cap is per line: WikiText's long paragraphs must not leave it short of 2 blocks."""
+    train, val = sw.load_data(sw.make_spec("grid", "gpt2", tokenizer="bytes", seq_len=32, val_blocks=2))
+    assert val.shape == (2, 32) and train.shape[1] == 32
