@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from itertools import chain
 
+import torch
 from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump(metrics, f, indent=2)
         print(f"eval loss {metrics['eval_loss']:.4f}; μP model saved to {training.output_dir} "
               f"(load it with hf_mup.MuPModel.from_pretrained)")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Under `accelerate launch` / torchrun: wait for every rank, then destroy the process group before exit. A
+        # rank whose interpreter exits with the group alive may destroy gloo's / NCCL's threads while they are still
+        # joinable ("terminate called without an active exception", SIGABRT) and fail the whole launch.
+        trainer.accelerator.wait_for_everyone()
+        trainer.end()
     return metrics
 
 

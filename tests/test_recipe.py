@@ -1,9 +1,13 @@
-"""recipes/gpt2_wikitext.py --preset tiny: a smoke run offline, and --hparams from `hf-mup transfer`."""
+"""recipes/gpt2_wikitext.py --preset tiny: a smoke run offline, --hparams from `hf-mup transfer`, and the process
+group torn down at the end of a distributed run."""
 import importlib.util
 import json
 import math
+import socket
 import sys
 from pathlib import Path
+
+import torch
 
 import hf_mup
 
@@ -37,3 +41,21 @@ def test_tiny_preset_trains_saves_and_resumes(tmp_path):
     metrics = _recipe().main(common + ["--max_steps", "4", "--resume", "true"])
     state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and math.isfinite(metrics["eval_loss"])
+
+
+def test_process_group_is_destroyed_at_the_end(tmp_path):
+    """Under `accelerate launch` the recipe must destroy the process group before exit (a rank exiting with gloo's
+    threads alive can abort: "terminate called without an active exception"). Here a one-process gloo group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        metrics = _recipe().main(["--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_eval_blocks", "4",
+                                  "--vocab_size", "300", "--max_steps", "1", "--per_device_train_batch_size", "2",
+                                  "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true"])
+        assert math.isfinite(metrics["eval_loss"])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,8 +1,11 @@
 """Trains a tiny μP GPT-2 with a plain accelerate loop; run by tests/test_accelerate.py, alone or under
 `accelerate launch --cpu --num_processes 2`. Writes the losses and a parameter checksum to --out (rank 0)."""
 import argparse
+import faulthandler
 import json
 import os
+
+faulthandler.enable(all_threads=True)  # should a rank still abort, its log says where
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,17 +55,23 @@ for batch in loader:
 
 state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
          for n, p in hf_mup.model.unwrap(model).named_parameters()}
+unwrapped = hf_mup.model.unwrap(model)
+plan = hf_mup.get_plan(unwrapped)
+result = {
+    "num_processes": accelerator.num_processes,
+    "sharded": any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()),
+    "losses": losses,
+    "param_sums": {hf_mup.model.canonical_name(n): t.double().abs().sum().item() for n, t in state.items()},
+    "lr_mults": sorted({g["lr_mult"] for g in optimizer.param_groups}),
+    "readout_scale": plan.readouts["lm_head"],
+    "attn_scaling": [m.scaling for m in unwrapped.modules() if hasattr(m, "mup_stock_scaling")],
+}
+# Tear the process group down on every rank, after a barrier, before the interpreter exits. A rank that exits with
+# it alive may destroy gloo's threads while they are still joinable: "terminate called without an active
+# exception", SIGABRT, and `accelerate launch` fails (3 test runs in 10 on a busy 2-core machine).
+accelerator.wait_for_everyone()
+accelerator.end_training()
+result["process_group_alive"] = torch.distributed.is_initialized()
 if accelerator.is_main_process:
-    unwrapped = hf_mup.model.unwrap(model)
-    plan = hf_mup.get_plan(unwrapped)
-    result = {
-        "num_processes": accelerator.num_processes,
-        "sharded": any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()),
-        "losses": losses,
-        "param_sums": {hf_mup.model.canonical_name(n): t.double().abs().sum().item() for n, t in state.items()},
-        "lr_mults": sorted({g["lr_mult"] for g in optimizer.param_groups}),
-        "readout_scale": plan.readouts["lm_head"],
-        "attn_scaling": [m.scaling for m in unwrapped.modules() if hasattr(m, "mup_stock_scaling")],
-    }
     with open(args.out, "w") as f:
         json.dump(result, f)
