@@ -336,8 +336,11 @@ class Pipeline:
             train, test = tasks.load_tsv(folder / "train.tsv"), tasks.load_tsv(folder / "test.tsv")
         elif task == "nsp":
             train, test = tasks.split(tasks.next_sentence_pairs(data.wikitext_dir() / "test.txt", seed=0), 0.2)
+        elif task in tasks.GLUE:
+            train, test = tasks.load_glue(task)
         else:
-            raise MuPError(f"unknown task {task!r}: offline tasks are polarity and nsp (GLUE names need the Hub).")
+            raise MuPError(f"unknown task {task!r}: use polarity or nsp (offline) or a GLUE task "
+                           f"({', '.join(tasks.GLUE)}; online).")
         if p.finetune_examples:
             train, test = train[: p.finetune_examples], test[: max(200, p.finetune_examples // 4)]
         return train, test
@@ -361,7 +364,7 @@ class Pipeline:
                         key = f"{row}/{task}/lr{lr:g}/s{seed}"
                         if key in done:
                             continue
-                        config = AutoConfig.from_pretrained(folder, num_labels=2)
+                        config = AutoConfig.from_pretrained(folder, num_labels=1 + max(e[-1] for e in train))
                         torch.manual_seed(seed)
                         if getattr(config, "mup", None):
                             model = MuPModel.from_pretrained(folder, model_class="BertForSequenceClassification",

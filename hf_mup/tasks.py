@@ -48,6 +48,23 @@ def load_tsv(path: str | Path, text_columns: Sequence[str] = ("sentence",), labe
     return rows
 
 
+# GLUE tasks (online, through `datasets`): their text columns and evaluation split.
+GLUE = {"sst2": (("sentence",), "validation"), "cola": (("sentence",), "validation"),
+        "mrpc": (("sentence1", "sentence2"), "validation"), "qqp": (("question1", "question2"), "validation"),
+        "mnli": (("premise", "hypothesis"), "validation_matched"), "qnli": (("question", "sentence"), "validation"),
+        "rte": (("sentence1", "sentence2"), "validation")}
+
+
+def load_glue(task: str) -> tuple[list[Example], list[Example]]:
+    """(train, dev) examples of a GLUE task from the Hub (online users; the test sets have no labels)."""
+    from datasets import load_dataset
+
+    columns, dev = GLUE[task]
+    raw = load_dataset("nyu-mll/glue", task)
+    return ([(*(r[c] for c in columns), int(r["label"])) for r in raw["train"]],
+            [(*(r[c] for c in columns), int(r["label"])) for r in raw[dev]])
+
+
 _HEADING = re.compile(r"^ = [^=].* = $")  # a WikiText article title (sections have == or more)
 
 

@@ -143,5 +143,5 @@ def test_bad_input(tmp_path, capsys):
     Pipeline(MINI, tmp_path / "a")._check_recipe()
     with pytest.raises(MuPError, match=r"holds a run of another recipe or preset \(differs in \['search_steps'\]\)"):
         Pipeline(replace(MINI, search_steps=9), tmp_path / "a")._check_recipe()
-    with pytest.raises(MuPError, match="unknown task 'mnlii'"):
+    with pytest.raises(MuPError, match=r"unknown task 'mnlii': use polarity or nsp \(offline\) or a GLUE task"):
         Pipeline(MINI, tmp_path / "b").task_data("mnlii")
