@@ -6,7 +6,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import BertConfig, GPT2Config  # noqa: E402
+from transformers import BertConfig, GPT2Config, TrainerCallback  # noqa: E402
 
 VOCAB = 128
 
@@ -52,3 +52,14 @@ def logits(model, x):
     with torch.no_grad():
         out = model(x)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+class StopAfter(TrainerCallback):
+    """Stops a Trainer after `step` steps, as a kill would (after that step's checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True

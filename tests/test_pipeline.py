@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
+from conftest import StopAfter
 
 from hf_mup import MuPError
 from hf_mup.pipeline import BERT_PRESETS, GPT2_PRESETS, GPT3_SMALL, MEGATRON_BERT, Pipeline, Preset, Shape, main
@@ -67,15 +67,6 @@ def test_finished_stages_are_skipped_and_lost_work_is_redone(finished, tmp_path)
     Pipeline(MINI, out, progress=False).run()
     assert len(log.read_text().splitlines()) == len(lines)  # only the missing run ran again
     assert (out / "pretrain" / "mutransfer" / "final_metrics.json").read_text() == before  # pretraining skipped
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_pretraining_resumes_from_its_checkpoint(tmp_path):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import transformers
-from conftest import make_config
+from conftest import StopAfter, make_config
 from transformers import TrainerCallback, TrainingArguments
 
 import hf_mup
@@ -74,15 +74,6 @@ def test_plain_optimizer_is_refused(tmp_path):
     # With μP groups it is accepted.
     MuPTrainer(model=model, args=_args(tmp_path), train_dataset=_dataset(),
                optimizers=(torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=LR)), None))
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def _losses(trainer):
