@@ -293,3 +293,20 @@ def test_user_subclass_and_mismatched_class():
 def test_input_mult_on_bert_warns():
     with pytest.warns(UserWarning, match="input_mult=2 has no effect on bert"):
         hf_mup.MuPModel.from_config(make_config("BertForMaskedLM", 128), base_hidden_size=64, input_mult=2.0)
+
+
+def test_fsdp2_full_state_dict_is_folded_and_loads_back():
+    """accelerate / torch.distributed.checkpoint gather FSDP2's DTensors through the same fold hook."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).parent / "scripts" / "fsdp2_state_dict.py"
+    out = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"keys": True, "state_dict_diff": 0.0, "logits_diff": 0.0}
