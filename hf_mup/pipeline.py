@@ -467,11 +467,11 @@ def schedule_for(decay: str, steps: int, warmup_frac: float, final_lr_frac: floa
 
 
 def table_markdown(table: list[dict], tasks: tuple[str, ...]) -> str:
-    header = "| model | hyperparameters | pretraining val loss | " + " | ".join(tasks) + " |"
-    lines = [header, "|" + "---|" * (3 + len(tasks))]
+    lines = ["| " + " | ".join(("model", "hyperparameters", "pretraining val loss", *tasks)) + " |",
+             "|" + "---|" * (3 + len(tasks))]
     for e in table:
         cells = [f"{100 * e[t]['accuracy']:.1f} ± {100 * e[t]['spread']:.1f}" if t in e else "–" for t in tasks]
-        lines.append(f"| {e['model']} | {e['hyperparameters']} | {e['pretrain_val_loss']:.3f} | " + " | ".join(cells)
+        lines.append("| " + " | ".join((e["model"], e["hyperparameters"], f"{e['pretrain_val_loss']:.3f}", *cells))
                      + " |")
     return "\n".join(lines) + "\n"
 
