@@ -217,6 +217,7 @@ class Pipeline:
         spec["recipe"] = p.name
         spec["data_hash"] = sw.fingerprint(train, val)
         study = sw.open_study("proxy", self.storage or sw.default_storage(self.out), spec)
+        study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
         sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress)
         sw.report(study, self.out, plot_name=None)
         return {"trials": p.search_trials, "best_val_loss": study.best_value}
