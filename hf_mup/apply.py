@@ -48,11 +48,6 @@ class ScaleOutput:
         return output * self.scale
 
 
-def _hook_scale(module: nn.Module, hook_type: type) -> float | None:
-    hooks = module._forward_pre_hooks if hook_type is ScaleInput else module._forward_hooks
-    return next((h.scale for h in hooks.values() if isinstance(h, hook_type)), None)
-
-
 def stock_attention_scaling(module: nn.Module) -> float:
     """The scale the stock module was built with, remembered the first time hf_mup touches it."""
     if not hasattr(module, "mup_stock_scaling"):

@@ -130,7 +130,7 @@ def test_resize_token_embeddings_tied_keeps_input_mult(tokens):
     model.set_input_embeddings(torch.nn.Embedding(VOCAB + 8, 128))  # a new module: its input_mult is re-applied
     with pytest.warns(UserWarning, match=r"embedding 'transformer.wte' was replaced"):
         model(tokens)
-    assert hf_mup.apply._hook_scale(model.transformer.wte, hf_mup.apply.ScaleOutput) == 2.0
+    assert hf_mup.apply._has_hook(model.transformer.wte._forward_hooks, hf_mup.apply.ScaleOutput, 2.0)
 
 
 def test_replaced_head_gets_the_multiplier(tokens):
