@@ -8,6 +8,7 @@ from .config import MuPConfig
 from .describe import describe
 from .errors import MuPError
 from .fold import fold
+from .lion import Lion
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
 from .optim import check_optimizer, mup_min_lrs, mup_param_groups
 from .rules import Kind, TensorRule, optimizer_family
@@ -25,6 +26,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Kind",
+    "Lion",
     "MuPConfig",
     "MuPError",
     "MuPModel",

@@ -20,26 +20,29 @@ from dataclasses import dataclass
 from .errors import MuPError
 
 # The two μP rule families: updates that normalise the gradient entrywise (Adam-like: Adam, AdamW, Adagrad,
-# RMSprop, ...) and plain gradient steps (SGD). `optimizer_family` is the one place that decides which applies.
+# RMSprop, Lion's sign update, ...) and plain gradient steps (SGD). `optimizer_family` is the one place that decides
+# which applies.
 ADAM_LIKE = "adamw"
 SGD_LIKE = "sgd"
 FAMILIES = (ADAM_LIKE, SGD_LIKE)
 
 # Class names (lower case, with the bitsandbytes "paged" prefix and "8bit"/"32bit" suffixes removed) and
 # `TrainingArguments.optim` names of each family.
-_ADAM_CLASSES = {"adam", "adamw", "nadam", "radam", "adamax", "sparseadam", "adagrad", "rmsprop", "adamwfp8"}
+# Lion (hf_mup.Lion, lion_pytorch's, bitsandbytes' Lion/Lion8bit/PagedLion...): each entry of its update is ±1, so
+# Adam-like; Lingle (2024) found that μTransfer of the LR fails with it (README, hf_mup/lion.py).
+_ADAM_CLASSES = {"adam", "adamw", "nadam", "radam", "adamax", "sparseadam", "adagrad", "rmsprop", "adamwfp8", "lion"}
 _SGD_CLASSES = {"sgd"}
 _ADAM_OPTIMS = {
     "adamw", "adam", "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused",
     "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit",
     "paged_adamw_8bit", "adagrad", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+    "lion", "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit",
 }
 _SGD_OPTIMS = {"sgd"}
 # Optimizers with no μP rule, and why (checked by substring of the lower-case name).
 _REFUSED = {
     "adafactor": "Adafactor's relative step size and parameter scaling size each update by the tensor's RMS, which "
                  "μP's per-tensor learning rates do not model",
-    "lion": "Lion's sign update has no μP rule here, and μTransfer was found to fail with it (Lingle, 2024)",
     "schedule_free": "schedule-free optimizers average iterates and set their own warmup; untested with μP",
     "schedulefree": "schedule-free optimizers average iterates and set their own warmup; untested with μP",
     "galore": "GaLore projects gradients to a low-rank subspace; untested with μP",

@@ -95,8 +95,8 @@ def test_param_groups_need_a_mup_model_and_known_options():
     with pytest.raises(hf_mup.MuPError, match=r"needs a μP model.*MuPModel.from_config"):
         hf_mup.mup_param_groups(stock, lr=1e-3)
     model = hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", 64), base_hidden_size=64)
-    with pytest.raises(hf_mup.MuPError, match=r"no μP rule for the optimizer optim='lion'.*Lingle"):
-        hf_mup.mup_param_groups(model, lr=1e-3, optimizer="lion")
+    with pytest.raises(hf_mup.MuPError, match=r"no μP rule for the optimizer optim='galore_adamw'.*GaLore"):
+        hf_mup.mup_param_groups(model, lr=1e-3, optimizer="galore_adamw")
     with pytest.raises(hf_mup.MuPError, match=r"Unknown weight_decay_mode 'decoupled'"):
         hf_mup.mup_param_groups(model, lr=1e-3, weight_decay=0.1, weight_decay_mode="decoupled")
 

@@ -19,7 +19,7 @@ def _model():
     (torch.optim.AdamW, "adamw"), (torch.optim.Adam, "adamw"), (torch.optim.Adamax, "adamw"),
     (torch.optim.NAdam, "adamw"), (torch.optim.RMSprop, "adamw"), (torch.optim.Adagrad, "adamw"),
     (torch.optim.SGD, "sgd"), ("adamw_torch_fused", "adamw"), ("paged_adamw_8bit", "adamw"), ("sgd", "sgd"),
-    ("adam", "adamw"),
+    ("adam", "adamw"), ("lion_32bit", "adamw"), ("paged_lion_8bit", "adamw"), (hf_mup.Lion, "adamw"),
 ])
 def test_families(optimizer, family):
     assert optimizer_family(optimizer) == family
@@ -33,7 +33,7 @@ def test_subclass_of_a_known_optimizer():
 
 
 @pytest.mark.parametrize("optimizer, reason", [
-    (Adafactor, "relative step size"), ("adafactor", "relative step size"), ("lion_32bit", "Lingle"),
+    (Adafactor, "relative step size"), ("adafactor", "relative step size"),
     ("schedule_free_adamw", "schedule-free"), ("galore_adamw", "GaLore"), (torch.optim.LBFGS, "neither known one"),
 ])
 def test_refused_with_the_reason(optimizer, reason):
