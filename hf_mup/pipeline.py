@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +66,13 @@ class Preset:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preset":
+        """The inverse of `to_dict` (e.g. of a run's `preset.json`)."""
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        baseline = {k: tuple(v) if isinstance(v, list) else v for k, v in d["baseline"].items()}
+        return cls(**{**fields, "proxy": Shape(**d["proxy"]), "target": Shape(**d["target"]), "baseline": baseline})
+
 
 # Megatron-LM's BERT example (Tensor Programs V's Table 6 baseline): Adam lr 1e-4 decaying linearly to 1e-5, 1% warmup,
 # weight decay 0.01, gradient clipping 1.0, init std 0.02, β = (0.9, 0.999).
@@ -92,7 +100,7 @@ BERT_PRESETS = {
     "tiny": Preset("tiny", "bert", proxy=Shape(64, 2, 16), target=Shape(256, 4, 16), seq_len=64, vocab_size=2048,
                    search_trials=12, search_steps=120, search_batch=16, pretrain_steps=400, pretrain_batch=32,
                    baseline=MEGATRON_BERT, finetune_lrs=(1e-4, 3e-4, 1e-3), finetune_seeds=2, finetune_epochs=2,
-                   finetune_examples=1600, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=600_000,
+                   finetune_examples=1600, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=None,
                    hardware="2 CPU cores, about 20 minutes"),
     # The real shapes (Tensor Programs V: a 13M-parameter proxy, 10 layers of width 256, for both targets).
     "base": Preset("base", "bert", proxy=Shape(256, 10, 32), target=Shape(768, 12, 64), seq_len=128,
@@ -144,7 +152,16 @@ class Pipeline:
     def state(self) -> dict:
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes the run's files under `accelerate launch`; every process trains."""
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+
     def _done(self, stage: str, info: dict) -> None:
+        if not self.is_main:
+            return
         state = self.state()
         state[stage] = {"done": True, **info}
         tmp = self.state_path.with_suffix(".tmp")
@@ -161,7 +178,7 @@ class Pipeline:
                 diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
                 raise MuPError(f"{self.out} holds a run of another recipe or preset (differs in {diff}): use another "
                                "--output_dir, or the same preset to resume it.")
-        else:
+        elif self.is_main:
             stamp.write_text(json.dumps(mine, indent=2))
 
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
@@ -172,7 +189,9 @@ class Pipeline:
         self._check_recipe()
         for stage in STAGES:
             if stage in stages and not self.state().get(stage, {}).get("done"):
-                self._done(stage, getattr(self, stage)())
+                start = time.perf_counter()
+                info = getattr(self, stage)()
+                self._done(stage, {**info, "seconds": round(time.perf_counter() - start, 1)})  # of the last sitting
         return self.state()
 
     # ------------------------------------------------------------------------------------------------- data
@@ -272,7 +291,13 @@ class Pipeline:
         done = folder / "final_metrics.json"
         if done.exists():
             return json.loads(done.read_text())
+        from accelerate import PartialState
+
         p = self.preset
+        processes = PartialState().num_processes
+        if p.pretrain_batch % processes:
+            raise MuPError(f"the pretraining batch {p.pretrain_batch} does not split over {processes} processes: "
+                           "launch a number of processes that divides it.")
         tok, train, val = self.data()
         config = self.target_config(row["initializer_range"])
         torch.manual_seed(0)
@@ -289,24 +314,27 @@ class Pipeline:
             optimizer, schedule_for(row["decay"], p.pretrain_steps, row["warmup_frac"], row["final_lr_frac"]))
         eval_every = max(1, p.pretrain_steps // 10)
         args = TrainingArguments(
-            str(folder), max_steps=p.pretrain_steps, per_device_train_batch_size=p.pretrain_batch,
+            # the preset's batch is the global one: the same tokens per step however many processes share it
+            str(folder), max_steps=p.pretrain_steps, per_device_train_batch_size=p.pretrain_batch // processes,
             per_device_eval_batch_size=64, max_grad_norm=row["clip"], logging_steps=max(1, p.pretrain_steps // 50),
             eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
             save_total_limit=1, report_to=[], seed=0, data_seed=0, disable_tqdm=not self.progress,
-            use_cpu=self.device == "cpu",
+            use_cpu=self.device == "cpu", train_sampling_strategy="sequential",  # the order is `epochs`'
         )
+        order = epochs(self.examples(train, seed=0), p.pretrain_steps * p.pretrain_batch, seed=0)
         trainer = MuPTrainer(model=model, args=args, optimizers=(optimizer, schedule),
-                             train_dataset=self.examples(train, seed=0), eval_dataset=self.examples(val, seed=1),
+                             train_dataset=order, eval_dataset=self.examples(val, seed=1),
                              data_collator=stack, callbacks=list(callbacks))
         trainer.train(resume_from_checkpoint=get_last_checkpoint(str(folder)) if folder.is_dir() else None)
         if trainer.state.global_step < p.pretrain_steps:  # stopped early (a callback, a signal): not done
             return {"stopped_at": trainer.state.global_step}
         metrics = trainer.evaluate()
         trainer.save_model(str(folder))
-        tok.save_pretrained(str(folder))
         history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
         result = {"eval_loss": metrics["eval_loss"], "history": history, "row": {k: row[k] for k in row}}
-        done.write_text(json.dumps(result, indent=2, default=str))
+        if self.is_main:
+            tok.save_pretrained(str(folder))
+            done.write_text(json.dumps(result, indent=2, default=str))
         return result
 
     def examples(self, blocks: torch.Tensor, seed: int) -> list[dict]:
@@ -444,6 +472,17 @@ class Pipeline:
 BERT_SPECIAL_TOKENS = ("[MASK]", "[CLS]", "[SEP]", "[PAD]")
 
 
+def epochs(examples: list, n: int, seed: int) -> list:
+    """The first `n` examples of a shuffled pass over `examples`, then another, ...: read in order, one batch per
+    step, this is the batch sequence whatever the number of processes (accelerate gives each process its slice of
+    consecutive batches) and after a resume (the Trainer skips the batches done)."""
+    g = torch.Generator().manual_seed(seed)
+    out: list = []
+    while len(out) < n:
+        out += [examples[i] for i in torch.randperm(len(examples), generator=g).tolist()]
+    return out[:n]
+
+
 def stack(examples: list[dict]) -> dict[str, torch.Tensor]:
     """The pretraining collator: the examples' tensors stacked (masks were drawn once, in `Pipeline.examples`)."""
     return {k: torch.stack([torch.as_tensor(e[k]) for e in examples]) for k in examples[0]}
@@ -549,8 +588,11 @@ def run_stages(pipe: Pipeline, stages: tuple[str, ...]) -> None:
     """Pretraining on every process (the Trainer shares the work); the other stages on the main process only."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=pipe.device == "cpu")  # on CPU, processes join over gloo (else each runs alone)
     try:
+        if state.is_main_process:
+            pipe._check_recipe()  # before any process reads the stamp
+        state.wait_for_everyone()
         for stage in STAGES:
             if stage in stages and (stage == "pretrain" or state.is_main_process):
                 pipe.run((stage,))

@@ -38,6 +38,7 @@ class MuPTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.optimizer is not None and self.model is not None:
             check_optimizer(self.model, self.optimizer)
+        self._model_divides_by_items = self.model is None or _loss_divides_by_items(self.model)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
         if trial is not None and self.hp_search_backend is not None and hasattr(trial, "suggest_float"):
@@ -45,6 +46,25 @@ class MuPTrainer(Trainer):
             # built with the trial's multipliers (optuna returns the same value when asked again).
             self.hp_space(trial)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss, except for models whose forward ignores `num_items_in_batch` (BERT's and RoBERTa's
+        heads compute a plain mean): the Trainer would still multiply their loss by the number of processes,
+        training on that multiple (and clipping at a fraction of max_grad_norm). A token-level loss (masked LM) is
+        computed here as the Trainer means it, summed and divided by the target count of all processes, so N
+        processes train as one on the same global batch; other losses (a classifier's) keep their own mean."""
+        if num_items_in_batch is None or self._model_divides_by_items or self.label_smoother is not None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels, ids = inputs.get("labels"), inputs.get("input_ids")
+        if labels is None or ids is None or labels.shape != ids.shape:
+            return super().compute_loss(model, inputs, return_outputs, None)  # not scaled: the model's own mean
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten().to(logits.device),
+                                                 ignore_index=-100, reduction="sum") / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages: the sum over processes / the global count
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
@@ -90,6 +110,18 @@ class MuPTrainer(Trainer):
                 if group is not None:
                     logs[f"learning_rate/{kind}"] = eta * group["lr_mult"]
         super().log(logs, start_time)
+
+
+def _loss_divides_by_items(model: torch.nn.Module) -> bool:
+    """Whether the model's forward computes its loss with `self.loss_function` (which honours num_items_in_batch)."""
+    import inspect
+
+    from .model import unwrap
+
+    try:
+        return "loss_function" in inspect.getsource(type(unwrap(model)).forward)
+    except (OSError, TypeError):
+        return True  # source unavailable: trust transformers' own introspection
 
 
 def mup_model_init(config, base_hidden_size: int, model_class: type | str | None = None, **fixed: Any):
