@@ -5,6 +5,7 @@ What a μP model carries (all of it on the stock modules; no forked modeling cod
 - every attention module's `scaling` (read at each forward and passed to SDPA / flash attention),
 - a forward hook multiplying embedding outputs by `input_mult` (only when it is not 1),
 - a forward pre-hook multiplying each readout's input by `output_mult / m`,
+- with `trainable_norm_gains=False`, norm gains that do not require grad,
 - on the model itself: the plan (`_mup_plan`), a forward pre-hook that notices module surgery (a replaced head,
   `resize_token_embeddings`) and re-applies the multipliers, and state-dict hooks: `state_dict()` gives the *folded*
   weights — those of the stock model with the same outputs — and `load_state_dict()` unfolds them.
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import MuPError
-from .plan import MuPPlan, canonical_name, make_plan
+from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"
 # (canonical parameter name, index or None for the whole tensor, factor): the folded weight is `w[index] * factor`.
@@ -73,6 +74,9 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     for name, scale in plan.readouts.items():
         if scale != 1.0:
             readout_module(model, name).register_forward_pre_hook(ScaleInput(scale))
+    if not plan.mup.trainable_norm_gains:
+        for gain in norm_gains(model):
+            gain.requires_grad_(False)  # fixed: no gradient, so no optimizer slot (mup_param_groups skips it)
     model.__dict__[PLAN_ATTR] = plan  # in __dict__: wrappers that forward attributes (PEFT, FSDP1) do not hold it
     if not any(isinstance(h, Guard) for h in model._forward_pre_hooks.values()):
         model.register_forward_pre_hook(Guard())
@@ -111,10 +115,10 @@ def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = Non
     for name, p in params.items():
         if name in plan.rules and is_fresh(name) and plan.rules[name].init_scale != 1.0:
             p.mul_(plan.rules[name].init_scale)
-    if plan.mup.zero_init_readout:
-        for name in plan.readouts.keys() - plan.tied_readouts:
-            if is_fresh(f"{name}.weight"):
-                readout_module(model, name).weight.zero_()
+    for name, scale in plan.readout_init_scale.items():
+        if is_fresh(f"{name}.weight"):
+            weight = readout_module(model, name).weight
+            weight.zero_() if plan.mup.zero_init_readout else weight.mul_(scale)
     if plan.mup.zero_init_query:
         names = {id(p): n for n, p in params.items()}
         for name in plan.attention:
@@ -137,7 +141,8 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     factor = plan.attention_scale_factor
     if factor != 1.0:
         for name in plan.attention:
-            entries += [(names[id(p)], index, factor) for p, index in plan.arch.query_slices(model.get_submodule(name))]
+            slices = plan.arch.query_fold_slices or plan.arch.query_slices
+            entries += [(names[id(p)], index, factor) for p, index in slices(model.get_submodule(name))]
     input_mult = plan.mup.input_mult
     if input_mult != 1.0:
         entries += [(f"{name}.weight", None, input_mult) for name in plan.embeddings]

@@ -20,6 +20,8 @@ from .errors import MuPError
 logger = logging.getLogger("hf_mup")
 
 FORMAT_VERSION = 2
+READOUT_INITS = ("mup", "standard")
+ATTENTION_SCALES = ("1/d", "1/sqrt(d)")
 VERSION_KEY = "version"
 
 
@@ -33,26 +35,40 @@ class MuPConfig:
     - `base_intermediate_size`: MLP width of the base model; derived as intermediate × base/hidden when None.
     - `base_num_attention_heads` / `base_head_dim`: the base's attention shape. When both are None the head size
       is kept fixed and the number of heads scales with width.
+    - `base_num_key_value_heads`: key/value heads of the base model (grouped-query attention). When None the base
+      keeps the model's query/key-value ratio, and one key/value head (multi-query) stays one.
     - `input_mult`: multiplier on every embedding output. (BERT sums its embeddings into a LayerNorm, which undoes
       any common factor: there `input_mult` has no effect.)
     - `output_mult`: the readout sees `output_mult / m` × its input, m = hidden / base hidden.
     - `attn_mult`: attention logits are scaled by `attn_mult · √d_base / d_head` (1/d attention).
     - `zero_init_query`: initialise the query projection to zero.
     - `zero_init_readout`: initialise an untied readout (`lm_head`, `score`, `classifier`) to zero.
+    - `readout_init`: with `zero_init_readout=False`, "mup" (the stock init; with the `output_mult / m` multiplier
+      the readout's effective std falls as 1/m) or "standard" (effective std falls as 1/√m, as in standard
+      parametrization: Lingle's "SP unembedding init" ablation).
+    - `attention_scale`: "1/d" (μP: attention logits scaled by `attn_mult · √d_base / d`) or "1/sqrt(d)" (the
+      standard `attn_mult / √d`). The two differ only when the head size changes with width.
+    - `trainable_norm_gains`: False fixes every norm's gain (its `weight`) where it is, 1 at init: no gradient, no
+      optimizer slot (Lingle's baseline has no gains).
     """
 
     base_hidden_size: int
     base_intermediate_size: int | None = None
     base_num_attention_heads: int | None = None
     base_head_dim: int | None = None
+    base_num_key_value_heads: int | None = None
     input_mult: float = 1.0
     output_mult: float = 1.0
     attn_mult: float = 1.0
     zero_init_query: bool = True
     zero_init_readout: bool = True
+    readout_init: str = "mup"
+    attention_scale: str = "1/d"
+    trainable_norm_gains: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("base_hidden_size", "base_intermediate_size", "base_num_attention_heads", "base_head_dim"):
+        for name in ("base_hidden_size", "base_intermediate_size", "base_num_attention_heads", "base_head_dim",
+                     "base_num_key_value_heads"):
             value = getattr(self, name)
             if value is None and name != "base_hidden_size":
                 continue
@@ -64,10 +80,16 @@ class MuPConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise MuPError(f"{name} must be a positive finite number, got {value!r}.")
             object.__setattr__(self, name, float(value))
-        for name in ("zero_init_query", "zero_init_readout"):
+        for name in ("zero_init_query", "zero_init_readout", "trainable_norm_gains"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise MuPError(f"{name} must be True or False, got {value!r}.")
+        for name, choices in (("readout_init", READOUT_INITS), ("attention_scale", ATTENTION_SCALES)):
+            if getattr(self, name) not in choices:
+                raise MuPError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}.")
+        if self.readout_init != "mup" and self.zero_init_readout:
+            raise MuPError(f"readout_init={self.readout_init!r} sets a non-zero readout init: give "
+                           "zero_init_readout=False with it.")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

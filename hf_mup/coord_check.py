@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .architectures import Architecture, get_architecture
-from .lm import PARAMETRIZATIONS, build_lm, lm_config  # noqa: F401 (PARAMETRIZATIONS: coord-check's choices)
+from .lm import PARAMETRIZATIONS, build_lm, lm_config, mask_tokens  # noqa: F401 (PARAMETRIZATIONS: coord-check's choices)
 
 # The band a μP slope must stay in, (low, high). Asymmetric on purpose: blowing up is what μP prevents, while at
 # small widths μP's own finite-width corrections shrink like width^-1/2 (activations that start at 0, e.g. attention
@@ -45,7 +45,8 @@ def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_siz
     """One batch per step, fixed by `seed` only (so the same at every width): random rows of `data`, else one
     random token batch repeated at every step (the model fits it, so updates line up with the inputs, as with text).
 
-    BERT batches are masked-LM batches: 15% of positions become the mask token (the last id), labelled.
+    BERT batches are masked-LM batches by the training loop's rule (`hf_mup.lm.mask_tokens`: 15% targets, 80/10/10),
+    the mask token being the last id.
     """
     g = torch.Generator().manual_seed(seed)
     fixed = torch.randint(vocab_size - 1, (batch_size, seq_len), generator=g)
@@ -55,8 +56,8 @@ def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_siz
         if arch == "gpt2":
             batches.append({"input_ids": ids, "labels": ids})
         else:
-            masked = torch.rand(ids.shape, generator=g) < 0.15
-            batches.append({"input_ids": ids.masked_fill(masked, vocab_size - 1), "labels": ids.masked_fill(~masked, -100)})
+            inputs, labels = mask_tokens(ids, vocab_size - 1, vocab_size, g)
+            batches.append({"input_ids": inputs, "labels": labels})
     return batches
 
 
@@ -72,6 +73,7 @@ def add_hooks(model: nn.Module, head_dim: int, stats: dict[str, float], arch: Ar
                 hidden = args[0] if args else kwargs["hidden_states"]
                 with torch.no_grad():
                     q, k = (x.unflatten(-1, (-1, head_dim)).transpose(1, 2) for x in arch.query_key(module, hidden))
+                    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query: shared key heads
                     stats[f"{name}.scores"] = (q @ k.transpose(-1, -2) * module.scaling).abs().mean().item()
         return hook
 

@@ -9,8 +9,13 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import MuPError
 from .model import get_plan, unwrap
-from .plan import meta_model
+from .plan import meta_model, norm_gains
 from .rules import Kind
+
+
+# The config fields of the architecture knobs (Lingle's ablations that live in the transformers config).
+ARCH_FIELDS = ("num_attention_heads", "num_key_value_heads", "hidden_act", "activation_function", "attention_bias",
+               "mlp_bias", "tie_word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,7 @@ class ParamInfo:
     init_std: str  # as decided: the stock HF init std × μP's factor, or the constant it is filled with
     adam_lr_mult: float
     sgd_lr_mult: float
+    trainable: bool = True  # False: a fixed norm gain (`trainable_norm_gains=False`)
 
 
 class _RecordInit(TorchFunctionMode):
@@ -76,6 +82,8 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
     query_params = set()
     if plan.mup.zero_init_query:
         query_params = {id(p) for _, attn in plan.arch.attention_modules(twin) for p, _ in plan.arch.query_slices(attn)}
+    fixed = {id(p) for p in norm_gains(twin)} if not plan.mup.trainable_norm_gains else set()
+    readout_scale = {f"{n}.weight": s for n, s in plan.readout_init_scale.items()}
     rows = []
     for name, p in twin.named_parameters():
         rule = plan.rules[name]
@@ -83,7 +91,7 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
         if name in zeroed:
             init = "0 (zero readout)"
         elif how == "normal":
-            init = f"{std * rule.init_scale:.4g}"
+            init = f"{std * rule.init_scale * readout_scale.get(name, 1.0):.4g}"
             if id(p) in query_params:
                 init += ", query 0" if p.ndim == 2 else ""
         elif how == "const":
@@ -91,7 +99,8 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
         else:
             init = how
         rows.append(
-            ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"), rule.lr_mult("sgd"))
+            ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"),
+                      rule.lr_mult("sgd"), id(p) not in fixed)
         )
     return rows
 
@@ -105,7 +114,8 @@ def describe(model: nn.Module) -> str:
     rows = parameter_table(model)
     header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×")
     cells = [header] + [
-        (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std, f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}")
+        (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std,
+         *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}") if r.trainable else ("fixed", "fixed")))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -113,11 +123,15 @@ def describe(model: nn.Module) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts = {k.value: sum(r.kind == k.value for r in rows) for k in Kind}
     mup = plan.mup
+    config = unwrap(model).config
+    scale = "· √(d_base/d)" if mup.attention_scale == "1/d" else "(1/sqrt(d))"
     lines += [
         "",
         f"base hidden size {mup.base_hidden_size}, head size {plan.head_dim} (base {plan.base_head_dim}); "
         + ", ".join(f"{n} {k}" for k, n in counts.items()),
-        f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} · √(d_base/d))",
+        "μP settings: " + ", ".join(f"{k}: {v}" for k, v in mup.to_dict().items() if k != "version"),
+        "architecture: " + ", ".join(f"{k}: {getattr(config, k)}" for k in ARCH_FIELDS if hasattr(config, k)),
+        f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} {scale})",
         f"input_mult {mup.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}",
         "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "") for n, s in plan.readouts.items()) or "nothing"),
     ]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 
-ARCHS = ("gpt2", "bert")
+ARCHS = ("gpt2", "bert", "llama")
 TASKS = ("causal_lm", "masked_lm")
 # transformers' DataCollatorForLanguageModeling defaults: 15% of the positions are targets; of those 80% are
 # replaced by [MASK], 10% by a random token and 10% left unchanged.
@@ -33,12 +33,12 @@ PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
 
 def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
               **kw):
-    """A small GPT-2 or BERT config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
+    """A small GPT-2, BERT or Llama config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
     dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
 
     Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
     """
-    from transformers import BertConfig, GPT2Config
+    from transformers import BertConfig, GPT2Config, LlamaConfig
 
     from .errors import MuPError
 
@@ -53,6 +53,11 @@ def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_le
         return BertConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
                           num_hidden_layers=layers, num_attention_heads=width // head_dim,
                           intermediate_size=4 * width, **kw)
+    if arch == "llama":  # pre-norm RMSNorm, SwiGLU MLP, rotary positions, untied lm_head, no biases
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim, **kw}
+        return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
+                           num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim,
+                           intermediate_size=4 * width, **kw)
     raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
 
 

@@ -9,6 +9,7 @@ shapes into a `TensorRule`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -54,7 +55,17 @@ class MuPPlan:
 
     @property
     def attention_scale_factor(self) -> float:
-        return attention_scale_factor(self.mup.attn_mult, self.head_dim, self.base_head_dim)
+        return attention_scale_factor(self.mup.attn_mult, self.head_dim, self.base_head_dim, self.mup.attention_scale)
+
+    @property
+    def readout_init_scale(self) -> dict[str, float]:
+        """Untied readout -> factor on its stock init: √m for the standard init (effective std ∝ 1/√m under the
+        1/m multiplier), 1 for μP's."""
+        untied = self.readouts.keys() - self.tied_readouts
+        if self.mup.readout_init != "standard":
+            return {name: 1.0 for name in untied}
+        return {name: self.rules[f"{name}.weight"].fanin_mult ** 0.5 if f"{name}.weight" in self.rules else 1.0
+                for name in untied}
 
 
 # ------------------------------------------------------------------------------------------ classes and configs
@@ -77,13 +88,26 @@ def supported_class_name(model_class: type, config: PretrainedConfig) -> str:
     return name
 
 
-def _head_dims(config: PretrainedConfig, mup: MuPConfig) -> tuple[int, int, int]:
+def _head_dims(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) -> tuple[int, int, int]:
     """(head_dim, base_head_dim, base_num_heads), with the errors a user can act on."""
     hidden, heads = config.hidden_size, config.num_attention_heads
-    if hidden % heads:
+    explicit = getattr(config, arch.head_dim_attr, None) if arch.head_dim_attr else None
+    if explicit is None and hidden % heads:
         raise MuPError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
-    head_dim, base = hidden // heads, mup.base_hidden_size
+    head_dim, base = explicit or hidden // heads, mup.base_hidden_size
     base_heads, base_head_dim = mup.base_num_attention_heads, mup.base_head_dim
+    if heads * head_dim != hidden:  # e.g. Qwen3: heads × head size is not the hidden size
+        if base_heads is not None or base_head_dim is not None:
+            raise MuPError(
+                f"The model's heads × head size ({heads} × {head_dim}) is not its hidden size {hidden}: hf_mup scales "
+                "such a model with a fixed head size only. Leave base_num_attention_heads and base_head_dim unset."
+            )
+        if (heads * base) % hidden:
+            raise MuPError(
+                f"The base model would have {heads} × {base} / {hidden} attention heads, not a whole number: choose "
+                f"a base_hidden_size that is a multiple of {hidden // math.gcd(heads, hidden)}."
+            )
+        return head_dim, head_dim, heads * base // hidden
     if base_heads is None and base_head_dim is None:
         base_head_dim = head_dim  # head size kept fixed: the number of heads scales with width
     if base_heads is not None:
@@ -107,12 +131,42 @@ def _head_dims(config: PretrainedConfig, mup: MuPConfig) -> tuple[int, int, int]
     return head_dim, base_head_dim, base // base_head_dim
 
 
-def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, heads: int,
-                    intermediate: int) -> PretrainedConfig:
+def _base_kv_heads(config: PretrainedConfig, mup: MuPConfig, arch: Architecture, base_heads: int) -> tuple[int, int]:
+    """(key/value heads of the base model, of the 2× delta model) under grouped-query attention.
+
+    By default the base keeps the model's query/key-value ratio (the key/value heads scale with width like the
+    query heads); one key/value head (multi-query) stays one at every width; `base_num_key_value_heads` fixes it.
+    """
+    heads = config.num_attention_heads
+    kv = (getattr(config, arch.kv_heads_attr, None) if arch.kv_heads_attr else None) or heads
+    base_kv = mup.base_num_key_value_heads
+    if base_kv is None:
+        if kv == 1:
+            return 1, 1  # multi-query attention stays multi-query
+        if (kv * base_heads) % heads:
+            raise MuPError(
+                f"num_key_value_heads {kv} for {heads} query heads: the base model has {base_heads} query heads and "
+                f"cannot keep the ratio {heads // math.gcd(heads, kv)}:{kv // math.gcd(heads, kv)}. Set "
+                "base_num_key_value_heads (e.g. 1 for one key/value head at every width), or choose a base width "
+                "whose head count keeps the ratio."
+            )
+        base_kv = kv * base_heads // heads
+    if base_heads % base_kv:
+        raise MuPError(f"base_num_key_value_heads {base_kv} does not divide the base model's {base_heads} query heads.")
+    fixed = base_kv == kv and heads != base_heads
+    return base_kv, base_kv if fixed else 2 * base_kv
+
+
+def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, heads: int, intermediate: int,
+                    head_dim: int, kv_heads: int) -> PretrainedConfig:
     resized = copy.deepcopy(config)
     resized.hidden_size = hidden
     resized.num_attention_heads = heads
     setattr(resized, arch.intermediate_size_attr, intermediate)
+    if arch.head_dim_attr and getattr(config, arch.head_dim_attr, None) is not None:
+        setattr(resized, arch.head_dim_attr, head_dim)
+    if arch.kv_heads_attr and getattr(config, arch.kv_heads_attr, None) is not None:
+        setattr(resized, arch.kv_heads_attr, kv_heads)
     return resized
 
 
@@ -128,7 +182,8 @@ def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[Pretrain
             f"base_hidden_size {base} is larger than the model's hidden_size {hidden}; the base is the small proxy "
             f"width the hyperparameters were tuned at: choose base_hidden_size <= {hidden}."
         )
-    _, _, base_heads = _head_dims(config, mup)
+    _, base_head_dim, base_heads = _head_dims(config, mup, arch)
+    base_kv, delta_kv = _base_kv_heads(config, mup, arch, base_heads)
     intermediate = arch.intermediate_size(config)
     base_intermediate = mup.base_intermediate_size
     if base_intermediate is None:
@@ -141,9 +196,15 @@ def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[Pretrain
     if base_intermediate > intermediate:
         raise MuPError(f"base_intermediate_size {base_intermediate} is larger than the model's {intermediate}.")
     return (
-        _resized_config(config, arch, base, base_heads, base_intermediate),
-        _resized_config(config, arch, 2 * base, 2 * base_heads, 2 * base_intermediate),
+        _resized_config(config, arch, base, base_heads, base_intermediate, base_head_dim, base_kv),
+        _resized_config(config, arch, 2 * base, 2 * base_heads, 2 * base_intermediate, base_head_dim, delta_kv),
     )
+
+
+def norm_gains(model: nn.Module) -> list[nn.Parameter]:
+    """The gains (`weight`) of every normalisation layer (LayerNorm, RMSNorm, Qwen3's q/k norms)."""
+    return [m.weight for m in model.modules()
+            if "Norm" in type(m).__name__ and isinstance(getattr(m, "weight", None), nn.Parameter)]
 
 
 def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
@@ -186,10 +247,11 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
     config = model.config
     arch = get_architecture(config)
     class_name = supported_class_name(type(model), config)
-    head_dim, base_head_dim, _ = _head_dims(config, mup)
+    head_dim, base_head_dim, _ = _head_dims(config, mup, arch)
     base, delta = (meta_model(type(model), c) for c in base_configs_for(config, mup))
     base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
     layouts = _layouts(model)
+    attention = [canonical_name(n) for n, m in model.named_modules() if arch.is_attention(m)]
     rules: dict[str, TensorRule] = {}
     extra: list[str] = []
     for raw_name, p in model.named_parameters():
@@ -198,9 +260,13 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
             extra.append(name)  # an adapter's tensor, or a head the stock model lacks: no μP rule
             continue
         fan_in, fan_out = layouts[id(p)]
-        rules[name] = (TensorRule(Kind.SCALAR) if fan_out is None else
-                       classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape),
-                                fan_in, fan_out))
+        rule = (TensorRule(Kind.SCALAR) if fan_out is None else
+                classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out))
+        if rule.kind is Kind.READOUT and any(name.startswith(a + ".") for a in attention):
+            # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
+            # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
+            rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
+        rules[name] = rule
     plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra)
     base_modules = dict(base.named_modules())
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -218,7 +284,7 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
                 tuple(module.weight.shape), tuple(base.get_submodule(name).weight.shape),
                 tuple(delta.get_submodule(name).weight.shape), 1, 0,
             )
-            if as_linear.kind is Kind.READOUT:
+            if as_linear.kind is Kind.READOUT and not any(name.startswith(a + ".") for a in attention):
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
                 if id(module.weight) in embedding_ids:
                     plan.tied_readouts.add(name)

@@ -157,9 +157,10 @@ def classify(
     return TensorRule(kind, fanin_mult, fanout_mult)
 
 
-def attention_scale_factor(attn_mult: float, head_dim: int, base_head_dim: int) -> float:
-    """Factor on the stock 1/√d attention scale that gives μP's attn_mult·√d_base/d."""
-    return attn_mult * (base_head_dim / head_dim) ** 0.5
+def attention_scale_factor(attn_mult: float, head_dim: int, base_head_dim: int, scale: str = "1/d") -> float:
+    """Factor on the stock 1/√d attention scale that gives μP's attn_mult·√d_base/d (`scale` "1/d"), or the
+    standard attn_mult/√d ("1/sqrt(d)")."""
+    return attn_mult * ((base_head_dim / head_dim) ** 0.5 if scale == "1/d" else 1.0)
 
 
 def weight_decay_for_group(weight_decay: float, lr: float, lr_mult: float, mode: str) -> float:

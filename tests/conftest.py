@@ -23,7 +23,32 @@ def bert_config(width: int = 64, head_dim: int = 16, **kw) -> BertConfig:
     return BertConfig(hidden_size=width, num_attention_heads=width // head_dim, **kw)
 
 
-CONFIGS = {"gpt2": gpt2_config, "bert": bert_config}
+def roberta_config(width: int = 64, head_dim: int = 16, **kw):
+    from transformers import RobertaConfig
+
+    kw = {"num_hidden_layers": 2, "max_position_embeddings": 64 + 2, "vocab_size": VOCAB,  # positions start at 2
+          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "intermediate_size": 4 * width, **kw}
+    return RobertaConfig(hidden_size=width, num_attention_heads=width // head_dim, **kw)
+
+
+def llama_like_config(model_type: str):
+    """A 2-layer config of the Llama family: grouped-query attention (2 query heads per key/value head), a fixed
+    head size, SwiGLU MLP of 4× width (Qwen2's q/k/v biases and Qwen3's q/k norms as the stock classes have them)."""
+
+    def make(width: int = 64, head_dim: int = 16, **kw):
+        from transformers import AutoConfig
+
+        heads = width // head_dim
+        kw = {"num_hidden_layers": 2, "max_position_embeddings": 64, "vocab_size": VOCAB, "intermediate_size": 4 * width,
+              "num_key_value_heads": max(1, heads // 2), "head_dim": head_dim, "bos_token_id": 0, "eos_token_id": 0,
+              **kw}
+        return AutoConfig.for_model(model_type, hidden_size=width, num_attention_heads=heads, **kw)
+
+    return make
+
+
+CONFIGS = {"gpt2": gpt2_config, "bert": bert_config, "roberta": roberta_config,
+           **{t: llama_like_config(t) for t in ("llama", "mistral", "qwen2", "qwen3")}}
 MODEL_CLASSES = {
     "GPT2LMHeadModel": "gpt2",
     "GPT2ForSequenceClassification": "gpt2",
@@ -31,7 +56,18 @@ MODEL_CLASSES = {
     "BertForMaskedLM": "bert",
     "BertForSequenceClassification": "bert",
     "BertModel": "bert",
+    "RobertaForMaskedLM": "roberta",
+    "RobertaForSequenceClassification": "roberta",
+    "LlamaForCausalLM": "llama",
+    "LlamaForSequenceClassification": "llama",
+    "LlamaModel": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
+# The classes each model-level test runs on: every architecture's LM and a classifier.
+LM_CLASSES = ["GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM", "LlamaForCausalLM", "MistralForCausalLM",
+              "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 
 
 def make_config(model_class: str, width: int, **kw):

@@ -2,14 +2,14 @@
 import pytest
 import torch
 import transformers
-from conftest import make_config
+from conftest import LM_CLASSES, make_config
 
 import hf_mup
 
 
 def _stock_groups(model, lr, weight_decay):
     """What transformers.Trainer does: no decay on biases and LayerNorm weights."""
-    no_decay = lambda n: n.endswith("bias") or "ln_" in n or "LayerNorm" in n  # noqa: E731
+    no_decay = lambda n: n.endswith("bias") or "ln_" in n or "norm" in n.lower()  # noqa: E731
     params = list(model.named_parameters())
     return [
         {"params": [p for n, p in params if not no_decay(n)], "weight_decay": weight_decay, "lr": lr},
@@ -17,7 +17,7 @@ def _stock_groups(model, lr, weight_decay):
     ]
 
 
-@pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "BertForMaskedLM", "BertForSequenceClassification"])
+@pytest.mark.parametrize("model_class", [*LM_CLASSES, "BertForSequenceClassification", "LlamaForSequenceClassification"])
 def test_base_width_equals_stock(model_class, tokens):
     config = make_config(model_class, 64)
     torch.manual_seed(0)
@@ -32,7 +32,7 @@ def test_base_width_equals_stock(model_class, tokens):
     # Same logits.
     torch.testing.assert_close(model(tokens).logits, stock(tokens).logits, rtol=0, atol=0)
     # Same losses over 5 AdamW steps, weight decay included.
-    labels = tokens if model_class != "BertForSequenceClassification" else torch.tensor([0, 2])
+    labels = torch.tensor([0, 2]) if model_class.endswith("SequenceClassification") else tokens
     opt_stock = torch.optim.AdamW(_stock_groups(stock, 1e-2, 0.1))
     opt_mup = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
     losses = {"stock": [], "mup": []}

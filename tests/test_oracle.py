@@ -5,7 +5,7 @@ import mup as msmup
 import pytest
 import torch
 import transformers
-from conftest import make_config
+from conftest import LM_CLASSES, make_config
 
 import hf_mup
 from hf_mup.plan import meta_model as _meta_model
@@ -35,7 +35,10 @@ def _reference_lrs(reference, optimizer_cls, lr):
 
 
 @pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "GPT2ForSequenceClassification",
-                                         "BertForMaskedLM", "BertForSequenceClassification", "BertModel"])
+                                         "BertForMaskedLM", "BertForSequenceClassification", "BertModel",
+                                         "RobertaForMaskedLM", "RobertaForSequenceClassification", "LlamaForCausalLM",
+                                         "LlamaForSequenceClassification", "LlamaModel", "MistralForCausalLM",
+                                         "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
 @pytest.mark.parametrize("width", [128, 256])
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_lr_multipliers_match_microsoft_mup(model_class, width, optimizer):
@@ -87,7 +90,7 @@ def test_conv1d_layout_uses_the_true_fan_in():
     assert rules["transformer.h.0.mlp.c_proj.weight"].lr_mult("adamw") == 1 / 16
 
 
-@pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "BertForMaskedLM", "BertForSequenceClassification"])
+@pytest.mark.parametrize("model_class", [*LM_CLASSES, "BertForSequenceClassification", "LlamaForSequenceClassification"])
 def test_init_std_matches_microsoft_mup(model_class):
     """Measured init std of each weight = the stock HF std × microsoft/mup's factor (width_mult^-1/2 on matrices)."""
     width = 256

@@ -13,7 +13,9 @@ from hf_mup import cli
 
 OPTIONS = {"input_mult": 2.0, "output_mult": 3.0, "attn_mult": 1.5}
 CLASSES = ["GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2Model",
-           "BertForMaskedLM", "BertForSequenceClassification", "BertModel"]
+           "BertForMaskedLM", "BertForSequenceClassification", "BertModel",
+           "RobertaForMaskedLM", "RobertaForSequenceClassification", "LlamaForCausalLM",
+           "LlamaForSequenceClassification", "LlamaModel", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 
 
 def _trained_like(model_class, width=128, **options):
@@ -75,7 +77,7 @@ def test_fold_cli(tokens, tmp_path):
     torch.testing.assert_close(logits(stock, tokens), logits(model, tokens), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "BertForMaskedLM"])
+@pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "BertForMaskedLM", "LlamaForCausalLM"])
 def test_sdpa_receives_the_mup_scale(model_class, tokens, monkeypatch):
     # width 128 with base 64 and base head size 8 vs the model's 16: scale = attn_mult · √8 / 16.
     model = hf_mup.MuPModel.from_config(make_config(model_class, 128), base_hidden_size=64, model_class=model_class,

@@ -5,8 +5,10 @@ from ..errors import MuPError
 from .base import Architecture
 from .bert import BERT
 from .gpt2 import GPT2
+from .llama import LLAMA_FAMILY
+from .roberta import ROBERTA
 
-ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (GPT2, BERT)}
+ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (GPT2, BERT, ROBERTA, *LLAMA_FAMILY)}
 
 
 def supported_classes() -> list[str]:

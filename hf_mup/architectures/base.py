@@ -19,10 +19,14 @@ class Architecture:
     - `intermediate_size`: reads the MLP width from a config; `intermediate_size_attr` is where to write it.
     - `attention_classes`: class names of attention modules, whose `scaling` hf_mup sets.
     - `query_slices`: the query projection inside an attention module (zero-init and folding of the scale).
+    - `query_fold_slices`: where `fold` puts the attention scale, when not in `query_slices` (a norm after the
+      query projection, as Qwen3's `q_norm`, would undo a scale on the projection).
     - `query_key`: the query and key projections of an attention module's input (for coordinate checks).
     - `tied_readout_norms`: per model class, the norm whose output only a tied readout reads; `fold` puts the
       readout multiplier there, since the tied weight is shared with the input embedding.
     - `embeddings_feed_norm`: the embeddings are summed straight into a norm (BERT), so `input_mult` cancels out.
+    - `kv_heads_attr`: the config field of the key/value head count (grouped-query attention), if any.
+    - `head_dim_attr`: the config field of an explicit head size (else hidden size / heads), if any.
     """
 
     model_type: str
@@ -34,6 +38,9 @@ class Architecture:
     query_key: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     tied_readout_norms: dict[str, str] = field(default_factory=dict)
     embeddings_feed_norm: bool = False
+    query_fold_slices: Callable[[nn.Module], QuerySlices] | None = None
+    kv_heads_attr: str | None = None
+    head_dim_attr: str | None = None
 
     def is_attention(self, module: nn.Module) -> bool:
         """True for the attention classes and their subclasses."""
