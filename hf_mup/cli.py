@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .coord_check import DEFAULT_BAND
 from .errors import MuPError
+from .lm import ARCHS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt")
 
@@ -99,8 +100,8 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     unknown = set(params) - set(cc.PARAMETRIZATIONS)
     if unknown or not params:
         raise MuPError(f"--parametrization: unknown {sorted(unknown)}; use some of {', '.join(cc.PARAMETRIZATIONS)}.")
-    if args.arch not in ("gpt2", "bert"):
-        raise MuPError(f"--arch {args.arch!r} is not supported; use gpt2 or bert.")
+    if args.arch not in ARCHS:
+        raise MuPError(f"--arch {args.arch!r} is not supported; use one of {', '.join(ARCHS)}.")
     base = args.base_width or widths[0]
     if any(w % args.head_dim for w in widths) or base > widths[0]:
         raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("coord-check", help="coordinate check: activation size against width, μP beside SP")
-    p.add_argument("--arch", default="gpt2", help="gpt2 or bert")
+    p.add_argument("--arch", default="gpt2", help="gpt2, bert or llama")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing")
     p.add_argument("--steps", type=int, default=3, help="forwards recorded, t=0 at init (the band holds for 3)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
@@ -280,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="LR-transfer grid (Figure 1) or proxy tuning, as a resumable Optuna study")
     p.add_argument("--mode", default="grid", choices=["grid", "tune"], help="grid: widths × LRs × seeds; tune: Optuna")
-    p.add_argument("--arch", default="gpt2", help="gpt2 (causal LM) or bert (masked LM: 15%% of tokens masked)")
+    p.add_argument("--arch", default="gpt2", help="gpt2 or llama (causal LMs) or bert (masked LM: 15%% of tokens "
+                   "masked)")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing (tune: the one proxy width)")
     p.add_argument("--log2-lrs", default="-12:-4:1", help="start:stop:step or a list; write --log2-lrs=-12:-4:1 "
                    "(tune: the range searched)")

@@ -22,6 +22,8 @@ from torch import nn
 
 ARCHS = ("gpt2", "bert", "llama")
 TASKS = ("causal_lm", "masked_lm")
+DECAYS = ("cosine", "linear")
+OPTIMIZERS = ("adamw", "lion")
 # transformers' DataCollatorForLanguageModeling defaults: 15% of the positions are targets; of those 80% are
 # replaced by [MASK], 10% by a random token and 10% left unchanged.
 MLM_PROBABILITY, MASK_REPLACE_PROB, RANDOM_REPLACE_PROB = 0.15, 0.8, 0.1
@@ -67,14 +69,16 @@ def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 
 
 
 def build_lm(config, parametrization: str, lr: float, base_width: int | None = None, seed: int = 0,
-             device: str | torch.device = "cpu", optimizer: str = "adamw", **mup_options) -> tuple[nn.Module, list[dict]]:
+             device: str | torch.device = "cpu", optimizer: str = "adamw", weight_decay: float = 0.0,
+             weight_decay_mode: str = "width_independent", **mup_options) -> tuple[nn.Module, list[dict]]:
     """(model, optimizer parameter groups) of the LM of `config` (GPT-2: causal LM, BERT: masked LM), seeded by `seed`.
 
     Usage: `model, groups = build_lm(gpt2_config(512), "mup", lr=2**-8, base_width=64, output_mult=8.0)`
 
     `parametrization`: "sp" the stock model, one LR; "mup" via `MuPModel` (`mup_options`: `MuPConfig` fields) with
-    `mup_param_groups` for `optimizer` ("adamw", "adam" or "sgd"); "mup_global_lr" the μP model with one LR for
-    every tensor (deliberately broken, for the coordinate check). Pass the groups to `torch.optim.*`.
+    `mup_param_groups` for `optimizer` ("adamw", "adam", "lion" or "sgd") with `weight_decay` in
+    `weight_decay_mode`; "mup_global_lr" the μP model with one LR for every tensor (deliberately broken, for the
+    coordinate check). Pass the groups to `torch.optim.*`.
     """
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -91,7 +95,8 @@ def build_lm(config, parametrization: str, lr: float, base_width: int | None = N
     else:
         model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options).to(device)
     if parametrization == "mup":
-        groups = mup_param_groups(model, lr=lr, optimizer=optimizer)
+        groups = mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                                  weight_decay_mode=weight_decay_mode)
     else:
         groups = [{"params": list(model.parameters()), "lr": lr}]
     if config.model_type != "bert":
@@ -99,15 +104,21 @@ def build_lm(config, parametrization: str, lr: float, base_width: int | None = N
     return model, groups
 
 
-def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1):
-    """Linear warmup, then cosine decay to `final_lr_frac`: a factor on each group's own LR (μP groups stay relative)."""
+def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1, decay: str = "cosine"):
+    """Linear warmup, then cosine (or `decay="linear"`) decay to `final_lr_frac`: a factor on each group's own LR
+    (μP groups stay relative)."""
+    from .errors import MuPError
+
+    if decay not in DECAYS:
+        raise MuPError(f"unknown decay {decay!r}: use {' or '.join(DECAYS)}.")
     warmup = max(1, round(warmup_frac * steps))
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         t = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return final_lr_frac + (1 - final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if decay == "cosine" else 1.0 - t
+        return final_lr_frac + (1 - final_lr_frac) * shape
 
     return f
 
@@ -208,8 +219,11 @@ def train_lm(
     task: str | None = None,
     mask_id: int | None = None,
     special_ids: Iterable[int] = (),
+    optimizer: str = "adamw",
+    decay: str = "cosine",
 ) -> dict:
-    """Train a causal or masked LM with AdamW on random batches of `train_blocks`; never raises on divergence.
+    """Train a causal or masked LM with AdamW (or `optimizer="lion"`) on random batches of `train_blocks`, warmup then
+    `decay` ("cosine" or "linear") to `final_lr_frac`; never raises on divergence.
 
     Usage: `r = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train, val, steps=150)`
 
@@ -228,10 +242,18 @@ def train_lm(
 
     from .optim import check_optimizer
 
+    from .errors import MuPError
+    from .lion import Lion
+
+    if optimizer not in OPTIMIZERS:
+        raise MuPError(f"unknown optimizer {optimizer!r}: use {' or '.join(OPTIMIZERS)}.")
     model.train()
-    opt = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay)
+    if optimizer == "lion":
+        opt = Lion(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay)
     check_optimizer(model, opt)  # no-op for a stock (SP) model
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup_frac, final_lr_frac))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup_frac, final_lr_frac, decay))
     order = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(len(train_blocks), generator=order), 0
     batch = _Batches(model, task, mask_id, special_ids, torch.Generator().manual_seed(seed + 1))  # masks: own stream

@@ -32,7 +32,7 @@ from . import data as hf_data
 from .errors import MuPError
 from .lm import build_lm, evaluate, lm_config, train_lm
 
-ARCHS = ("gpt2", "bert")  # GPT-2 trains as a causal LM, BERT as a masked LM (hf_mup.lm.train_lm)
+ARCHS = ("gpt2", "bert", "llama")  # BERT trains as a masked LM, the others as causal LMs (hf_mup.lm.train_lm)
 PARAMETRIZATIONS = ("mup", "sp")
 MODES = ("grid", "tune")
 # Tensor Programs V's space: LR, init std, embedding / output multipliers, attention temperature (log scales).
@@ -110,19 +110,23 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
               vocab_size: int = 2048, train_file: str | None = None, val_file: str | None = None,
               dataset: str | None = None, dataset_config: str | None = None, train_chars: int | None = None,
               val_blocks: int = 128, proxy_width: int | None = None,
-              log2_lr_range: tuple[float, float] = (-12.0, -4.0)) -> dict:
+              log2_lr_range: tuple[float, float] = (-12.0, -4.0), options: dict | None = None) -> dict:
     """The settings a study is tied to (everything but the grid points / trial count), validated.
 
     Usage: `spec = make_spec("grid", steps=150, base_width=64, output_mult=8.0, tokenizer="bytes")`
 
     `arch` "bert" is a masked-LM sweep: its vocabulary has a [MASK] token (`mask_id`; bytes: id 256 of 257, BPE: id
     1, after <|endoftext|>, inside `vocab_size`), and `special_ids` are never masking targets; see `masking`.
+    `options` (the ablations of `benchmarks/lingle_ablations.py`), each optional: "config" (transformers config
+    fields, e.g. {"hidden_act": "relu2", "num_key_value_heads": 1}), "mup" (`MuPConfig` fields), "optimizer"
+    ("adamw" or "lion"), "betas", "weight_decay", "weight_decay_mode", "decay" ("cosine" or "linear"), "sp_init"
+    ("fixed": SP trials init every weight with std `initializer_range`; "fan_in": with std 1/√width).
     """
     if mode not in MODES:
         raise MuPError(f"--mode {mode!r}: use one of {', '.join(MODES)}.")
     if arch not in ARCHS:
-        raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LM "
-                       "GPT-2, masked LM BERT).")
+        raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LMs "
+                       "GPT-2 and Llama, masked LM BERT).")
     mults = {"input_mult": input_mult, "output_mult": output_mult, "attn_mult": attn_mult}
     ignored = [k for k in NO_EFFECT.get(arch, ()) if mults[k] != 1.0]
     if ignored:
@@ -145,6 +149,8 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
         on_bytes = tokenizer == "bytes"
         spec.update(vocab_size=spec["vocab_size"] + on_bytes, mask_id=256 if on_bytes else 1,
                     special_ids=[] if on_bytes else [0])
+    if options:
+        spec["options"] = check_options(options)
     if mode == "tune":
         if proxy_width is None:
             raise MuPError("tune mode tunes at one proxy width: give exactly one width, e.g. --widths 128.")
@@ -154,6 +160,26 @@ def make_spec(mode: str = "grid", arch: str = "gpt2", layers: int = 2, head_dim:
         for k in ("input_mult", "output_mult", "attn_mult", "initializer_range"):
             spec.pop(k)  # tuned (or, in NO_EFFECT, fixed at 1)
     return spec
+
+
+OPTION_KEYS = ("config", "mup", "optimizer", "betas", "weight_decay", "weight_decay_mode", "decay", "sp_init")
+
+
+def check_options(options: dict) -> dict:
+    """`make_spec`'s `options`, validated (JSON-ready)."""
+    from .config import MuPConfig
+    from .lm import DECAYS, OPTIMIZERS
+
+    unknown = set(options) - set(OPTION_KEYS)
+    if unknown:
+        raise MuPError(f"unknown sweep option(s) {sorted(unknown)}: use {', '.join(OPTION_KEYS)}.")
+    bad = set(options.get("mup", {})) - set(MuPConfig.field_names())
+    if bad:
+        raise MuPError(f"unknown μP setting(s) {sorted(bad)} in options['mup']: use {', '.join(MuPConfig.field_names())}.")
+    if (options.get("optimizer", "adamw") not in OPTIMIZERS or options.get("decay", "cosine") not in DECAYS
+            or options.get("sp_init", "fixed") not in ("fixed", "fan_in")):
+        raise MuPError(f"options: optimizer one of {OPTIMIZERS}, decay one of {DECAYS}, sp_init fixed or fan_in.")
+    return json.loads(json.dumps(options))
 
 
 def masking(spec: dict) -> dict:
@@ -437,18 +463,26 @@ def safe_url(url: str) -> str:
 
 def build(spec: dict, width: int, parametrization: str, hp: dict, seed: int, device: str = "cpu"):
     """(model, optimizer groups) for one trial: SP is the stock model, μP via `MuPModel` with the spec's base width."""
+    opts = spec.get("options", {})
+    std = width**-0.5 if parametrization == "sp" and opts.get("sp_init") == "fan_in" else hp["initializer_range"]
     config = lm_config(spec["arch"], width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"],
-                       initializer_range=hp["initializer_range"])
+                       initializer_range=std, **opts.get("config", {}))
+    mup = {**opts.get("mup", {}), **{k: hp[k] for k in ("input_mult", "output_mult", "attn_mult") if k in hp}}
     return build_lm(config, parametrization, 2.0 ** hp["log2_lr"], spec["base_width"], seed=seed, device=device,
-                    **{k: hp[k] for k in ("input_mult", "output_mult", "attn_mult") if k in hp})
+                    optimizer=opts.get("optimizer", "adamw"), weight_decay=opts.get("weight_decay", 0.0),
+                    weight_decay_mode=opts.get("weight_decay_mode", "width_independent"),
+                    **(mup if parametrization != "sp" else {}))
 
 
 def run_trial(spec: dict, data: tuple, width: int, parametrization: str, hp: dict, seed: int,
               device: str = "cpu", progress: bool = False, desc: str = "") -> dict:
     """Train one point; returns the user attrs a trial records (losses, diverged, cost, timing)."""
     model, groups = build(spec, width, parametrization, hp, seed, device)
+    opts = spec.get("options", {})
     r = train_lm(model, groups, data[0], data[1], spec["steps"], spec["batch_size"], warmup_frac=spec["warmup_frac"],
                  final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=seed, progress=progress, desc=desc,
+                 optimizer=opts.get("optimizer", "adamw"), decay=opts.get("decay", "cosine"),
+                 weight_decay=opts.get("weight_decay", 0.0), **({"betas": tuple(opts["betas"])} if "betas" in opts else {}),
                  **masking(spec))
     return {"hparams": hp, "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"],
             "diverged": r["diverged"], "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
@@ -717,6 +751,17 @@ def report(study, out: str | Path, stem: str = "results", plot_name: str | None 
     return result
 
 
+def plot_width_curves(ax, optimum: dict, widths: list, cmap, label: str = "width", star: int = 13) -> None:
+    """Loss against log2 LR, one curve per width of `optimum` (`lr_optima`'s), a star at each width's best LR."""
+    for w, o in optimum.items():
+        color = cmap(0.85 * widths.index(w) / max(1, len(widths) - 1))
+        xs = [(float(x), v) for x, v in o["curve"].items() if v is not None]
+        if xs:
+            ax.plot(*zip(*xs), "o-", ms=3, lw=1.3, color=color, label=f"{label} {w}")
+        if o["log2_lr"] is not None:
+            ax.plot(o["log2_lr"], o["loss"], "*", ms=star, color=color, markeredgecolor="black")
+
+
 def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_loss") -> None:
     """Figure 1 of Tensor Programs V: loss against log2 LR, one curve per width, μP and SP side by side."""
     import matplotlib
@@ -730,13 +775,7 @@ def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_
     cmap = plt.get_cmap("viridis")
     values = [v for p in params for o in optima[p]["optimum"].values() for v in o["curve"].values() if v is not None]
     for ax, param in zip(axes[0], params):
-        for w, o in optima[param]["optimum"].items():
-            color = cmap(0.85 * widths.index(w) / max(1, len(widths) - 1))
-            xs = [(float(x), v) for x, v in o["curve"].items() if v is not None]
-            if xs:
-                ax.plot(*zip(*xs), "o-", ms=3, lw=1.3, color=color, label=f"width {w}")
-            if o["log2_lr"] is not None:
-                ax.plot(o["log2_lr"], o["loss"], "*", ms=13, color=color, markeredgecolor="black")
+        plot_width_curves(ax, optima[param]["optimum"], widths, cmap)
         name = f"μP (base width {spec['base_width']}, output_mult {spec['output_mult']:g})" if param == "mup" else "SP"
         drift = optima[param]["drift"]
         ax.set_title(f"{name}: optimum drift {drift:g}" if drift is not None else name, fontsize=10)
@@ -749,7 +788,7 @@ def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_
     axes[0][0].set_ylabel(f"{'training' if metric == 'train_loss' else 'validation'} loss (seed mean)")
     text = spec["dataset"] or Path(spec["train_file"] or "WikiText-2").name
     tokens = "bytes" if spec["tokenizer"] == "bytes" else f"BPE {spec['vocab_size']}"
-    model = {"gpt2": "GPT-2", "bert": "BERT masked LM"}.get(spec["arch"], spec["arch"])
+    model = {"gpt2": "GPT-2", "bert": "BERT masked LM", "llama": "Llama"}.get(spec["arch"], spec["arch"])
     fig.suptitle(f"{model}, {spec['layers']} layers, head size {spec['head_dim']}, seq {spec['seq_len']}, {text} as "
                  f"{tokens}, {spec['steps']} AdamW steps, batch {spec['batch_size']}; ★ = best LR per width",
                  fontsize=10)

@@ -123,3 +123,29 @@ def test_unknown_task_is_refused(blocks):
     model, groups = lm.build_lm(lm.gpt2_config(32, seq_len=32, vocab_size=256), "sp", 1e-3)
     with pytest.raises(MuPError, match="task 'seq2seq'"):
         lm.train_lm(model, groups, blocks[0], None, steps=1, task="seq2seq")
+
+
+def test_lr_schedules_warm_up_then_decay_to_the_final_fraction():
+    for decay in ("cosine", "linear"):
+        f = lm.lr_lambda(100, warmup_frac=0.1, final_lr_frac=0.01, decay=decay)
+        assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])
+        assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.01)
+    linear, cosine = lm.lr_lambda(100, 0.1, 0.0, "linear"), lm.lr_lambda(100, 0.1, 0.0, "cosine")
+    assert linear(55) == pytest.approx(0.5) and cosine(55) == pytest.approx(0.5)  # both halfway at the middle
+    assert linear(32.5) == pytest.approx(0.75) and cosine(32.5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    with pytest.raises(MuPError, match="unknown decay 'step'"):
+        lm.lr_lambda(10, decay="step")
+
+
+def test_train_lm_with_lion_and_coupled_weight_decay(blocks):
+    """Lion through the loop: each group's LR and (coupled) decay as mup_param_groups built them."""
+    train, val = blocks
+    model, groups = lm.build_lm(lm.lm_config("llama", 64, seq_len=32, vocab_size=257), "mup", 2**-9, 32, seed=0,
+                                optimizer="lion", weight_decay=0.1, weight_decay_mode="coupled")
+    decays = {g["mup_kind"]: g["weight_decay"] for g in groups if g["weight_decay"]}
+    assert decays == {"hidden": 0.1, "input": 0.1, "readout": 0.1}  # coupled: the plain value (× each group's LR)
+    r = lm.train_lm(model, groups, train, val, steps=6, batch_size=4, optimizer="lion", decay="linear",
+                    betas=(0.95, 0.98))
+    assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0]
+    with pytest.raises(MuPError, match="unknown optimizer 'adafactor'"):
+        lm.train_lm(model, groups, train, None, steps=1, optimizer="adafactor")

@@ -251,7 +251,7 @@ def test_train_lm_reports_divergence_without_crashing(data):
     (["--widths", "64,32"], "increasing order"),
     (["--widths", ""], "--widths is empty"),
     (["--log2-lrs=-4:-12:1"], "log2-LR grid is empty"),
-    (["--arch", "llama"], "--arch 'llama' is not supported"),
+    (["--arch", "mamba"], "--arch 'mamba' is not supported"),
     (["--parametrization", "mup,ntk"], "unknown ['ntk']"),
     (["--mode", "tune", "--widths", "32,64"], "exactly one"),
 ])
@@ -320,3 +320,30 @@ def test_few_validation_blocks_of_bytes():
     """The validation text cap is per line: WikiText's long paragraphs must not leave it short of 2 blocks."""
     train, val = sw.load_data(sw.make_spec("grid", "gpt2", tokenizer="bytes", seq_len=32, val_blocks=2))
     assert val.shape == (2, 32) and train.shape[1] == 32
+
+
+def test_options_build_the_ablations_model_and_optimizer():
+    """make_spec's options (Lingle's ablations): config fields, μP settings, SP fan-in init, Lion, decay."""
+    spec = tiny_spec(arch="llama", initializer_range=32**-0.5, options={
+        "config": {"num_key_value_heads": 1, "hidden_act": "relu2"}, "mup": {"trainable_norm_gains": False},
+        "sp_init": "fan_in", "optimizer": "lion", "decay": "linear", "betas": [0.95, 0.98]})
+    hp = {"log2_lr": -8.0, "initializer_range": spec["initializer_range"]}
+    model, groups = sw.build(spec, 64, "mup", hp, seed=0)
+    assert model.config.num_key_value_heads == 1 and model.config.hidden_act == "relu2"
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "norm" in n)
+    assert {g["mup_optimizer"] for g in groups} == {"adamw"}  # Lion gets the Adam-like rule
+    stock, _ = sw.build(spec, 64, "sp", hp, seed=0)  # SP: the stock model, every weight N(0, 1/width)
+    assert stock.config.initializer_range == pytest.approx(64**-0.5)
+    assert not hasattr(stock.config, "mup")
+    with pytest.raises(MuPError, match="unknown sweep option"):
+        tiny_spec(options={"lr_schedule": "cosine"})
+    with pytest.raises(MuPError, match="unknown μP setting"):
+        tiny_spec(options={"mup": {"zero_query": True}})
+
+
+def test_llama_grid_with_options_runs(tmp_path, data):
+    spec = tiny_spec(arch="llama", options={"optimizer": "lion", "decay": "linear"})
+    study = sw.open_study("llama", sw.default_storage(tmp_path), spec)
+    sw.run_grid(study, spec, sw.grid_points([32, 64], [-8.0], ["mup"], 1), data, progress=False)
+    rows = [r for r in sw.trial_rows(study) if r["state"] == "COMPLETE"]
+    assert len(rows) == 2 and all(math.isfinite(r["val_loss"]) for r in rows)
