@@ -88,6 +88,11 @@ GPT2_PRESETS = {
     "tiny": Preset("tiny", "gpt2", proxy=Shape(64, 2, 16), target=Shape(512, 2, 16), seq_len=64, vocab_size=2048,
                    search_trials=16, search_steps=150, search_batch=16, pretrain_steps=300, pretrain_batch=16,
                    baseline=GPT3_SMALL, eval_blocks=128, sp_grid_lrs=(2**-12, 2**-10, 2**-8),
+                   hardware="2 CPU cores, under an hour (a narrower target than 'hour')"),
+    # The largest this 2-core machine runs in about an hour: a 12× wider target than the proxy.
+    "hour": Preset("hour", "gpt2", proxy=Shape(64, 2, 16), target=Shape(768, 2, 16), seq_len=64, vocab_size=2048,
+                   search_trials=24, search_steps=150, search_batch=16, pretrain_steps=300, pretrain_batch=16,
+                   baseline=GPT3_SMALL, eval_blocks=128, sp_grid_lrs=(2**-12, 2**-10, 2**-8),
                    hardware="2 CPU cores, about an hour"),
     "small": Preset("small", "gpt2", proxy=Shape(256, 12, 64), target=Shape(768, 12, 64), seq_len=1024,
                     vocab_size=50257, search_trials=200, search_steps=5000, search_batch=64, pretrain_steps=100_000,
@@ -98,9 +103,9 @@ GPT2_PRESETS = {
 BERT_PRESETS = {
     # CPU-sized: all stages on 2 cores in minutes. Proxy shrunk in width and depth, as Tensor Programs V did.
     "tiny": Preset("tiny", "bert", proxy=Shape(64, 2, 16), target=Shape(256, 4, 16), seq_len=64, vocab_size=2048,
-                   search_trials=12, search_steps=120, search_batch=16, pretrain_steps=400, pretrain_batch=32,
+                   search_trials=12, search_steps=120, search_batch=16, pretrain_steps=400, pretrain_batch=16,
                    baseline=MEGATRON_BERT, finetune_lrs=(1e-4, 3e-4, 1e-3), finetune_seeds=2, finetune_epochs=2,
-                   finetune_examples=1600, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=None,
+                   finetune_examples=1000, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=None,
                    hardware="2 CPU cores, about 20 minutes"),
     # The real shapes (Tensor Programs V: a 13M-parameter proxy, 10 layers of width 256, for both targets).
     "base": Preset("base", "bert", proxy=Shape(256, 10, 32), target=Shape(768, 12, 64), seq_len=128,
@@ -283,6 +288,7 @@ class Pipeline:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
+        from .lm import lr_lambda
         from .model import MuPModel
         from .optim import mup_param_groups
         from .trainer import MuPTrainer
@@ -311,7 +317,7 @@ class Pipeline:
         optimizer = torch.optim.AdamW(groups, lr=row["lr"], betas=tuple(row["betas"]),
                                       weight_decay=0.0 if row["mup"] else row["weight_decay"])
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, schedule_for(row["decay"], p.pretrain_steps, row["warmup_frac"], row["final_lr_frac"]))
+            optimizer, lr_lambda(p.pretrain_steps, row["warmup_frac"], row["final_lr_frac"], row["decay"]))
         eval_every = max(1, p.pretrain_steps // 10)
         args = TrainingArguments(
             # the preset's batch is the global one: the same tokens per step however many processes share it
@@ -486,24 +492,6 @@ def epochs(examples: list, n: int, seed: int) -> list:
 def stack(examples: list[dict]) -> dict[str, torch.Tensor]:
     """The pretraining collator: the examples' tensors stacked (masks were drawn once, in `Pipeline.examples`)."""
     return {k: torch.stack([torch.as_tensor(e[k]) for e in examples]) for k in examples[0]}
-
-
-def schedule_for(decay: str, steps: int, warmup_frac: float, final_lr_frac: float):
-    """A LambdaLR factor: linear warmup, then cosine (`hf_mup.lm.lr_lambda`) or linear decay to `final_lr_frac`."""
-    from .lm import lr_lambda
-
-    if decay == "cosine":
-        return lr_lambda(steps, warmup_frac, final_lr_frac)
-    if decay != "linear":
-        raise MuPError(f"unknown decay {decay!r}: use cosine or linear.")
-    warmup = max(1, round(warmup_frac * steps))
-
-    def linear(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 1.0 - (1.0 - final_lr_frac) * min(1.0, (step - warmup) / max(1, steps - warmup))
-
-    return linear
 
 
 def table_markdown(table: list[dict], tasks: tuple[str, ...]) -> str:
