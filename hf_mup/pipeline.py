@@ -56,6 +56,7 @@ class Preset:
     finetune_seeds: int = 2
     finetune_epochs: int = 2
     finetune_examples: int | None = None  # per task, for CPU-sized runs
+    finetune_batch: int = 32
     tasks: tuple[str, ...] = ()
     log2_lr_range: tuple[float, float] = (-12.0, -4.0)
     eval_blocks: int = 64
@@ -105,7 +106,7 @@ BERT_PRESETS = {
     "tiny": Preset("tiny", "bert", proxy=Shape(64, 2, 16), target=Shape(256, 4, 16), seq_len=64, vocab_size=2048,
                    search_trials=12, search_steps=120, search_batch=16, pretrain_steps=400, pretrain_batch=16,
                    baseline=MEGATRON_BERT, finetune_lrs=(1e-4, 3e-4, 1e-3), finetune_seeds=2, finetune_epochs=2,
-                   finetune_examples=1000, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=None,
+                   finetune_examples=1600, finetune_batch=16, tasks=("polarity", "nsp"), eval_blocks=64, train_chars=None,
                    hardware="2 CPU cores, about 20 minutes"),
     # The real shapes (Tensor Programs V: a 13M-parameter proxy, 10 layers of width 256, for both targets).
     "base": Preset("base", "bert", proxy=Shape(256, 10, 32), target=Shape(768, 12, 64), seq_len=128,
@@ -407,7 +408,7 @@ class Pipeline:
                         else:
                             model = AutoModelForSequenceClassification.from_pretrained(folder, config=config)
                         r = tasks.finetune(model, tok, train, test, lr=lr, epochs=p.finetune_epochs, seed=seed,
-                                           max_length=p.seq_len)
+                                           max_length=p.seq_len, batch_size=p.finetune_batch)
                         with open(log, "a") as f:
                             f.write(json.dumps({"key": key, "row": row, "task": task, "lr": lr, "seed": seed,
                                                 "accuracy": r["accuracy"], "diverged": r["diverged"]}) + "\n")
