@@ -240,10 +240,9 @@ def train_lm(
     """
     from tqdm.auto import tqdm
 
-    from .optim import check_optimizer
-
     from .errors import MuPError
     from .lion import Lion
+    from .optim import check_optimizer
 
     if optimizer not in OPTIMIZERS:
         raise MuPError(f"unknown optimizer {optimizer!r}: use {' or '.join(OPTIMIZERS)}.")

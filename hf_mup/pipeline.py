@@ -286,6 +286,7 @@ class Pipeline:
 
     def _pretrain_row(self, name: str, row: dict, callbacks: tuple = ()) -> dict:
         """Pretrain one row to `pretrain_steps` (continuing from its last checkpoint), evaluate and save it."""
+        from accelerate import PartialState
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -298,8 +299,6 @@ class Pipeline:
         done = folder / "final_metrics.json"
         if done.exists():
             return json.loads(done.read_text())
-        from accelerate import PartialState
-
         p = self.preset
         processes = PartialState().num_processes
         if p.pretrain_batch % processes:

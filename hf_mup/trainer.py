@@ -52,12 +52,17 @@ class MuPTrainer(Trainer):
         heads compute a plain mean): the Trainer would still multiply their loss by the number of processes,
         training on that multiple (and clipping at a fraction of max_grad_norm). A token-level loss (masked LM) is
         computed here as the Trainer means it, summed and divided by the target count of all processes, so N
-        processes train as one on the same global batch; other losses (a classifier's) keep their own mean."""
+        processes train as one on the same global batch; other losses (a classifier's) keep their own mean (DDP
+        averages it over processes)."""
         if num_items_in_batch is None or self._model_divides_by_items or self.label_smoother is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels, ids = inputs.get("labels"), inputs.get("input_ids")
         if labels is None or ids is None or labels.shape != ids.shape:
-            return super().compute_loss(model, inputs, return_outputs, None)  # not scaled: the model's own mean
+            # the model's own mean, not multiplied by the process count; divided here by the accumulation steps,
+            # which the Trainer skips for a loss it takes to be normalised by num_items_in_batch
+            loss, outputs = super().compute_loss(model, inputs, True, None)
+            loss = loss / self.current_gradient_accumulation_steps
+            return (loss, outputs) if return_outputs else loss
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         logits = outputs["logits"]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten().to(logits.device),
