@@ -45,7 +45,7 @@ def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_siz
     """One batch per step, fixed by `seed` only (so the same at every width): random rows of `data`, else one
     random token batch repeated at every step (the model fits it, so updates line up with the inputs, as with text).
 
-    BERT batches are masked-LM batches by the training loop's rule (`hf_mup.lm.mask_tokens`: 15% targets, 80/10/10),
+    Causal LMs learn the block itself; BERT batches are masked-LM batches by the training loop's rule (`hf_mup.lm.mask_tokens`: 15% targets, 80/10/10),
     the mask token being the last id.
     """
     g = torch.Generator().manual_seed(seed)
@@ -53,7 +53,7 @@ def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_siz
     batches = []
     for _ in range(steps):
         ids = fixed if data is None else data[torch.randint(len(data), (batch_size,), generator=g), :seq_len].long()
-        if arch == "gpt2":
+        if arch != "bert":  # a causal LM (GPT-2, Llama)
             batches.append({"input_ids": ids, "labels": ids})
         else:
             inputs, labels = mask_tokens(ids, vocab_size - 1, vocab_size, g)

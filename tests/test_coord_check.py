@@ -29,9 +29,9 @@ were 0.57..0.67 (t1) and 0.93..1.22 (t2) for GPT-2; μP's were -0.19..-0.05 / -0
 μP < 0.2". BERT's batches are masked by the training loop's rule (`hf_mup.lm.mask_tokens`, 80/10/10); over seed pairs
 0-7 its SP logits slopes were 0.54..0.75 (t1) and 0.25..0.77 (t2), μP's -0.15..0.00 / +0.01..+0.14, every μP slope
 within [-0.51, +0.14], the broken setup's attention 0.94..1.00 (t1): SP > 0.4 is asserted at t1 only for BERT.
-Llama (`lm_config("llama")`: RMSNorm, SwiGLU, rotary, untied zero-init lm_head), seed pairs 0-7: SP logits 0.52..0.58
-(t1) and 0.40..0.71 (t2), μP's -0.15..+0.08, every μP slope within [-0.45, +0.08] (the most negative: attention scores
-at t2, zero-initialised queries as GPT-2's): SP > 0.4 asserted at t1. The broken setup (μP model,
+Llama (`lm_config("llama")`: RMSNorm, SwiGLU, rotary, untied zero-init lm_head; causal batches as GPT-2's), seed
+pairs 0-7: SP logits 0.56..0.59 (t1) and 0.95..1.07 (t2), μP's -0.19..-0.01, every μP slope within [-0.48, +0.09]
+(the most negative: attention scores at t2, zero-initialised queries as GPT-2's): SP > 0.4 asserted at t1 and t2. The broken setup (μP model,
 plain AdamW) has attention / MLP output slopes of 0.75..0.95 at t1 and 1.2..2.5 at t2.
 """
 import math
@@ -48,7 +48,7 @@ LOGITS = {"gpt2": "lm_head", "bert": "cls.predictions.decoder", "llama": "lm_hea
 SP_LOGITS_MIN, MUP_LOGITS_MAX = 0.4, 0.2
 # BERT's masked-LM batches (15% targets, 80/10/10) give SP logits slopes of 0.25..0.77 at t2 (seed pairs 0-7): only
 # t1 separates SP from μP with margin there.
-SP_GROWTH_STEPS = {"gpt2": (1, 2), "bert": (1,), "llama": (1,)}
+SP_GROWTH_STEPS = {"gpt2": (1, 2), "bert": (1,), "llama": (1, 2)}
 
 
 def _run(arch, parametrizations):
