@@ -83,6 +83,15 @@ def tokens() -> torch.Tensor:
     return torch.randint(1, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
+def free_port() -> int:
+    """A loopback port the OS just gave out (a random one may be taken, or be an ephemeral port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def logits(model, x):
     model.eval()
     with torch.no_grad():

@@ -2,12 +2,12 @@
 batch. Runs tests/scripts/accelerate_train.py under `accelerate launch`."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 SCRIPT = Path(__file__).parent / "scripts" / "accelerate_train.py"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -28,14 +28,8 @@ def single(tmp_path_factory):
                 script_args=["--batch-size", "8"])
 
 
-def _free_port() -> str:
-    with socket.socket() as s:  # the OS picks a free port (a random one may be taken, or be an ephemeral port)
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _two_processes(tmp_path, *script_args):
-    port = _free_port()
+    port = str(free_port())
     return _run(tmp_path / "out.json", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
                 port, "--mixed_precision", "no", "--dynamo_backend", "no",
                 script_args=["--batch-size", "4", *script_args])

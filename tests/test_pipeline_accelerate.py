@@ -3,7 +3,6 @@ global batch, so both rows end where one process ends on the same steps, and onl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import free_port
 from test_pipeline import MINI
 
 from hf_mup.pipeline import Pipeline
@@ -21,15 +21,9 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 PRESET = replace(MINI, pretrain_steps=6, pretrain_batch=8, tasks=())
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launch(out: Path, preset_file: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", _free_port(), "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+           "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
            str(preset_file), "--output_dir", str(out), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -12,7 +12,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from conftest import free_port
 
 from hf_mup import MuPError, cli
 from hf_mup import sweep as sw
@@ -97,12 +97,6 @@ def _server_bindir() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """A PostgreSQL cluster in a temporary folder, on a free loopback port, run as `nobody` when we are root
     (initdb refuses root). Password login over TCP (scram-sha-256), so wrong passwords are refused for real."""
@@ -134,7 +128,7 @@ class Cluster:
         if r.returncode:
             return f"initdb failed: {(r.stderr or r.stdout).strip()[-500:]}"
         for _ in range(5):  # a port found free can be taken before the server binds it: then try another
-            self.port = _free_port()
+            self.port = free_port()
             opts = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
                     "-c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
             r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", opts, "start",

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import transformers
-from conftest import VOCAB, logits, make_config
+from conftest import VOCAB, free_port, logits, make_config
 
 import hf_mup
 from hf_mup.config import FORMAT_VERSION
@@ -297,14 +297,11 @@ def test_input_mult_on_bert_warns():
 
 def test_fsdp2_full_state_dict_is_folded_and_loads_back():
     """accelerate / torch.distributed.checkpoint gather FSDP2's DTensors through the same fold hook."""
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = Path(__file__).parent / "scripts" / "fsdp2_state_dict.py"
     out = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
