@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import MuPError
 from .model import get_plan, unwrap
-from .plan import canonical_name
+from .plan import canonical_name, is_norm
 from .rules import optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
@@ -23,7 +23,7 @@ def _norm_param_names(model: nn.Module) -> set[str]:
     return {
         f"{mname}.{pname}" if mname else pname
         for mname, module in model.named_modules()
-        if "Norm" in type(module).__name__
+        if is_norm(module)
         for pname, _ in module.named_parameters(recurse=False)
     }
 

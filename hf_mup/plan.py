@@ -201,10 +201,14 @@ def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[Pretrain
     )
 
 
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (LayerNorm, RMSNorm, Qwen3's q/k norms), by class name as transformers names them."""
+    return "Norm" in type(module).__name__
+
+
 def norm_gains(model: nn.Module) -> list[nn.Parameter]:
-    """The gains (`weight`) of every normalisation layer (LayerNorm, RMSNorm, Qwen3's q/k norms)."""
-    return [m.weight for m in model.modules()
-            if "Norm" in type(m).__name__ and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    """The gains (`weight`) of every normalisation layer."""
+    return [m.weight for m in model.modules() if is_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
 
 
 def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
@@ -252,6 +256,10 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
     base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
     layouts = _layouts(model)
     attention = [canonical_name(n) for n, m in model.named_modules() if arch.is_attention(m)]
+
+    def in_attention(name: str) -> bool:  # a projection inside an attention module is never the network's output
+        return any(name.startswith(a + ".") for a in attention)
+
     rules: dict[str, TensorRule] = {}
     extra: list[str] = []
     for raw_name, p in model.named_parameters():
@@ -262,7 +270,7 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
         fan_in, fan_out = layouts[id(p)]
         rule = (TensorRule(Kind.SCALAR) if fan_out is None else
                 classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out))
-        if rule.kind is Kind.READOUT and any(name.startswith(a + ".") for a in attention):
+        if rule.kind is Kind.READOUT and in_attention(name):
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
             rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
@@ -284,7 +292,7 @@ def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
                 tuple(module.weight.shape), tuple(base.get_submodule(name).weight.shape),
                 tuple(delta.get_submodule(name).weight.shape), 1, 0,
             )
-            if as_linear.kind is Kind.READOUT and not any(name.startswith(a + ".") for a in attention):
+            if as_linear.kind is Kind.READOUT and not in_attention(name):
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
                 if id(module.weight) in embedding_ids:
                     plan.tied_readouts.add(name)
