@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from .apply import PLAN_ATTR, apply_forward, apply_init, fold_entries, scale_parameters, sync
-from .architectures import get_architecture, supported_classes
+from .architectures import Architecture, get_architecture, supported_classes
 from .config import FORMAT_VERSION, MuPConfig, format_version, resolve
 from .errors import MuPError
 from .plan import MuPPlan, canonical_name, make_plan, meta_model, supported_class_name
@@ -95,25 +95,26 @@ def _unfold(model: PreTrainedModel, plan: MuPPlan, folded_with: MuPConfig, saved
     differ: a tied readout's norm); `loaded`: the names that came from the checkpoint (None: all).
     """
     if saved_by not in plan.arch.model_classes or saved_by == plan.model_class:  # (a user subclass: the same)
-        entries = fold_entries(model, plan if folded_with == plan.mup else make_plan(model, folded_with))
+        entries = fold_entries(model, plan if folded_with == plan.mup else make_plan(model, folded_with, plan.arch))
     else:
         source_class = getattr(transformers, saved_by)
         source = meta_model(source_class, model.config)
-        entries = fold_entries(source, make_plan(source, folded_with))
+        entries = fold_entries(source, make_plan(source, folded_with, plan.arch))
         names = _translate([e[0] for e in entries], source.base_model_prefix, model)
         entries = [(names[n], index, factor) for n, index, factor in entries if n in names]
     scale_parameters(model, entries, inverse=True, only=loaded)
 
 
 def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: MuPConfig | None = None,
-             saved_by: str | None = None, fresh: set[str] | None = None, plan: MuPPlan | None = None) -> PreTrainedModel:
+             saved_by: str | None = None, fresh: set[str] | None = None, plan: MuPPlan | None = None,
+             arch: Architecture | None = None) -> PreTrainedModel:
     """Make `model` μP in place. `weights`: "fresh" (just HF-initialised: rescale to μP's init), "folded" (stock or
     folded weights: unfold, same outputs) or "mup" (already μP's parametrization, format-1 checkpoints). `fresh`: the
     tensors a checkpoint did not have (a new head), initialised by the μP rules whatever `weights` says. `plan`: made
-    already (on a meta-device twin, before allocating the model)."""
+    already (on a meta-device twin, before allocating the model); `arch`: the config's, looked up already."""
     if PLAN_ATTR in model.__dict__:
         raise MuPError("This model is μP already; to change its settings, hf_mup.fold it first and convert again.")
-    plan = plan or make_plan(model, mup)
+    plan = plan or make_plan(model, mup, arch)
     if weights == "fresh":
         apply_init(model, plan)
     else:
@@ -124,9 +125,8 @@ def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: 
             apply_init(model, plan, only=fresh)
     apply_forward(model, plan)
     setattr(model.config, CONFIG_KEY, mup.to_dict())
-    arch = get_architecture(model.config)
-    if mup.input_mult != 1.0 and arch.embeddings_feed_norm:
-        warnings.warn(f"input_mult={mup.input_mult:g} has no effect on {arch.model_type}: its embeddings are summed "
+    if mup.input_mult != 1.0 and plan.arch.embeddings_feed_norm:
+        warnings.warn(f"input_mult={mup.input_mult:g} has no effect on {plan.arch.model_type}: its embeddings are summed "
                       "into a LayerNorm, which undoes any common factor.", stacklevel=3)
     return model
 
@@ -198,8 +198,7 @@ def _split_kwargs(kwargs: dict[str, Any], model_class: type, where: str) -> tupl
     return mup, hf
 
 
-def _model_class(config: PretrainedConfig, model_class: type | str | None) -> type:
-    arch = get_architecture(config)
+def _model_class(config: PretrainedConfig, model_class: type | str | None, arch: Architecture) -> type:
     if model_class is None:
         archs = getattr(config, "architectures", None) or [arch.model_classes[0]]
         model_class = next((a for a in archs if a in arch.model_classes), arch.model_classes[0])
@@ -207,7 +206,7 @@ def _model_class(config: PretrainedConfig, model_class: type | str | None) -> ty
         if model_class not in arch.model_classes:
             raise MuPError(f"hf_mup does not support {model_class}. Supported classes: {', '.join(supported_classes())}.")
         model_class = getattr(transformers, model_class)
-    supported_class_name(model_class, config)
+    supported_class_name(model_class, config, arch)
     return model_class
 
 
@@ -235,10 +234,11 @@ class MuPModel:
         `attn_implementation="flash_attention_2"`, the model class's own arguments) are passed on.
         """
         config = copy.deepcopy(config)
-        cls = _model_class(config, model_class)
+        arch = get_architecture(config)  # looked up once, handed down
+        cls = _model_class(config, model_class, arch)
         mup_kwargs, hf_kwargs = _split_kwargs(kwargs, cls, "MuPModel.from_config")
         mup = resolve(_stored(config), {"base_hidden_size": base_hidden_size, **mup_kwargs})
-        plan = make_plan(meta_model(cls, config), mup)  # planned (and refused if bad) before allocating the model
+        plan = make_plan(meta_model(cls, config), mup, arch)  # planned (and refused if bad) before allocating the model
         return _convert(cls._from_config(config, **hf_kwargs), mup, "fresh", plan=plan)
 
     @staticmethod
@@ -266,9 +266,10 @@ class MuPModel:
             )
         mup = resolve(stored, {"base_hidden_size": base_hidden_size, **overrides})
         saved_by = (getattr(config, "architectures", None) or [None])[0] if stored else None
-        cls = _model_class(config, model_class)
+        arch = get_architecture(config)
+        cls = _model_class(config, model_class, arch)
         model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
         fresh = {canonical_name(k) for k in info.get("missing_keys", ())}
         version = format_version(stored) if stored else FORMAT_VERSION
         folded_with = MuPConfig.from_dict(stored) if stored else mup
-        return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with, saved_by, fresh)
+        return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with, saved_by, fresh, arch=arch)

@@ -71,9 +71,8 @@ class MuPPlan:
 # ------------------------------------------------------------------------------------------ classes and configs
 
 
-def supported_class_name(model_class: type, config: PretrainedConfig) -> str:
+def supported_class_name(model_class: type, config: PretrainedConfig, arch: Architecture) -> str:
     """The supported transformers class `model_class` is or subclasses (user subclasses work); a `MuPError` else."""
-    arch = get_architecture(config)
     config_class = getattr(model_class, "config_class", None)
     if config_class is not None and getattr(config_class, "model_type", config.model_type) != config.model_type:
         raise MuPError(
@@ -170,12 +169,13 @@ def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, h
     return resized
 
 
-def base_configs_for(config: PretrainedConfig, mup: MuPConfig) -> tuple[PretrainedConfig, PretrainedConfig]:
+def base_configs_for(config: PretrainedConfig, mup: MuPConfig,
+                     arch: Architecture | None = None) -> tuple[PretrainedConfig, PretrainedConfig]:
     """Configs of the base model (hidden size `mup.base_hidden_size`) and of a 2× wider "delta" model.
 
-    Raises a `MuPError` naming the fix when the base does not fit the model.
+    Raises a `MuPError` naming the fix when the base does not fit the model. `arch`: the config's, if known already.
     """
-    arch = get_architecture(config)
+    arch = arch or get_architecture(config)
     hidden, base = config.hidden_size, mup.base_hidden_size
     if base > hidden:
         raise MuPError(
@@ -243,16 +243,17 @@ def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
     return layouts
 
 
-def make_plan(model: nn.Module, mup: MuPConfig) -> MuPPlan:
+def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None) -> MuPPlan:
     """Classify every parameter of `model` by comparing shapes with the base and delta models (meta device).
 
     Parameters the stock model of this config does not have (adapters a wrapper added, e.g. PEFT's LoRA) get no rule.
+    `arch`: the model's `Architecture`, if the caller has looked it up already (it is looked up once per conversion).
     """
     config = model.config
-    arch = get_architecture(config)
-    class_name = supported_class_name(type(model), config)
+    arch = arch or get_architecture(config)
+    class_name = supported_class_name(type(model), config, arch)
     head_dim, base_head_dim, _ = _head_dims(config, mup, arch)
-    base, delta = (meta_model(type(model), c) for c in base_configs_for(config, mup))
+    base, delta = (meta_model(type(model), c) for c in base_configs_for(config, mup, arch))
     base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
     layouts = _layouts(model)
     attention = [canonical_name(n) for n, m in model.named_modules() if arch.is_attention(m)]
