@@ -5,6 +5,7 @@ What a μP model carries (all of it on the stock modules; no forked modeling cod
 - every attention module's `scaling` (read at each forward and passed to SDPA / flash attention),
 - a forward hook multiplying embedding outputs by `input_mult` (only when it is not 1),
 - a forward pre-hook multiplying each readout's input by `output_mult / m`,
+- with depth scaling, a forward hook multiplying each residual branch's output by m_L^-α (CompleteP),
 - with `trainable_norm_gains=False`, norm gains that do not require grad,
 - on the model itself: the plan (`_mup_plan`), a forward pre-hook that notices module surgery (a replaced head,
   `resize_token_embeddings`) and re-applies the multipliers, and state-dict hooks: `state_dict()` gives the *folded*
@@ -57,7 +58,8 @@ def stock_attention_scaling(module: nn.Module) -> float:
 
 
 def readout_module(model: nn.Module, name: str) -> nn.Module:
-    """The Linear that computes the readout `name`: the module itself, or the stock layer inside an adapter wrapper."""
+    """The Linear that computes the readout (or residual branch) `name`: the module itself, or the stock layer inside
+    an adapter wrapper (an adapter's own path bypasses μP's multipliers)."""
     module = model.get_submodule(name)
     return getattr(module, "base_layer", module)
 
@@ -74,6 +76,9 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     for name, scale in plan.readouts.items():
         if scale != 1.0:
             readout_module(model, name).register_forward_pre_hook(ScaleInput(scale))
+    if plan.residual_scale != 1.0:
+        for name in plan.residuals:  # the branch's last projection, bias included, before the residual add
+            readout_module(model, name).register_forward_hook(ScaleOutput(plan.residual_scale))
     if not plan.mup.trainable_norm_gains:
         for gain in norm_gains(model):
             gain.requires_grad_(False)  # fixed: no gradient, so no optimizer slot (mup_param_groups skips it)
@@ -132,7 +137,8 @@ def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = Non
 
 def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     """What folding multiplies: the query projection by the attention factor, embedding tables by `input_mult`, an
-    untied readout by its multiplier, and for a readout tied to the input embedding the norm that feeds it.
+    untied readout by its multiplier, for a readout tied to the input embedding the norm that feeds it, and each
+    residual branch's last projection (weight and bias) by the depth multiplier.
 
     Folded weights in a stock model give the μP model's outputs (a tied readout's `last_hidden_state` is scaled).
     """
@@ -146,6 +152,10 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     input_mult = plan.mup.input_mult
     if input_mult != 1.0:
         entries += [(f"{name}.weight", None, input_mult) for name in plan.embeddings]
+    if plan.residual_scale != 1.0:
+        for name in plan.residuals:
+            entries += [(names[id(p)], None, plan.residual_scale)
+                        for p in readout_module(model, name).parameters(recurse=False) if id(p) in names]
     for name, scale in plan.readouts.items():
         if name not in plan.tied_readouts:
             if scale != 1.0:
@@ -263,6 +273,12 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
             module = _child(model, name)
             if module is None or not _has_hook(module._forward_hooks, ScaleOutput, plan.mup.input_mult):
                 problems.append(f"the embedding {name!r} was replaced (input_mult {plan.mup.input_mult:g} is not applied)")
+    if full and plan.residual_scale != 1.0:
+        for name in plan.residuals:
+            module = _child(model, name)
+            module = module._modules.get("base_layer") or module if module is not None else None
+            if module is None or not _has_hook(module._forward_hooks, ScaleOutput, plan.residual_scale):
+                problems.append(f"the residual branch {name!r} was replaced (its depth multiplier is not applied)")
     if full:
         expected = plan.attention_scale_factor
         for name in plan.attention:

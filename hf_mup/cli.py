@@ -177,6 +177,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.final_lr_frac, args.clip, base, args.input_mult, args.output_mult, args.attn_mult, args.initializer_range,
         args.tokenizer, args.vocab_size, args.train_file, args.val_file, args.dataset, args.dataset_config,
         args.train_chars, args.val_blocks, proxy_width=widths[0], log2_lr_range=(min(lrs), max(lrs)),
+        options={"mup": {"base_num_layers": args.base_layers, "depth_alpha": args.depth_alpha}}
+        if args.base_layers is not None else None,
     )
     out = Path(args.out)
     data = sw.load_data(spec, out, args.text_column)
@@ -226,7 +228,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     src = hparams["source"]
     print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}): "
           f"learning_rate {hparams['training_args']['learning_rate']:.4g}, " + ", ".join(
-              f"{k} {v:g}" for k, v in hparams["mup"].items()) + f", initializer_range "
+              f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in hparams["mup"].items())
+          + f", initializer_range "
           f"{hparams['model_config']['initializer_range']:.4g}")
     for note in src["notes"]:
         print(f"note: {note}")
@@ -294,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
     add_model_args(p, seq_len=64, batch_size=16)
+    p.add_argument("--base-layers", type=int, help="depth scaling (CompleteP) with this base depth, so the tuned "
+                   "settings transfer to other depths (e.g. --base-layers 2 with --layers 2); default: off")
+    p.add_argument("--depth-alpha", type=float, default=1.0, help="depth exponent α in [0.5, 1] (1: CompleteP)")
     p.add_argument("--warmup", type=float, default=0.1, help="linear warmup, fraction of --steps")
     p.add_argument("--final-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of the LR")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")

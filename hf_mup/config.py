@@ -50,6 +50,10 @@ class MuPConfig:
       standard `attn_mult / √d`). The two differ only when the head size changes with width.
     - `trainable_norm_gains`: False fixes every norm's gain (its `weight`) where it is, 1 at init: no gradient, no
       optimizer slot (Lingle's baseline has no gains).
+    - `base_num_layers`: depth of the base (proxy) model; turns on depth scaling (CompleteP, Dey et al. 2025): each
+      residual branch's output × (base_num_layers / num_layers)^depth_alpha, with the LR and Adam ε of the tensors
+      inside the blocks scaled to match (`hf_mup.rules`). None (the default): μP across width only.
+    - `depth_alpha`: the depth exponent α in [0.5, 1]; 1 is CompleteP, 0.5 the "lazy" depth-μP.
     """
 
     base_hidden_size: int
@@ -65,10 +69,12 @@ class MuPConfig:
     readout_init: str = "mup"
     attention_scale: str = "1/d"
     trainable_norm_gains: bool = True
+    base_num_layers: int | None = None
+    depth_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("base_hidden_size", "base_intermediate_size", "base_num_attention_heads", "base_head_dim",
-                     "base_num_key_value_heads"):
+                     "base_num_key_value_heads", "base_num_layers"):
             value = getattr(self, name)
             if value is None and name != "base_hidden_size":
                 continue
@@ -80,6 +86,10 @@ class MuPConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise MuPError(f"{name} must be a positive finite number, got {value!r}.")
             object.__setattr__(self, name, float(value))
+        alpha = self.depth_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.5 <= alpha <= 1.0:
+            raise MuPError(f"depth_alpha must be a number in [0.5, 1] (1: CompleteP, 0.5: depth-μP), got {alpha!r}.")
+        object.__setattr__(self, "depth_alpha", float(alpha))
         for name in ("zero_init_query", "zero_init_readout", "trainable_norm_gains"):
             value = getattr(self, name)
             if not isinstance(value, bool):

@@ -28,6 +28,7 @@ class ParamInfo:
     adam_lr_mult: float
     sgd_lr_mult: float
     trainable: bool = True  # False: a fixed norm gain (`trainable_norm_gains=False`)
+    adam_eps_mult: float = 1.0  # depth scaling's factor on Adam's ε
 
 
 class _RecordInit(TorchFunctionMode):
@@ -100,7 +101,7 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
             init = how
         rows.append(
             ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"),
-                      rule.lr_mult("sgd"), id(p) not in fixed)
+                      rule.lr_mult("sgd"), id(p) not in fixed, rule.eps_mult("adamw"))
         )
     return rows
 
@@ -112,10 +113,12 @@ def describe(model: nn.Module) -> str:
     """
     plan = get_plan(model)
     rows = parameter_table(model)
-    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×")
+    depth = plan.depth_mult != 1.0
+    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×") + (("Adam ε ×",) if depth else ())
     cells = [header] + [
         (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std,
-         *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}") if r.trainable else ("fixed", "fixed")))
+         *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}") if r.trainable else ("fixed", "fixed")),
+         *((f"{r.adam_eps_mult:g}",) if depth else ()))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -133,6 +136,12 @@ def describe(model: nn.Module) -> str:
         "architecture: " + ", ".join(f"{k}: {getattr(config, k)}" for k in ARCH_FIELDS if hasattr(config, k)),
         f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} {scale})",
         f"input_mult {mup.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}",
+        (f"depth: {config.num_hidden_layers} layers, base {mup.base_num_layers} (m_L {plan.depth_mult:g}, α "
+         f"{mup.depth_alpha:g}): residual branches × {plan.residual_scale:g} on {len(plan.residuals)} modules "
+         f"({', '.join(plan.residuals[:2])}, ...); in-block tensors: Adam LR × m_L^(α-1) = "
+         f"{plan.depth_mult ** (mup.depth_alpha - 1):g}, SGD LR × m_L^(2α-1) = "
+         f"{plan.depth_mult ** (2 * mup.depth_alpha - 1):g}, Adam ε × m_L^-α = {plan.residual_scale:g}"
+         if mup.base_num_layers is not None else "depth: no depth scaling (base_num_layers unset)"),
         "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "") for n, s in plan.readouts.items()) or "nothing"),
     ]
     return "\n".join(lines)

@@ -11,12 +11,13 @@ from torch import nn
 from .errors import MuPError
 from .model import get_plan, unwrap
 from .plan import canonical_name, is_norm
-from .rules import optimizer_family, weight_decay_for_group
+from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
 UNSCALED = "unscaled"  # the group kind of tensors with no μP rule (adapters): trained at the plain LR
 # Above this, "independent" weight decay (a fraction of the weights removed per step) is almost surely a coupled value.
 INDEPENDENT_WD_WARN = 1e-2
+DEFAULT_EPS = 1e-8  # torch's Adam/AdamW ε: the base ε of depth-scaled groups when none is given
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -45,6 +46,7 @@ def mup_param_groups(
     optimizer="adamw",
     weight_decay_mode: str = "width_independent",
     no_decay: NoDecay = None,
+    eps: float | None = None,
 ) -> list[dict]:
     """Parameter groups for `torch.optim.*` with μP's per-tensor learning rates and weight decay.
 
@@ -58,6 +60,9 @@ def mup_param_groups(
     step is `weight_decay`, whatever the LR). `no_decay`: parameter names (substrings) or a predicate on the name;
     by default biases and norm weights. Trainable tensors with no μP rule (an adapter's) get a group of their own at
     the plain LR (`mup_kind` "unscaled"), with a warning naming them.
+    `eps`: Adam's ε (default 1e-8, torch's), needed with depth scaling only: then every group of an Adam-like
+    optimizer carries its own `eps` (ε × the tensor's depth factor, `eps_mult`), which overrides the optimizer's;
+    `check_optimizer` refuses an optimizer built with another `eps=`.
     """
     family = optimizer_family(optimizer)
     plan = get_plan(model)
@@ -75,28 +80,34 @@ def mup_param_groups(
         )
     model = unwrap(model)
     skip_decay = _no_decay_predicate(model, no_decay)
+    per_group_eps = family == ADAM_LIKE and plan.depth_mult != 1.0  # depth scaling's ε factors
     groups: dict[tuple, dict] = {}
     unscaled = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = canonical_name(name)
-        rule = plan.rules.get(name)
-        if rule is None:
+        rule = plan.rules.get(name) or TensorRule(Kind.SCALAR)
+        if name not in plan.rules:
             unscaled.append(name)
-        kind, lr_mult = (UNSCALED, 1.0) if rule is None else (rule.kind.value, rule.lr_mult(family))
+        kind = rule.kind.value if name in plan.rules else UNSCALED
+        lr_mult, eps_mult = rule.lr_mult(family), rule.eps_mult(family)
         decays = weight_decay != 0 and not skip_decay(name)
-        key = (kind, lr_mult, decays)
+        group_wd = (weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode, rule.width_lr_mult(family))
+                    if decays else 0.0)
+        key = (kind, lr_mult, group_wd, eps_mult)
         if key not in groups:
             groups[key] = {
                 "params": [],
                 "param_names": [],
                 "lr": lr * lr_mult,
-                "weight_decay": weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode) if decays else 0.0,
+                "weight_decay": group_wd,
                 "lr_mult": lr_mult,
                 "mup_kind": kind,
                 "mup_optimizer": family,
             }
+            if per_group_eps:
+                groups[key].update(eps=(DEFAULT_EPS if eps is None else eps) * eps_mult, eps_mult=eps_mult)
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     if unscaled:
@@ -125,6 +136,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     except MuPError:
         family = None  # a class hf_mup does not know: trust the family the groups were built for
     left_out = []
+    base_eps: set[float] = set()
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
@@ -145,19 +157,38 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 f"The parameter groups were made for {rules_for!r} but the optimizer is {type(optimizer).__name__}: "
                 f"pass optimizer={family!r} to hf_mup.mup_param_groups."
             )
-        rule = plan.rules.get(name)
-        expected = 1.0 if rule is None else rule.lr_mult(rules_for)
+        rule = plan.rules.get(name) or TensorRule(Kind.SCALAR)
+        expected = rule.lr_mult(rules_for)
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):
             raise MuPError(
                 f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}; "
                 "build the groups with hf_mup.mup_param_groups(model, ...) for this model."
             )
+        if rules_for == ADAM_LIKE and plan.depth_mult != 1.0:
+            base_eps.add(_check_eps(name, group, rule.eps_mult(rules_for)))
+    default_eps = optimizer.defaults.get("eps")
+    if base_eps and isinstance(default_eps, float) and not all(math.isclose(e, default_eps, rel_tol=1e-6) for e in base_eps):
+        raise MuPError(
+            f"The μP groups were built for Adam's ε = {min(base_eps):g} (each group's eps is that × its depth factor, "
+            f"and overrides the optimizer's), but the optimizer's eps is {default_eps:g}: give both the same ε, e.g. "
+            f"torch.optim.AdamW(hf_mup.mup_param_groups(model, lr, eps={default_eps:g}), eps={default_eps:g})."
+        )
     if left_out:
         raise MuPError(
             f"{len(left_out)} trainable parameter(s) are in no optimizer group, e.g. {left_out[:4]}: they would never "
             "train. Build the optimizer from hf_mup.mup_param_groups(model, ...) after any change to the model, or "
             "freeze them (requires_grad=False)."
         )
+
+
+def _check_eps(name: str, group: dict, eps_mult: float) -> float:
+    """The base ε of a depth-scaled group (its `eps` over its depth factor); a `MuPError` if the factor is not μP's."""
+    if "eps_mult" not in group or not math.isclose(group["eps_mult"], eps_mult, rel_tol=1e-6):
+        raise MuPError(
+            f"Parameter {name!r} is in a group without depth scaling's Adam ε factor {eps_mult:g} (depth scaling is on: "
+            "base_num_layers): build the groups with hf_mup.mup_param_groups(model, ...) for this model."
+        )
+    return group["eps"] / group["eps_mult"]
 
 
 def mup_min_lrs(optimizer: torch.optim.Optimizer, min_lr: float) -> list[float]:

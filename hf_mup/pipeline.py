@@ -253,7 +253,10 @@ class Pipeline:
         from .transfer import transfer
 
         study = sw.load_study("proxy", self.storage or sw.default_storage(self.out))
-        hparams, cost = transfer(study, self.target_config(), target_tokens=self.pretrain_tokens())
+        # allow_depth_change: the BERT presets shrink the proxy in depth too, without depth scaling, as Tensor
+        # Programs V did (the comparison reproduces theirs); transfer notes it in hparams.json.
+        hparams, cost = transfer(study, self.target_config(), target_tokens=self.pretrain_tokens(),
+                                 allow_depth_change=True)
         (self.out / "hparams.json").write_text(json.dumps(hparams, indent=2))
         return {"learning_rate": hparams["training_args"]["learning_rate"], "mup": hparams["mup"],
                 "fraction": cost["fraction"]}

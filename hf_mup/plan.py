@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -52,6 +53,13 @@ class MuPPlan:
     tied_readouts: set[str] = field(default_factory=set)  # readouts whose weight is an input embedding's
     embeddings: list[str] = field(default_factory=list)  # embedding modules whose output gets input_mult
     attention: list[str] = field(default_factory=list)  # attention modules whose `scaling` μP sets
+    depth_mult: float = 1.0  # m_L = layers / base layers under depth scaling, else 1
+    residuals: list[str] = field(default_factory=list)  # modules whose output is a residual branch's (depth scaling)
+
+    @property
+    def residual_scale(self) -> float:
+        """The multiplier on each residual branch's output: m_L^-α (1 without depth scaling)."""
+        return self.depth_mult**-self.mup.depth_alpha
 
     @property
     def attention_scale_factor(self) -> float:
@@ -243,6 +251,22 @@ def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
     return layouts
 
 
+def _depth_mult(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) -> float:
+    """m_L = layers / base layers under depth scaling (1 without), with a warning where CompleteP is not derived."""
+    if mup.base_num_layers is None:
+        return 1.0
+    if not arch.residual_outputs:
+        raise MuPError(f"hf_mup has no depth scaling for {arch.model_type}: its residual branches are not described "
+                       "(Architecture.residual_outputs). Leave base_num_layers unset.")
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise MuPError("scale_attn_by_inverse_layer_idx divides layer l's attention logits by l + 1, which a shallow "
+                       "proxy never sees: turn it off with depth scaling (base_num_layers).")
+    if not arch.pre_norm and mup.base_num_layers != config.num_hidden_layers:
+        warnings.warn(f"Depth scaling (CompleteP) is derived for pre-norm transformers; {arch.model_type} normalises "
+                      "after each residual add (post-norm), where its depth transfer is untested.", stacklevel=4)
+    return config.num_hidden_layers / mup.base_num_layers
+
+
 def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None) -> MuPPlan:
     """Classify every parameter of `model` by comparing shapes with the base and delta models (meta device).
 
@@ -261,6 +285,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
     def in_attention(name: str) -> bool:  # a projection inside an attention module is never the network's output
         return any(name.startswith(a + ".") for a in attention)
 
+    depth_mult = _depth_mult(config, mup, arch)
     rules: dict[str, TensorRule] = {}
     extra: list[str] = []
     for raw_name, p in model.named_parameters():
@@ -275,14 +300,20 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
             rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
+        in_block = arch.block_relative(name)
+        if depth_mult != 1.0 and in_block is not None:
+            rule = replace(rule, depth_mult=depth_mult, depth_alpha=mup.depth_alpha,
+                           stock_init_depth_power=0.5 if in_block in arch.depth_scaled_init else 0.0)
         rules[name] = rule
-    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra)
+    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, depth_mult=depth_mult)
     base_modules = dict(base.named_modules())
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for raw_name, module in model.named_modules():
         name = canonical_name(raw_name)
         if raw_name != name or name not in base_modules:
             continue  # a wrapper's inner module (listed at the wrapper), or a module the stock model lacks
+        if mup.base_num_layers is not None and arch.block_relative(name) in arch.residual_outputs:
+            plan.residuals.append(name)
         if isinstance(module, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
             plan.embeddings.append(name)
         elif arch.is_attention(module):

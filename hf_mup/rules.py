@@ -11,6 +11,27 @@ A tensor's *kind* follows from which of its dimensions grow with width (compared
 
 m is the fan-in multiplier (fan-out for input tensors). Forward multipliers (input_mult, output_mult/m,
 the 1/d attention scale) are applied by `hf_mup.model`; they are not per-tensor.
+
+Depth (on when `MuPConfig.base_num_layers` is set): CompleteP, Dey et al. 2025 ("Don't be lazy", arXiv 2505.01618),
+Table 1, with m_L = layers / base layers (transformer blocks) and α = `depth_alpha` (1: CompleteP):
+
+| where                                     | forward   | Adam LR     | SGD LR        | Adam ε   | init                 |
+|-------------------------------------------|-----------|-------------|---------------|----------|----------------------|
+| each residual branch's output             | × m_L^-α  |             |               |          |                      |
+| every tensor inside a block (weights,     |           | × m_L^(α-1) | × m_L^(2α-1)  | × m_L^-α | no depth factor      |
+|   biases, norm gains)                     |           |             |               |          |                      |
+| outside the blocks (embeddings, final     |           | × 1         | × 1           | × 1      |                      |
+|   norm, readout, heads)                   |           |             |               |          |                      |
+
+Sources: Table 1 (forward, Adam LR of hidden weights, biases and in-block norms, ε "in residual blocks", init); the
+SGD exponent 2α−1 from the reference code's toy model (EleutherAI/nanoGPT-mup, branch `completep`,
+relative_distance_from_linearization.ipynb: a branch's gradient carries its m_L^-α, so a plain gradient step needs
+m_L^α more LR than Adam's); Lion takes Adam's rule (sign-based; the paper gives none). Weight decay has no depth
+factor (Table 1: hidden λ·m_N), so "width_independent" divides by the width part of the LR multiplier only. A stock
+init that itself depends on depth (GPT-2's c_proj, σ/√(2L)) is held at the base depth, σ/√(2·L_base), as
+Megatron-LM's `depth_mup` recipe does (its output-projection init × m_L^0.5): at L = L_base the model is exactly the
+width-only μP model. Table 1's width factor on ε (m_N^-1) is not applied: hf_mup's width rules are microsoft/mup's,
+which leave ε alone.
 """
 from __future__ import annotations
 
@@ -102,6 +123,9 @@ class TensorRule:
     kind: Kind
     fanin_mult: float = 1.0
     fanout_mult: float = 1.0
+    depth_mult: float = 1.0  # m_L for a tensor inside a block under depth scaling, else 1
+    depth_alpha: float = 1.0
+    stock_init_depth_power: float = 0.0  # the stock init std ∝ layers^-power (GPT-2's c_proj: 0.5)
 
     @property
     def width_mult(self) -> float:
@@ -111,15 +135,26 @@ class TensorRule:
     @property
     def init_scale(self) -> float:
         """Factor on the stock HF init std (zero-inits are decided by the model, not here)."""
-        return self.fanin_mult**-0.5 if self.kind is Kind.HIDDEN else 1.0
+        width = self.fanin_mult**-0.5 if self.kind is Kind.HIDDEN else 1.0
+        return width * self.depth_mult**self.stock_init_depth_power
 
-    def lr_mult(self, optimizer="adamw") -> float:
-        """Factor on the user's learning rate for this tensor, for an optimizer family, name or class."""
+    def width_lr_mult(self, optimizer="adamw") -> float:
+        """The width part of `lr_mult` (what weight decay's "width_independent" mode divides by)."""
         if optimizer_family(optimizer) == ADAM_LIKE:
             return 1.0 / self.fanin_mult if self.kind is Kind.HIDDEN else 1.0
         if self.kind is Kind.HIDDEN:
             return self.fanout_mult / self.fanin_mult
         return 1.0 if self.kind is Kind.SCALAR else self.width_mult
+
+    def lr_mult(self, optimizer="adamw") -> float:
+        """Factor on the user's learning rate for this tensor, for an optimizer family, name or class."""
+        adam = optimizer_family(optimizer) == ADAM_LIKE
+        depth = self.depth_mult ** (self.depth_alpha - 1 if adam else 2 * self.depth_alpha - 1)
+        return self.width_lr_mult(optimizer) * depth
+
+    def eps_mult(self, optimizer="adamw") -> float:
+        """Factor on Adam's ε for this tensor (1 for SGD, which has none)."""
+        return self.depth_mult**-self.depth_alpha if optimizer_family(optimizer) == ADAM_LIKE else 1.0
 
 
 def classify(
@@ -163,15 +198,18 @@ def attention_scale_factor(attn_mult: float, head_dim: int, base_head_dim: int, 
     return attn_mult * ((base_head_dim / head_dim) ** 0.5 if scale == "1/d" else 1.0)
 
 
-def weight_decay_for_group(weight_decay: float, lr: float, lr_mult: float, mode: str) -> float:
+def weight_decay_for_group(weight_decay: float, lr: float, lr_mult: float, mode: str,
+                           width_lr_mult: float | None = None) -> float:
     """The group's `weight_decay` such that torch's decoupled decay (lr·wd per step) follows `mode`.
 
-    - width_independent: lr·wd is the same for every width (microsoft/mup's MuAdamW/MuSGD default).
+    - width_independent: lr·wd is the same for every width (microsoft/mup's MuAdamW/MuSGD default); it divides by
+      `width_lr_mult` (default `lr_mult`), the width part of the LR multiplier: depth changes lr·wd as it changes
+      the LR (CompleteP's Table 1).
     - coupled: the plain value (lr·wd shrinks with the group's LR).
     - independent: the decay per step is `weight_decay`, whatever the LR (Lingle's "independent WD").
     """
     if mode == "width_independent":
-        return weight_decay / lr_mult
+        return weight_decay / (lr_mult if width_lr_mult is None else width_lr_mult)
     if mode == "coupled":
         return weight_decay
     if mode == "independent":

@@ -176,6 +176,7 @@ def check_options(options: dict) -> dict:
     bad = set(options.get("mup", {})) - set(MuPConfig.field_names())
     if bad:
         raise MuPError(f"unknown μP setting(s) {sorted(bad)} in options['mup']: use {', '.join(MuPConfig.field_names())}.")
+    MuPConfig.from_dict({"base_hidden_size": 1, **options.get("mup", {})})  # values checked now, not at trial 1
     if (options.get("optimizer", "adamw") not in OPTIMIZERS or options.get("decay", "cosine") not in DECAYS
             or options.get("sp_init", "fixed") not in ("fixed", "fan_in")):
         raise MuPError(f"options: optimizer one of {OPTIMIZERS}, decay one of {DECAYS}, sp_init fixed or fan_in.")

@@ -89,6 +89,7 @@ class MuPTrainer(Trainer):
             optimizer=family,
             weight_decay_mode=self.mup_weight_decay_mode,
             no_decay=lambda name: name not in decay,
+            eps=optimizer_kwargs.get("eps", _default_eps(optimizer_cls)),
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)
@@ -115,6 +116,17 @@ class MuPTrainer(Trainer):
                 if group is not None:
                     logs[f"learning_rate/{kind}"] = eta * group["lr_mult"]
         super().log(logs, start_time)
+
+
+def _default_eps(optimizer_cls: type) -> float | None:
+    """The optimizer class's own default ε (Adagrad's is 1e-10, Adam's 1e-8), or None."""
+    import inspect
+
+    try:
+        default = inspect.signature(optimizer_cls).parameters["eps"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, float) else None
 
 
 def _loss_divides_by_items(model: torch.nn.Module) -> bool:

@@ -47,11 +47,16 @@ def best_trial(study) -> tuple[dict, dict]:
                 "val_loss": val, "rule": "μP LR with the lowest seed-mean validation loss at the widest width"}
 
 
-def transfer(study, target_config, target_tokens: float | None = None) -> tuple[dict, dict]:
+def transfer(study, target_config, target_tokens: float | None = None,
+             allow_depth_change: bool = False) -> tuple[dict, dict]:
     """The target's hparams JSON (`recipes/gpt2_wikitext.py --hparams` reads it) and the tuning cost.
 
     Usage: `hparams, cost = transfer(hf_mup.sweep.load_study("tune", url), GPT2Config(n_embd=1024, n_layer=2))`,
     `transfer(study_of_a_bert_sweep, BertConfig(hidden_size=1024, num_attention_heads=64, vocab_size=257))`
+
+    Depth: a proxy tuned with depth scaling (`hf-mup sweep --base-layers`, CompleteP) transfers to any depth; without
+    it a target of another depth is refused, since μP fixes the LR across width only, unless `allow_depth_change`
+    (what Tensor Programs V did for BERT: copy and hope).
 
     Cost: 6·params·tokens summed over every trial that trained in the study, against 6·target params·`target_tokens`
     (default 20 tokens per parameter, Chinchilla's ratio); target params from the config built on the meta device.
@@ -63,10 +68,21 @@ def transfer(study, target_config, target_tokens: float | None = None) -> tuple[
     if target_config.model_type != spec["arch"]:
         raise MuPError(f"study {study.study_name!r} tuned a {spec['arch']} proxy; the target config is a "
                        f"{target_config.model_type}: transfer needs the same architecture.")
+    settings = dict(spec.get("options", {}).get("mup", {}))  # the study's fixed μP settings (ablation knobs, depth)
+    depth_scaled = settings.get("base_num_layers") is not None
+    if target_config.num_hidden_layers != spec["layers"] and not depth_scaled and not allow_depth_change:
+        raise MuPError(
+            f"The target has {target_config.num_hidden_layers} layers, the proxy of study {study.study_name!r} "
+            f"{spec['layers']}: μP fixes the learning rate across width only, and without depth scaling the optimum "
+            "moves with depth. Tune the proxy with depth scaling (hf-mup sweep --base-layers "
+            f"{spec['layers']}, i.e. MuPConfig(base_num_layers=...), CompleteP), give the target the proxy's depth, or "
+            "pass allow_depth_change=True to copy the settings anyway (as Tensor Programs V did for BERT)."
+        )
     hp, source = best_trial(study)
     target_config = copy.deepcopy(target_config)
     target_config.initializer_range = hp["initializer_range"]
-    mup = {"base_hidden_size": spec["base_width"], **{k: hp[k] for k in ("output_mult", "input_mult", "attn_mult")}}
+    mup = {**settings, "base_hidden_size": spec["base_width"],
+           **{k: hp[k] for k in ("output_mult", "input_mult", "attn_mult")}}
     with torch.device("meta"):  # validates the base width against the target, allocates nothing
         model = MuPModel.from_config(target_config, **mup)
     n_params = sum(p.numel() for p in model.parameters())
@@ -77,8 +93,12 @@ def transfer(study, target_config, target_tokens: float | None = None) -> tuple[
     cost["fraction"] = cost["tuning_flops"] / cost["target_flops"]
     notes = []
     head_dim = target_config.hidden_size // target_config.num_attention_heads
-    for name, proxy, target in (("layers", spec["layers"], target_config.num_hidden_layers),
-                                ("head size", spec["head_dim"], head_dim),
+    if target_config.num_hidden_layers != spec["layers"]:
+        notes.append(f"the target's depth ({target_config.num_hidden_layers} layers) differs from the proxy's "
+                     f"({spec['layers']}): " + (f"depth scaling (CompleteP, α = {settings.get('depth_alpha', 1.0):g}, "
+                     f"base {settings['base_num_layers']} layers) carries the settings over" if depth_scaled else
+                     "copied without depth scaling (allow_depth_change): the optimum may move"))
+    for name, proxy, target in (("head size", spec["head_dim"], head_dim),
                                 ("vocabulary", spec["vocab_size"], target_config.vocab_size)):
         if proxy != target:
             notes.append(f"the target's {name} ({target}) differs from the proxy's ({proxy}): μP transfers across "

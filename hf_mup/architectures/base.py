@@ -1,6 +1,7 @@
 """What hf_mup must know of an architecture beyond parameter shapes: one small `Architecture` per model type."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +28,11 @@ class Architecture:
     - `embeddings_feed_norm`: the embeddings are summed straight into a norm (BERT), so `input_mult` cancels out.
     - `kv_heads_attr`: the config field of the key/value head count (grouped-query attention), if any.
     - `head_dim_attr`: the config field of an explicit head size (else hidden size / heads), if any.
+    Depth scaling (`MuPConfig.base_num_layers`, CompleteP):
+    - `blocks`: the name of the list of transformer blocks (`h.0.`, `layers.0.`, ...): a tensor under it is "in a block".
+    - `residual_outputs`: inside a block, the modules whose output is a residual branch's (added to the stream).
+    - `depth_scaled_init`: inside a block, the weights whose stock init std is ∝ 1/√layers (GPT-2's c_proj).
+    - `pre_norm`: the blocks normalise their inputs (CompleteP's derivation); post-norm models (BERT) get a warning.
     """
 
     model_type: str
@@ -41,10 +47,20 @@ class Architecture:
     query_fold_slices: Callable[[nn.Module], QuerySlices] | None = None
     kv_heads_attr: str | None = None
     head_dim_attr: str | None = None
+    blocks: str = "layers"
+    residual_outputs: tuple[str, ...] = ()
+    depth_scaled_init: tuple[str, ...] = ()
+    pre_norm: bool = True
 
     def is_attention(self, module: nn.Module) -> bool:
         """True for the attention classes and their subclasses."""
         return any(c.__name__ in self.attention_classes for c in type(module).__mro__)
+
+    def block_relative(self, name: str) -> str | None:
+        """The part of a parameter or module name after its block (`h.3.attn.c_proj` -> `attn.c_proj`); None when the
+        name is not inside a block."""
+        match = re.search(rf"(?:^|\.){re.escape(self.blocks)}\.\d+\.(.+)$", name)
+        return match.group(1) if match else None
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in model.named_modules() if self.is_attention(m)]

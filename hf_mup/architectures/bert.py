@@ -24,4 +24,7 @@ BERT = Architecture(
     query_key=_query_key,
     tied_readout_norms={"BertForMaskedLM": "cls.predictions.transform.LayerNorm"},
     embeddings_feed_norm=True,
+    blocks="layer",
+    residual_outputs=("attention.output.dense", "crossattention.output.dense", "output.dense"),  # before the add+norm
+    pre_norm=False,
 )

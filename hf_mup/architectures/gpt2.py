@@ -28,4 +28,7 @@ GPT2 = Architecture(
     query_slices=_query_slices,
     query_key=_query_key,
     tied_readout_norms={"GPT2LMHeadModel": "transformer.ln_f"},
+    blocks="h",
+    residual_outputs=("attn.c_proj", "crossattention.c_proj", "mlp.c_proj"),
+    depth_scaled_init=("attn.c_proj.weight", "crossattention.c_proj.weight", "mlp.c_proj.weight"),  # σ/√(2·n_layer)
 )

@@ -42,6 +42,8 @@ def llama_like(model_type: str, prefix: str) -> Architecture:
         tied_readout_norms={f"{prefix}ForCausalLM": "model.norm"},
         kv_heads_attr="num_key_value_heads",
         head_dim_attr="head_dim",
+        blocks="layers",
+        residual_outputs=("self_attn.o_proj", "mlp.down_proj"),
     )
 
 
