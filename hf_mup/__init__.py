@@ -4,7 +4,14 @@ Usage:
     model = hf_mup.MuPModel.from_config(config, base_hidden_size=256)
     optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=3e-3, weight_decay=0.1))
 """
-from .config import MuPConfig
+import logging as _logging
+
+# With torchao installed (the [compress] extra), importing a transformers model imports it; on a CPU-only torch its
+# CUDA kernels fail to load (a warning each) and it registers enums torch calls deprecated. Drop just those lines.
+_logging.getLogger("torchao").addFilter(lambda r: not r.getMessage().startswith("Failed to load"))
+_logging.getLogger("torch.utils._pytree").addFilter(lambda r: "is an Enum subclass" not in r.getMessage())
+
+from .config import MuPConfig  # noqa: E402
 from .describe import describe
 from .errors import MuPError
 from .fold import fold

@@ -59,12 +59,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from . import MuPModel, describe
 
     config = load_config(args.config)
+    compressed = getattr(config, "compression", None) or getattr(config, "quantization_config", None)
+    if args.size or (compressed and args.base_hidden_size is None and not getattr(config, "mup", None)):
+        from . import compress
+
+        if not Path(args.config).is_dir():
+            raise MuPError(f"--size counts the weights of a checkpoint: give a checkpoint folder, not {args.config}.")
+        report = compress.size_report(compress.load(args.config))
+        print(compress.format_report(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        if args.base_hidden_size is None and not getattr(config, "mup", None):
+            return 0
     if args.base_hidden_size is None and not getattr(config, "mup", None):
         raise MuPError(f"{args.config} has no μP settings (config.mup): pass --base-hidden-size N.")
     with torch.device("meta"):  # nothing is allocated, whatever the size
         model = MuPModel.from_config(config, base_hidden_size=args.base_hidden_size, model_class=args.model_class)
     print(f"{type(model).__name__}, hidden size {config.hidden_size}")
     print(describe(model))
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from . import compress
+
+    model = compress.load(args.checkpoint)
+    if args.sparsity:
+        compress.prune(model, args.sparsity, scope=args.scope, include_embeddings=args.include_embeddings)
+    compress.save_compressed(model, args.out, bits=args.bits)
+    for name in TOKENIZER_FILES:
+        if (Path(args.checkpoint) / name).exists():
+            shutil.copy(Path(args.checkpoint) / name, Path(args.out) / name)
+    report = json.loads((Path(args.out) / "compression.json").read_text())
+    print(compress.format_report(report))
+    print(f"saved the compressed {type(model).__name__} to {args.out} (size report: {args.out}/compression.json)")
     return 0
 
 
@@ -260,7 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a config.json, a checkpoint folder, or a Hub model name")
     p.add_argument("--base-hidden-size", type=int, help="the proxy's width (read from config.mup when omitted)")
     p.add_argument("--model-class", help="e.g. GPT2ForSequenceClassification (default: config.architectures[0])")
+    p.add_argument("--size", action="store_true", help="also load the checkpoint and report its inference size "
+                   "(params, nonzeros, bits, bytes); automatic for a compressed checkpoint")
+    p.add_argument("--json", help="with --size: write the per-tensor size report here")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compress", help="prune and/or quantize a checkpoint (a μP one is folded already)")
+    p.add_argument("checkpoint", help="a checkpoint folder (μP or stock)")
+    p.add_argument("out", help="where to save the compressed stock checkpoint")
+    p.add_argument("--sparsity", type=float, default=0.0, help="fraction of the Linear weights to prune, in [0, 1)")
+    p.add_argument("--scope", default="global", choices=["global", "layer"], help="smallest |w| overall or per layer")
+    p.add_argument("--include-embeddings", action="store_true", help="prune the embeddings (and a tied readout) too")
+    p.add_argument("--bits", type=int, choices=[8, 4], help="weight-only quantization (torchao)")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("coord-check", help="coordinate check: activation size against width, μP beside SP")
     p.add_argument("--arch", default="gpt2", help="gpt2, bert or llama")

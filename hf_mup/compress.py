@@ -1,0 +1,277 @@
+"""Compression of folded (stock) checkpoints, for "train big, then compress" (Li et al. 2020): unstructured magnitude
+pruning with `torch.nn.utils.prune`, weight-only int8 / int4 quantization with torchao (through transformers'
+`TorchAoConfig`, so the result saves and loads in plain transformers), and the inference size as stored.
+
+Usage:
+    model = AutoModelForCausalLM.from_pretrained("folded")           # or hf_mup.fold(mup_model)
+    hf_mup.compress.prune(model, 0.5)                                 # 50% of the Linear weights, globally
+    hf_mup.compress.save_compressed(model, "out", bits=8)             # int8 weights, saved with save_pretrained
+    report = hf_mup.compress.size_report(AutoModelForCausalLM.from_pretrained("out"))
+
+Which weights: every `nn.Linear` / GPT-2 `Conv1D` weight (attention, MLP, an untied readout, a classifier);
+embeddings (and a readout tied to them) only with `include_embeddings=True`. Biases and norms stay dense.
+Quantization covers `nn.Linear` weights (torchao's rule): GPT-2's Conv1D layers are refused for quantization.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from transformers.pytorch_utils import Conv1D
+
+from .errors import MuPError
+
+SCOPES = ("global", "layer")
+BITS = (8, 4)
+INT4_GROUP_SIZE = 32
+MARK = "compression"  # the config key recording what was done (sparsity, bits, scope)
+
+
+# ------------------------------------------------------------------------------------------------ choosing weights
+
+
+def _check_stock(model: nn.Module) -> None:
+    from .apply import PLAN_ATTR
+    from .model import unwrap
+
+    if PLAN_ATTR in unwrap(model).__dict__:
+        raise MuPError(
+            "This is a live μP model: its multipliers live in hooks and attention scales, which pruning or quantizing "
+            "the weights would not see. Fold it first: hf_mup.compress.prune(hf_mup.fold(model), ...), or load its "
+            "checkpoint with transformers' own from_pretrained (a μP checkpoint holds folded weights)."
+        )
+
+
+def prunable(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every weight compression touches: Linear / Conv1D weights, embeddings if asked. A weight
+    shared by several modules (a tied readout) is listed once, under the first module that owns it."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    seen: set[int] = set()
+    out = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+            continue
+        linear = isinstance(module, (nn.Linear, Conv1D))
+        embedding = isinstance(module, nn.Embedding) or id(weight) in embedding_ids
+        if (linear and not embedding) or (embedding and include_embeddings):
+            seen.add(id(weight))
+            out.append((name, module))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- pruning
+
+
+def _check_sparsity(sparsity: float) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise MuPError(f"sparsity must be a fraction in [0, 1) (0.5 prunes half of the weights), got {sparsity!r}.")
+    return float(sparsity)
+
+
+def _prune_step(targets: list[tuple[str, nn.Module]], sparsity: float, scope: str) -> None:
+    """Bring the masks to `sparsity` (of each weight, or of all together): prune exactly round(sparsity · n) entries,
+    counting those pruned already (torch's masks prune an absolute count among the still-unpruned entries)."""
+    def pruned(module):
+        return int((module.weight_mask == 0).sum()) if hasattr(module, "weight_mask") else 0
+
+    if scope == "global":
+        total = sum(m.weight.numel() for _, m in targets)
+        amount = round(sparsity * total) - sum(pruned(m) for _, m in targets)
+        torch_prune.global_unstructured([(m, "weight") for _, m in targets], torch_prune.L1Unstructured,
+                                        amount=max(0, amount))
+    else:
+        for _, module in targets:
+            amount = round(sparsity * module.weight.numel()) - pruned(module)
+            torch_prune.l1_unstructured(module, "weight", amount=max(0, amount))
+
+
+def prune(model: nn.Module, sparsity: float, scope: str = "global", include_embeddings: bool = False,
+          steps: int = 1, finetune: Callable[[nn.Module, int], None] | None = None) -> dict:
+    """Unstructured magnitude pruning of a stock model, in place and permanent; returns `size_report(model)`.
+
+    Usage: `prune(model, 0.9)`, `prune(model, 0.9, scope="layer")`,
+    `prune(model, 0.9, steps=3, finetune=lambda m, step: train_a_little(m))` (iterative, as Li et al.)
+
+    `scope`: "global" removes the smallest |w| over all chosen weights together; "layer" the same fraction of each.
+    Exactly round(sparsity · n) entries are zeroed (n: all chosen weights, or each one). `steps` > 1 prunes in steps
+    that each remove the same fraction of what is left (1 − (1 − s)^(k/steps)), calling `finetune(model, k)` after
+    each step but the last; the masks hold pruned weights at zero while it trains.
+    """
+    sparsity = _check_sparsity(sparsity)
+    _check_stock(model)
+    if scope not in SCOPES:
+        raise MuPError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}.")
+    if not isinstance(steps, int) or steps < 1:
+        raise MuPError(f"steps must be a positive integer, got {steps!r}.")
+    targets = prunable(model, include_embeddings)
+    if not targets:
+        raise MuPError(f"{type(model).__name__} has no Linear, Conv1D (or, with include_embeddings, embedding) weights "
+                       "to prune.")
+    for k in range(1, steps + 1):
+        _prune_step(targets, 1.0 - (1.0 - sparsity) ** (k / steps), scope)
+        if finetune is not None and k < steps:
+            finetune(model, k)
+    for _, module in targets:
+        torch_prune.remove(module, "weight")  # permanent: the zeros are in `weight`, the mask and hook are gone
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, MARK, {**getattr(config, MARK, {}), "sparsity": sparsity, "scope": scope,
+                               "include_embeddings": include_embeddings})
+    return size_report(model)
+
+
+# ------------------------------------------------------------------------------------------------ quantization
+
+
+def quantization_config(bits: int):
+    """transformers' `TorchAoConfig` for weight-only int8 (per output channel) or int4 (groups of 32), symmetric, so
+    that a pruned zero stays an exact zero."""
+    if bits not in BITS:
+        raise MuPError(f"bits must be one of {BITS} (weight-only int8 or int4), got {bits!r}.")
+    try:
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType
+        from torchao.quantization.granularity import PerAxis, PerGroup
+    except ImportError as e:
+        raise MuPError("Quantization needs torchao: pip install 'hf_mup[compress]'.") from e
+    from transformers import TorchAoConfig
+
+    granularity = PerAxis(0) if bits == 8 else PerGroup(INT4_GROUP_SIZE)
+    return TorchAoConfig(IntxWeightOnlyConfig(weight_dtype=torch.int8 if bits == 8 else torch.int4,
+                                              granularity=granularity, mapping_type=MappingType.SYMMETRIC))
+
+
+def _check_quantizable(model: nn.Module) -> None:
+    convs = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if convs:
+        raise MuPError(
+            f"{type(model).__name__} computes with GPT-2's Conv1D layers (e.g. {convs[0]!r}), which torchao's weight-only "
+            "quantization does not cover (it quantizes nn.Linear). Prune it (that works), or quantize a Llama-family, "
+            "BERT or RoBERTa model."
+        )
+
+
+def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, **save_kwargs) -> Path:
+    """Save a (pruned) stock model, quantized to `bits` if given, as a transformers checkpoint that
+    `AutoModel*.from_pretrained(out)` loads as it is (quantized weights as torchao tensors); writes
+    `out/compression.json` (`size_report` of the saved model). Returns `out`.
+
+    Usage: `prune(model, 0.5); save_compressed(model, "out", bits=4)`
+
+    The result is a stock checkpoint: its config keeps no μP settings (`config.mup`), since μP's loader would unfold
+    pruned or quantized weights into something else.
+    """
+    import json
+
+    _check_stock(model)
+    out = Path(out)
+    stored_mup = model.config.__dict__.pop("mup", None)  # not a μP checkpoint any more
+    try:
+        if bits is None:
+            model.save_pretrained(out, **save_kwargs)
+            report = size_report(model)
+        else:
+            qconfig = quantization_config(bits)
+            _check_quantizable(model)
+            with tempfile.TemporaryDirectory() as tmp:  # transformers quantizes while loading: save, load quantized
+                model.save_pretrained(tmp)
+                quantized = type(model).from_pretrained(tmp, quantization_config=qconfig)
+            setattr(quantized.config, MARK, {**getattr(model.config, MARK, {}), "bits": bits})
+            quantized.save_pretrained(out, **save_kwargs)
+            report = size_report(quantized)
+    finally:
+        if stored_mup is not None:
+            model.config.mup = stored_mup
+    (out / "compression.json").write_text(json.dumps(report, indent=1))
+    return out
+
+
+def load(path: str | Path) -> nn.Module:
+    """The stock transformers model of a checkpoint (its `config.architectures[0]` class): a folded μP checkpoint, a
+    stock one or a compressed one. μP settings are dropped: compression works on the folded weights."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    config.__dict__.pop("mup", None)
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise MuPError(f"{path}: config.architectures names no transformers class ({names}); load the model yourself "
+                       "and call hf_mup.compress.prune / save_compressed on it.")
+    return cls.from_pretrained(path, config=config)
+
+
+# ---------------------------------------------------------------------------------------------------- accounting
+
+
+def _bits_of(t: torch.Tensor) -> int | None:
+    """The bits per value of a torchao-quantized tensor (None for a plain one)."""
+    if not hasattr(t, "qdata"):
+        return None
+    target = getattr(t, "target_dtype", None) or t.qdata.dtype
+    return {torch.int8: 8, torch.uint8: 8, torch.int4: 4, torch.uint4: 4}.get(target, t.qdata.element_size() * 8)
+
+
+def tensor_size(t: torch.Tensor) -> dict:
+    """Params, nonzeros, bits and bytes of one tensor as an inference format stores it:
+    - dense float: numel × its element size;
+    - sparse (when smaller): nonzero values plus a bitmask of numel bits;
+    - quantized: numel × bits / 8, packed (nonzeros × bits / 8 plus the bitmask when sparse and smaller), plus its
+      scales (and zero points); `stored_bytes` is what torchao keeps in memory and on disk (its CPU int4 holds each
+      4-bit value in a byte).
+    """
+    bits = _bits_of(t)
+    values = t.dequantize() if bits is not None else t.detach()
+    numel = values.numel()
+    nonzeros = int((values != 0).sum())
+    mask_bytes = math.ceil(numel / 8)
+    if bits is None:
+        value_bits = t.element_size() * 8
+        extra = 0
+        stored = numel * t.element_size()
+    else:
+        value_bits = bits
+        extra = sum(getattr(t, a).numel() * getattr(t, a).element_size()
+                    for a in ("scale", "zero_point") if isinstance(getattr(t, a, None), torch.Tensor))
+        stored = t.qdata.numel() * t.qdata.element_size() + extra
+    dense = math.ceil(numel * value_bits / 8)
+    sparse = math.ceil(nonzeros * value_bits / 8) + mask_bytes
+    return {"shape": list(values.shape), "params": numel, "nonzeros": nonzeros, "bits": value_bits,
+            "format": ("quantized " if bits else "") + ("sparse" if sparse < dense else "dense"),
+            "bytes": min(dense, sparse) + extra, "stored_bytes": stored}
+
+
+def size_report(model: nn.Module) -> dict:
+    """Per-tensor and total inference size of a model (shared tensors counted once), embeddings and readout included.
+
+    Usage: `hf_mup.compress.size_report(model)["total"]["bytes"]`
+    """
+    tensors, seen = {}, set()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if id(t) in seen or (name.endswith("bias") and "attn.bias" in name and t.dtype == torch.bool):
+            continue  # a tied weight; GPT-2's old causal-mask buffer is not a weight
+        seen.add(id(t))
+        if t.is_floating_point() or hasattr(t, "qdata"):
+            tensors[name] = tensor_size(t)
+    total = {k: sum(r[k] for r in tensors.values()) for k in ("params", "nonzeros", "bytes", "stored_bytes")}
+    total["sparsity"] = 1.0 - total["nonzeros"] / total["params"] if total["params"] else 0.0
+    config = getattr(model, "config", None)
+    return {"total": total, "compression": dict(getattr(config, MARK, {}) or {}), "tensors": tensors}
+
+
+def format_report(report: dict) -> str:
+    """A short text summary of `size_report` (for `hf-mup inspect` / `hf-mup compress`)."""
+    t = report["total"]
+    formats: dict[str, int] = {}
+    for r in report["tensors"].values():
+        formats[r["format"]] = formats.get(r["format"], 0) + r["bytes"]
+    return (f"{t['params']:,} parameters, {t['nonzeros']:,} nonzero (sparsity {t['sparsity']:.1%}); inference size "
+            f"{t['bytes']:,} bytes (" + ", ".join(f"{k} {v:,}" for k, v in sorted(formats.items()))
+            + f"); as torchao stores it {t['stored_bytes']:,} bytes"
+            + (f"; compression: {report['compression']}" if report["compression"] else ""))
