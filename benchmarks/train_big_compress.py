@@ -1,0 +1,247 @@
+"""Train big, then compress (Li et al. 2020, arXiv 2002.11794) at CPU scale, with μP so that no size is retuned.
+
+1. proxy: an LR grid at the base width (a resumable `hf_mup.sweep` study), trained for the base width's share of
+   the budget; its best LR goes to every size unchanged (μTransfer).
+2. train: μP Llama-shaped decoders of several widths, each for the same training FLOPs (6 · parameters · tokens:
+   wider models take fewer steps), the folded model saved; wall-clock recorded as the second view.
+3. compress: each model pruned (global magnitude) at 0-90% and stored in float, int8 and int4 (`hf_mup.compress`,
+   torchao through transformers' loader); validation loss on WikiText-2 and the inference bytes of each.
+4. report: loss against inference bytes, a curve per size, the Pareto front marked; JSON, CSV, Markdown, PNG.
+
+Usage:
+    python benchmarks/train_big_compress.py                  # widths 64,128,256 (about 40 minutes on 2 cores)
+    python benchmarks/train_big_compress.py --quick          # tiny: shows it works in a minute
+Every stage is resumable: the trained models, the proxy study and each evaluation are kept in --work (not committed)
+and skipped on rerun; the report goes to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+import hf_mup
+from hf_mup import MuPError, compress, lm
+from hf_mup import sweep as sw
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_big_compress"
+WORK = Path(__file__).resolve().parents[1] / "out" / "train_big_compress"  # trained models, the proxy study
+STORAGE_FORMATS = {"fp32": None, "int8": 8, "int4": 4}
+
+
+def settings(args: argparse.Namespace) -> dict:
+    if args.quick:
+        return {"widths": [32, 64], "layers": 2, "base_steps": 8, "batch": 8, "log2_lrs": [-7.0, -5.0],
+                "seeds": 1, "sparsities": [0.0, 0.5], "formats": ["fp32", "int8"], "train_chars": 100_000,
+                "val_blocks": 8}
+    return {"widths": [int(w) for w in args.widths.split(",")], "layers": args.layers, "base_steps": args.base_steps,
+            "batch": args.batch, "log2_lrs": sw.parse_log2_lrs(args.log2_lrs), "seeds": args.seeds,
+            "sparsities": [float(s) for s in args.sparsities.split(",")], "formats": args.formats.split(","),
+            "train_chars": None, "val_blocks": args.val_blocks}
+
+
+def make_spec(s: dict) -> dict:
+    return sw.make_spec("grid", "llama", layers=s["layers"], head_dim=16, seq_len=64, steps=s["base_steps"],
+                        batch_size=s["batch"], base_width=s["widths"][0], tokenizer="bpe", vocab_size=2048,
+                        train_chars=s["train_chars"], val_blocks=s["val_blocks"])
+
+
+def n_params(spec: dict, width: int) -> int:
+    """Parameters of the width's model, counted on the meta device."""
+    config = lm.lm_config("llama", width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"])
+    with torch.device("meta"):
+        model = hf_mup.MuPModel.from_config(config, base_hidden_size=spec["base_width"])
+    return sum(p.numel() for p in model.parameters())
+
+
+def budget_steps(spec: dict, widths: list[int]) -> tuple[float, dict[int, int]]:
+    """The budget (the base width's steps × its FLOPs per step) and each width's steps within it; a MuPError when a
+    width cannot take one step."""
+    per_step = {w: 6 * n_params(spec, w) * spec["batch_size"] * spec["seq_len"] for w in widths}
+    budget = per_step[widths[0]] * spec["steps"]
+    steps = {w: int(budget // per_step[w]) for w in widths}
+    short = [w for w, n in steps.items() if n < 1]
+    if short:
+        raise MuPError(f"a budget of {budget:.3g} FLOPs is smaller than one training step of width {short[0]} "
+                       f"({per_step[short[0]]:.3g} FLOPs): raise --base-steps or drop the width.")
+    return budget, steps
+
+
+def proxy_lr(spec: dict, s: dict, data, storage: str) -> float:
+    """The base width's best LR over the grid (seed-mean validation loss): what every size trains with."""
+    study = sw.open_study("proxy", storage, spec)
+    points = sw.grid_points([s["widths"][0]], s["log2_lrs"], ["mup"], s["seeds"])
+    sw.run_grid(study, spec, points, data, progress=True)
+    best = sw.lr_optima(sw.trial_rows(study), "val_loss")["mup"]["optimum"][s["widths"][0]]
+    if best["log2_lr"] is None:
+        raise MuPError("every proxy LR diverged: widen --log2-lrs downwards.")
+    return best["log2_lr"]
+
+
+def train(spec: dict, width: int, steps: int, log2_lr: float, data, out: Path) -> dict:
+    """Train one size for its steps at the transferred LR; save the folded model and its record (skipped if done)."""
+    record_path = out / "record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    size_spec = {**spec, "steps": steps}
+    model, groups = sw.build(size_spec, width, "mup", {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}, 0)
+    r = lm.train_lm(model, groups, data[0], data[1], steps, spec["batch_size"], warmup_frac=spec["warmup_frac"],
+                    final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=0, progress=True,
+                    desc=f"width {width}, {steps} steps")
+    hf_mup.fold(model).save_pretrained(out)
+    record = {"width": width, "steps": steps, "params": r["n_params"], "tokens": r["tokens"],
+              "flops": 6 * r["n_params"] * r["tokens"], "val_loss": r["final_val_loss"], "seconds": r["seconds"],
+              "diverged": r["diverged"]}
+    record_path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def compressed_loss(model_dir: Path, sparsity: float, fmt: str, val) -> dict:
+    """Validation loss and inference bytes of one (sparsity, storage format) of a trained model."""
+    model = compress.load(model_dir)
+    if sparsity:
+        compress.prune(model, sparsity)
+    with tempfile.TemporaryDirectory() as tmp:
+        compress.save_compressed(model, tmp, bits=STORAGE_FORMATS[fmt])
+        model = compress.load(tmp)
+        report = compress.size_report(model)
+        loss = lm.evaluate(model, val)
+    return {"val_loss": loss, "bytes": report["total"]["bytes"], "stored_bytes": report["total"]["stored_bytes"],
+            "nonzeros": report["total"]["nonzeros"], "params": report["total"]["params"]}
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats in both bytes and loss (smaller is better in each), by increasing bytes."""
+    front, best = [], math.inf
+    for r in sorted(rows, key=lambda r: (r["bytes"], r["val_loss"])):
+        if r["val_loss"] < best:
+            front.append(r)
+            best = r["val_loss"]
+    return front
+
+
+def plot(rows: list[dict], front: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted({r["width"] for r in rows})
+    cmap = plt.get_cmap("viridis")
+    markers = {"fp32": "o", "int8": "s", "int4": "^"}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, w in enumerate(widths):
+        color = cmap(i / max(1, len(widths) - 1))
+        for fmt, marker in markers.items():
+            pts = sorted((r["bytes"], r["val_loss"]) for r in rows if r["width"] == w and r["format"] == fmt)
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, color=color, lw=1, ms=4,
+                        label=f"width {w}, {fmt}" if fmt == "fp32" else None, alpha=0.9)
+    ax.plot([r["bytes"] for r in front], [r["val_loss"] for r in front], color="red", lw=2, alpha=0.4,
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("inference bytes (sparse: values + bitmask; quantized: packed bits + scales)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("same training FLOPs, μTransferred LR; pruned 0-90%, fp32 (o) / int8 (s) / int4 (^)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    finite = [r["val_loss"] for r in rows if math.isfinite(r["val_loss"])]
+    if finite:
+        ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0) + 0.05)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def verdict(rows: list[dict], front: list[dict], widths: list[int]) -> str:
+    """Li et al.'s claim at this scale: is the front, at the sizes the smallest model reaches, made of larger models?"""
+    smallest = min(widths)
+    on_front = sorted({r["width"] for r in front})
+    small_bytes = min(r["bytes"] for r in rows if r["width"] == smallest and r["format"] == "fp32"
+                      and r["sparsity"] == 0)
+    below = [r for r in front if r["bytes"] <= small_bytes]
+    larger = [r for r in below if r["width"] > smallest]
+    return (f"widths on the Pareto front: {on_front}; at or below the uncompressed width-{smallest} model's size "
+            f"({small_bytes:,} bytes) the front has {len(below)} point(s), {len(larger)} of them from larger models")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--widths", default="64,128,256", help="the first is the μP base width (the proxy)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--base-steps", type=int, default=1200, help="the base width's steps: sets the FLOP budget")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--log2-lrs", default="-9:-4:1", help="the proxy's LR grid")
+    p.add_argument("--seeds", type=int, default=1, help="proxy seeds per LR")
+    p.add_argument("--sparsities", default="0,0.3,0.5,0.7,0.8,0.9")
+    p.add_argument("--formats", default="fp32,int8,int4")
+    p.add_argument("--val-blocks", type=int, default=128)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(RESULTS), help="results.{json,csv,md}, loss_vs_bytes.png")
+    p.add_argument("--work", default=str(WORK), help="trained models, the proxy study, evaluations (resume state)")
+    args = p.parse_args(argv)
+    s = settings(args)
+    bad = [f for f in s["formats"] if f not in STORAGE_FORMATS]
+    if bad:
+        p.error(f"unknown format(s) {bad}; use some of {', '.join(STORAGE_FORMATS)}")
+    out, work = (Path(d + ("_quick" if args.quick else "")) for d in (args.out, args.work))
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    spec = make_spec(s)
+    budget, steps = budget_steps(spec, s["widths"])
+    data = sw.load_data(spec)
+    spec["data_hash"] = sw.fingerprint(*data)
+    log2_lr = proxy_lr(spec, s, data, f"sqlite:///{(work / 'proxy.db').resolve()}")
+    records = {w: train(spec, w, steps[w], log2_lr, data, work / f"width{w}") for w in s["widths"]}
+    evals_path = work / "evaluations.json"
+    evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
+    for w in s["widths"]:
+        for sparsity in s["sparsities"]:
+            for fmt in s["formats"]:
+                key = f"w{w}/s{sparsity:g}/{fmt}"
+                if key not in evals:
+                    evals[key] = {"width": w, "sparsity": sparsity, "format": fmt,
+                                  **compressed_loss(work / f"width{w}", sparsity, fmt, data[1])}
+                    evals_path.write_text(json.dumps(evals, indent=1))  # resumable point by point
+                    print(f"{key}: loss {evals[key]['val_loss']:.3f}, {evals[key]['bytes']:,} bytes", flush=True)
+    rows = [evals[f"w{w}/s{sp:g}/{f}"] for w in s["widths"] for sp in s["sparsities"] for f in s["formats"]]
+    front = pareto(rows)
+    for r in rows:
+        r["pareto"] = r in front
+    summary = {"benchmark": "benchmarks/train_big_compress.py" + (" --quick" if args.quick else ""), "settings": s,
+               "budget_flops": budget, "transferred_log2_lr": log2_lr, "training": records,
+               "verdict": verdict(rows, front, s["widths"]), "seconds_this_run": round(time.perf_counter() - start, 1),
+               "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
+    (out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| width | steps | train seconds | loss (fp32, dense) |", "|---|---|---|---|"]
+    lines += [f"| {w} | {r['steps']} | {r['seconds']:.0f} | {r['val_loss']:.3f} |" for w, r in records.items()]
+    lines += ["", "| width | sparsity | format | val loss | inference bytes | Pareto |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']} | {r['sparsity']:g} | {r['format']} | {r['val_loss']:.3f} | {r['bytes']:,} | "
+              f"{'yes' if r['pareto'] else ''} |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + f"\n\n{summary['verdict']}.\n")
+    plot(rows, front, out / "loss_vs_bytes.png")
+    print(summary["verdict"])
+    print(f"wrote {out}/results.{{json,csv,md}} and loss_vs_bytes.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
