@@ -2,14 +2,17 @@
 
 1. proxy: an LR grid at the base width (a resumable `hf_mup.sweep` study), trained for the base width's share of
    the budget; its best LR goes to every size unchanged (μTransfer).
-2. train: μP Llama-shaped decoders of several widths, each for the same training FLOPs (6 · parameters · tokens:
-   wider models take fewer steps), the folded model saved; wall-clock recorded as the second view.
+2. train: μP models of several widths, each for the same training FLOPs (6 · parameters · tokens: wider models
+   take fewer steps); wall-clock recorded as the second view. `--task lm`: Llama-shaped decoders (causal LM);
+   `--task polarity`: BERT (masked LM, as Li et al.'s RoBERTa), then fine-tuned on sentence polarity with the
+   fine-tuning LR chosen at the base width and copied to the others.
 3. compress: each model pruned (global magnitude) at 0-90% and stored in float, int8 and int4 (`hf_mup.compress`,
-   torchao through transformers' loader); validation loss on WikiText-2 and the inference bytes of each.
-4. report: loss against inference bytes, a curve per size, the Pareto front marked; JSON, CSV, Markdown, PNG.
+   torchao through transformers' loader); validation loss on WikiText-2 (or polarity accuracy) and inference bytes.
+4. report: the metric against inference bytes, a curve per size, the Pareto front marked; JSON, CSV, Markdown, PNG.
 
 Usage:
-    python benchmarks/train_big_compress.py                  # widths 64,128,256 (about 40 minutes on 2 cores)
+    python benchmarks/train_big_compress.py                  # LM, widths 64,128,256,512
+    python benchmarks/train_big_compress.py --task polarity  # BERT, accuracy on sentence polarity
     python benchmarks/train_big_compress.py --quick          # tiny: shows it works in a minute
 Every stage is resumable: the trained models, the proxy study and each evaluation are kept in --work (not committed)
 and skipped on rerun; the report goes to --out.
@@ -40,28 +43,32 @@ from hf_mup import sweep as sw
 RESULTS = Path(__file__).resolve().parent / "results" / "train_big_compress"
 WORK = Path(__file__).resolve().parents[1] / "out" / "train_big_compress"  # trained models, the proxy study
 STORAGE_FORMATS = {"fp32": None, "int8": 8, "int4": 4}
+TASKS = {"lm": "llama", "polarity": "bert"}  # task -> architecture
+FINETUNE = {"lrs": (1e-4, 3e-4, 1e-3), "examples": 1600, "test": 400, "epochs": 2, "batch": 16}
 
 
 def settings(args: argparse.Namespace) -> dict:
     if args.quick:
-        return {"widths": [32, 64], "layers": 2, "base_steps": 8, "batch": 8, "log2_lrs": [-7.0, -5.0],
-                "seeds": 1, "sparsities": [0.0, 0.5], "formats": ["fp32", "int8"], "train_chars": 100_000,
-                "val_blocks": 8}
-    return {"widths": [int(w) for w in args.widths.split(",")], "layers": args.layers, "base_steps": args.base_steps,
+        return {"task": args.task, "widths": [32, 64], "layers": 2, "base_steps": 8, "batch": 8,
+                "log2_lrs": [-7.0, -5.0], "seeds": 1, "sparsities": [0.0, 0.5], "formats": ["fp32", "int8"],
+                "train_chars": 100_000, "val_blocks": 8,
+                "finetune": {**FINETUNE, "lrs": (1e-3,), "examples": 64, "test": 32, "epochs": 1}}
+    return {"task": args.task, "widths": [int(w) for w in args.widths.split(",")], "layers": args.layers,
+            "base_steps": args.base_steps, "finetune": FINETUNE,
             "batch": args.batch, "log2_lrs": sw.parse_log2_lrs(args.log2_lrs), "seeds": args.seeds,
             "sparsities": [float(s) for s in args.sparsities.split(",")], "formats": args.formats.split(","),
             "train_chars": None, "val_blocks": args.val_blocks}
 
 
 def make_spec(s: dict) -> dict:
-    return sw.make_spec("grid", "llama", layers=s["layers"], head_dim=16, seq_len=64, steps=s["base_steps"],
+    return sw.make_spec("grid", TASKS[s.get("task", "lm")], layers=s["layers"], head_dim=16, seq_len=64, steps=s["base_steps"],
                         batch_size=s["batch"], base_width=s["widths"][0], tokenizer="bpe", vocab_size=2048,
                         train_chars=s["train_chars"], val_blocks=s["val_blocks"])
 
 
 def n_params(spec: dict, width: int) -> int:
     """Parameters of the width's model, counted on the meta device."""
-    config = lm.lm_config("llama", width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"])
+    config = lm.lm_config(spec["arch"], width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"])
     with torch.device("meta"):
         model = hf_mup.MuPModel.from_config(config, base_hidden_size=spec["base_width"])
     return sum(p.numel() for p in model.parameters())
@@ -100,8 +107,8 @@ def train(spec: dict, width: int, steps: int, log2_lr: float, data, out: Path) -
     model, groups = sw.build(size_spec, width, "mup", {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}, 0)
     r = lm.train_lm(model, groups, data[0], data[1], steps, spec["batch_size"], warmup_frac=spec["warmup_frac"],
                     final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=0, progress=True,
-                    desc=f"width {width}, {steps} steps")
-    hf_mup.fold(model).save_pretrained(out)
+                    desc=f"width {width}, {steps} steps", **sw.masking(spec))
+    model.save_pretrained(out)  # folded weights + config.mup: compress.load reads it as a stock model
     record = {"width": width, "steps": steps, "params": r["n_params"], "tokens": r["tokens"],
               "flops": 6 * r["n_params"] * r["tokens"], "val_loss": r["final_val_loss"], "seconds": r["seconds"],
               "diverged": r["diverged"]}
@@ -109,8 +116,47 @@ def train(spec: dict, width: int, steps: int, log2_lr: float, data, out: Path) -
     return record
 
 
-def compressed_loss(model_dir: Path, sparsity: float, fmt: str, val) -> dict:
-    """Validation loss and inference bytes of one (sparsity, storage format) of a trained model."""
+def finetune(s: dict, widths: list[int], tok, work: Path) -> dict:
+    """Fine-tune every size on sentence polarity (μP classifiers from the MLM checkpoints): the LR with the best
+    accuracy at the base width, copied to the others. Saved to `width*/finetuned`; skipped when done."""
+    from transformers import AutoConfig
+
+    from hf_mup import tasks
+
+    f = s["finetune"]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # id 0: BERT's pad_token_id in hf_mup.lm's configs, never a masking target
+    path = work / "finetune.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    train_ex, test_ex = tasks.load_task("polarity")
+    train_ex, test_ex = train_ex[: f["examples"]], test_ex[: f["test"]]
+
+    def run(width: int, lr: float, save: bool) -> float:
+        key = f"w{width}/lr{lr:g}"
+        if key not in done or (save and not (work / f"width{width}" / "finetuned" / "config.json").exists()):
+            folder = work / f"width{width}"
+            config = AutoConfig.from_pretrained(folder, num_labels=2)
+            torch.manual_seed(0)
+            model = hf_mup.MuPModel.from_pretrained(folder, model_class="BertForSequenceClassification", config=config)
+            r = tasks.finetune(model, tok, train_ex, test_ex, lr=lr, epochs=f["epochs"], batch_size=f["batch"],
+                               max_length=64)
+            if save:
+                model.save_pretrained(folder / "finetuned")
+            done[key] = r["accuracy"]
+            path.write_text(json.dumps(done, indent=1))
+        return done[key]
+
+    base = widths[0]
+    scores = {lr: run(base, lr, save=False) for lr in f["lrs"]}
+    lr = max(scores, key=scores.get)
+    accuracy = {w: run(w, lr, save=True) for w in widths}
+    return {"lr": lr, "base_width_accuracy_by_lr": scores, "accuracy": accuracy, "test": test_ex}
+
+
+def compressed_metric(model_dir: Path, sparsity: float, fmt: str, val, tok=None, test=None) -> dict:
+    """The metric (validation loss, or accuracy with `test`) and inference bytes of one (sparsity, storage format)."""
+    from hf_mup import tasks
+
     model = compress.load(model_dir)
     if sparsity:
         compress.prune(model, sparsity)
@@ -118,18 +164,25 @@ def compressed_loss(model_dir: Path, sparsity: float, fmt: str, val) -> dict:
         compress.save_compressed(model, tmp, bits=STORAGE_FORMATS[fmt])
         model = compress.load(tmp)
         report = compress.size_report(model)
-        loss = lm.evaluate(model, val)
-    return {"val_loss": loss, "bytes": report["total"]["bytes"], "stored_bytes": report["total"]["stored_bytes"],
-            "nonzeros": report["total"]["nonzeros"], "params": report["total"]["params"]}
+        metric = (tasks.accuracy(model, tok, test, max_length=64) if test is not None
+                  else lm.evaluate(model, val))
+    return {("accuracy" if test is not None else "val_loss"): metric, "bytes": report["total"]["bytes"],
+            "stored_bytes": report["total"]["stored_bytes"], "nonzeros": report["total"]["nonzeros"],
+            "params": report["total"]["params"]}
+
+
+def score(row: dict) -> float:
+    """Lower is better: the loss, or minus the accuracy."""
+    return row["val_loss"] if "val_loss" in row else -row["accuracy"]
 
 
 def pareto(rows: list[dict]) -> list[dict]:
-    """The rows no other row beats in both bytes and loss (smaller is better in each), by increasing bytes."""
+    """The rows no other row beats in both bytes and `score` (smaller is better in each), by increasing bytes."""
     front, best = [], math.inf
-    for r in sorted(rows, key=lambda r: (r["bytes"], r["val_loss"])):
-        if r["val_loss"] < best:
+    for r in sorted(rows, key=lambda r: (r["bytes"], score(r))):
+        if score(r) < best:
             front.append(r)
-            best = r["val_loss"]
+            best = score(r)
     return front
 
 
@@ -140,26 +193,27 @@ def plot(rows: list[dict], front: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     widths = sorted({r["width"] for r in rows})
+    metric = "val_loss" if "val_loss" in rows[0] else "accuracy"
     cmap = plt.get_cmap("viridis")
     markers = {"fp32": "o", "int8": "s", "int4": "^"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for i, w in enumerate(widths):
         color = cmap(i / max(1, len(widths) - 1))
         for fmt, marker in markers.items():
-            pts = sorted((r["bytes"], r["val_loss"]) for r in rows if r["width"] == w and r["format"] == fmt)
+            pts = sorted((r["bytes"], r[metric]) for r in rows if r["width"] == w and r["format"] == fmt)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, color=color, lw=1, ms=4,
                         label=f"width {w}, {fmt}" if fmt == "fp32" else None, alpha=0.9)
-    ax.plot([r["bytes"] for r in front], [r["val_loss"] for r in front], color="red", lw=2, alpha=0.4,
+    ax.plot([r["bytes"] for r in front], [r[metric] for r in front], color="red", lw=2, alpha=0.4,
             label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("inference bytes (sparse: values + bitmask; quantized: packed bits + scales)")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel("validation loss (nats/token)" if metric == "val_loss" else "sentence polarity accuracy")
     ax.set_title("same training FLOPs, μTransferred LR; pruned 0-90%, fp32 (o) / int8 (s) / int4 (^)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    finite = [r["val_loss"] for r in rows if math.isfinite(r["val_loss"])]
-    if finite:
+    finite = [r[metric] for r in rows if math.isfinite(r[metric])]
+    if finite and metric == "val_loss":
         ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0) + 0.05)
     fig.tight_layout()
     fig.savefig(path)
@@ -180,7 +234,9 @@ def verdict(rows: list[dict], front: list[dict], widths: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--widths", default="64,128,256", help="the first is the μP base width (the proxy)")
+    p.add_argument("--task", default="lm", choices=list(TASKS), help="lm: Llama, validation loss; polarity: BERT "
+                   "pretrained (MLM) then fine-tuned, accuracy")
+    p.add_argument("--widths", default="64,128,256,512", help="the first is the μP base width (the proxy)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--base-steps", type=int, default=1200, help="the base width's steps: sets the FLOP budget")
     p.add_argument("--batch", type=int, default=16)
@@ -197,16 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in s["formats"] if f not in STORAGE_FORMATS]
     if bad:
         p.error(f"unknown format(s) {bad}; use some of {', '.join(STORAGE_FORMATS)}")
-    out, work = (Path(d + ("_quick" if args.quick else "")) for d in (args.out, args.work))
+    suffix = ("" if args.task == "lm" else f"_{args.task}") + ("_quick" if args.quick else "")
+    out, work = (Path(d + suffix) for d in (args.out, args.work))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     spec = make_spec(s)
     budget, steps = budget_steps(spec, s["widths"])
-    data = sw.load_data(spec)
+    *data, tok = sw.load_data(spec, with_tokenizer=True)
     spec["data_hash"] = sw.fingerprint(*data)
     log2_lr = proxy_lr(spec, s, data, f"sqlite:///{(work / 'proxy.db').resolve()}")
     records = {w: train(spec, w, steps[w], log2_lr, data, work / f"width{w}") for w in s["widths"]}
+    tuned = finetune(s, s["widths"], tok, work) if s["task"] == "polarity" else None
     evals_path = work / "evaluations.json"
     evals = json.loads(evals_path.read_text()) if evals_path.exists() else {}
     for w in s["widths"]:
@@ -214,16 +272,20 @@ def main(argv: list[str] | None = None) -> int:
             for fmt in s["formats"]:
                 key = f"w{w}/s{sparsity:g}/{fmt}"
                 if key not in evals:
+                    folder = work / f"width{w}" / ("finetuned" if tuned else "")
                     evals[key] = {"width": w, "sparsity": sparsity, "format": fmt,
-                                  **compressed_loss(work / f"width{w}", sparsity, fmt, data[1])}
+                                  **compressed_metric(folder, sparsity, fmt, data[1], tok,
+                                                      tuned["test"] if tuned else None)}
                     evals_path.write_text(json.dumps(evals, indent=1))  # resumable point by point
-                    print(f"{key}: loss {evals[key]['val_loss']:.3f}, {evals[key]['bytes']:,} bytes", flush=True)
+                    print(f"{key}: {-score(evals[key]) if tuned else score(evals[key]):.3f}, "
+                          f"{evals[key]['bytes']:,} bytes", flush=True)
     rows = [evals[f"w{w}/s{sp:g}/{f}"] for w in s["widths"] for sp in s["sparsities"] for f in s["formats"]]
     front = pareto(rows)
     for r in rows:
         r["pareto"] = r in front
     summary = {"benchmark": "benchmarks/train_big_compress.py" + (" --quick" if args.quick else ""), "settings": s,
                "budget_flops": budget, "transferred_log2_lr": log2_lr, "training": records,
+               "finetuning": {k: v for k, v in tuned.items() if k != "test"} if tuned else None,
                "verdict": verdict(rows, front, s["widths"]), "seconds_this_run": round(time.perf_counter() - start, 1),
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
     (out / "results.json").write_text(json.dumps({**summary, "rows": rows}, indent=1))
@@ -231,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| width | steps | train seconds | loss (fp32, dense) |", "|---|---|---|---|"]
+    metric = "val_loss" if s["task"] == "lm" else "accuracy"
+    lines = ["| width | steps | train seconds | pretraining val loss |", "|---|---|---|---|"]
     lines += [f"| {w} | {r['steps']} | {r['seconds']:.0f} | {r['val_loss']:.3f} |" for w, r in records.items()]
-    lines += ["", "| width | sparsity | format | val loss | inference bytes | Pareto |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['width']} | {r['sparsity']:g} | {r['format']} | {r['val_loss']:.3f} | {r['bytes']:,} | "
+    lines += ["", f"| width | sparsity | format | {metric} | inference bytes | Pareto |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']} | {r['sparsity']:g} | {r['format']} | {r[metric]:.3f} | {r['bytes']:,} | "
               f"{'yes' if r['pareto'] else ''} |" for r in rows]
     (out / "results.md").write_text("\n".join(lines) + f"\n\n{summary['verdict']}.\n")
     plot(rows, front, out / "loss_vs_bytes.png")

@@ -362,25 +362,11 @@ class Pipeline:
         return [{"input_ids": x, "labels": y} for x, y in zip(inputs, labels)]
 
     def task_data(self, task: str) -> tuple[list, list]:
-        """(train, test) examples of a fine-tuning task: "polarity" (../shared/data/sentence-polarity or
-        HF_MUP_POLARITY), "nsp" (next sentence, from WikiText-2), or a GLUE name online."""
-        from . import data, tasks
+        """(train, test) examples of a fine-tuning task (`tasks.load_task`), cut to the preset's size."""
+        from . import tasks
 
         p = self.preset
-        if task == "polarity":
-            folder = Path(os.environ.get("HF_MUP_POLARITY", Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "sentence-polarity"))
-            if not (folder / "train.tsv").is_file():
-                raise MuPError(f"sentence-polarity data not found in {folder}: set HF_MUP_POLARITY to the folder "
-                               "holding train.tsv and test.tsv.")
-            train, test = tasks.load_tsv(folder / "train.tsv"), tasks.load_tsv(folder / "test.tsv")
-        elif task == "nsp":
-            train, test = tasks.split(tasks.next_sentence_pairs(data.wikitext_dir() / "test.txt", seed=0), 0.2)
-        elif task in tasks.GLUE:
-            train, test = tasks.load_glue(task)
-        else:
-            raise MuPError(f"unknown task {task!r}: use polarity or nsp (offline) or a GLUE task "
-                           f"({', '.join(tasks.GLUE)}; online).")
+        train, test = tasks.load_task(task)
         if p.finetune_examples:
             train, test = train[: p.finetune_examples], test[: max(200, p.finetune_examples // 4)]
         return train, test

@@ -219,8 +219,9 @@ def _byte_blocks(path: str, block: int, max_chars: int | None, max_blocks: int |
     return ids[: n * block].view(n, block)
 
 
-def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> tuple[torch.Tensor, torch.Tensor]:
-    """(train_blocks, val_blocks) for `spec`: local files (default: WikiText-2 valid.txt / test.txt) or a Hub dataset.
+def load_data(spec: dict, out: str | Path = ".", text_column: str = "text", with_tokenizer: bool = False) -> tuple:
+    """(train_blocks, val_blocks) for `spec`: local files (default: WikiText-2 valid.txt / test.txt) or a Hub dataset;
+    with `with_tokenizer`, also the BPE tokenizer that made them (None for bytes).
 
     Usage: `train, val = load_data(make_spec(tokenizer="bytes"))`
     """
@@ -237,8 +238,8 @@ def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> t
     # applied per line and WikiText has paragraphs of thousands (the first n_val blocks are the same either way).
     val_chars = max(n_val * block * 8, 100_000)
     if spec["tokenizer"] == "bytes":
-        return (_byte_blocks(train_file, block, spec["train_chars"]),
-                _byte_blocks(val_file, block, val_chars, n_val))
+        blocks = (_byte_blocks(train_file, block, spec["train_chars"]), _byte_blocks(val_file, block, val_chars, n_val))
+        return (*blocks, None) if with_tokenizer else blocks
     specials = [hf_data.MASK_TOKEN] if "mask_id" in spec else []
     tok = hf_data.train_tokenizer([train_file], vocab_size=spec["vocab_size"], max_chars=spec["train_chars"],
                                   special_tokens=specials)
@@ -248,10 +249,11 @@ def load_data(spec: dict, out: str | Path = ".", text_column: str = "text") -> t
     if specials and tok.mask_token_id != spec["mask_id"]:
         raise MuPError(f"the BPE's {hf_data.MASK_TOKEN} has id {tok.mask_token_id}, the spec says {spec['mask_id']}.")
     try:
-        return (hf_data.token_blocks([train_file], tok, block, max_chars=spec["train_chars"]),
-                hf_data.token_blocks([val_file], tok, block, max_blocks=n_val, max_chars=val_chars))
+        blocks = (hf_data.token_blocks([train_file], tok, block, max_chars=spec["train_chars"]),
+                  hf_data.token_blocks([val_file], tok, block, max_blocks=n_val, max_chars=val_chars))
     except ValueError as e:
         raise MuPError(str(e)) from None
+    return (*blocks, tok) if with_tokenizer else blocks
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

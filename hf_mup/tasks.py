@@ -55,6 +55,27 @@ GLUE = {"sst2": (("sentence",), "validation"), "cola": (("sentence",), "validati
         "rte": (("sentence1", "sentence2"), "validation")}
 
 
+def load_task(task: str) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of a fine-tuning task: "polarity" (../shared/data/sentence-polarity beside the project,
+    or the folder HF_MUP_POLARITY names), "nsp" (next sentence, from WikiText-2), or a GLUE name (online)."""
+    import os
+
+    from . import data
+
+    if task == "polarity":
+        folder = Path(os.environ.get("HF_MUP_POLARITY", Path(__file__).resolve().parents[2] / "shared" / "data"
+                                     / "sentence-polarity"))
+        if not (folder / "train.tsv").is_file():
+            raise MuPError(f"sentence-polarity data not found in {folder}: set HF_MUP_POLARITY to the folder "
+                           "holding train.tsv and test.tsv.")
+        return load_tsv(folder / "train.tsv"), load_tsv(folder / "test.tsv")
+    if task == "nsp":
+        return split(next_sentence_pairs(data.wikitext_dir() / "test.txt", seed=0), 0.2)
+    if task in GLUE:
+        return load_glue(task)
+    raise MuPError(f"unknown task {task!r}: use polarity or nsp (offline) or a GLUE task ({', '.join(GLUE)}; online).")
+
+
 def load_glue(task: str) -> tuple[list[Example], list[Example]]:
     """(train, dev) examples of a GLUE task from the Hub (online users; the test sets have no labels)."""
     from datasets import load_dataset

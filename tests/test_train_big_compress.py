@@ -46,3 +46,14 @@ def test_quick_run(tmp_path):
     evaluations = (tmp_path / "work_quick" / "evaluations.json").read_text()
     assert tbc.main(argv) == 0  # resumed: nothing retrained or re-evaluated
     assert (tmp_path / "work_quick" / "evaluations.json").read_text() == evaluations
+
+
+def test_quick_polarity_run(tmp_path):
+    """BERT pretrained for the same FLOPs per width, fine-tuned on sentence polarity (the base width's LR copied),
+    then compressed: accuracies in [0, 1] against inference bytes."""
+    argv = ["--quick", "--task", "polarity", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    assert tbc.main(argv) == 0
+    result = json.loads((tmp_path / "res_polarity_quick" / "results.json").read_text())
+    assert result["finetuning"]["lr"] == 1e-3 and set(result["finetuning"]["accuracy"]) == {"32", "64"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and "val_loss" not in r for r in result["rows"])
+    assert (tmp_path / "work_polarity_quick" / "width64" / "finetuned" / "config.json").exists()
