@@ -9,7 +9,9 @@ What is compared, per architecture (GPT2LMHeadModel, BertForMaskedLM) and width,
 - `stock`: `AutoModelFor*.from_config(config)` and `torch.optim.AdamW(model.parameters())`;
 - `mup`: `hf_mup.MuPModel.from_config(config, base_hidden_size=64, output_mult=8, attn_mult=2)` and
   `torch.optim.AdamW(hf_mup.mup_param_groups(model))`: the readout pre-hook and the μP attention scale;
-- `mup_input_mult`: the same with `input_mult=2`, which adds the embedding forward hooks.
+- `mup_input_mult`: the same with `input_mult=2`, which adds the embedding forward hooks;
+- `mup_depth` (with `--base-layers N`): the `mup` variant with depth scaling (CompleteP, `base_num_layers=N`), which
+  adds a forward hook multiplying each residual branch's output.
 
 A step is forward + backward + AdamW step + zero_grad. The variants run interleaved in one process: after
 warm-up, each round runs every variant `--block` steps, in a fresh random order per round. We report per-variant
@@ -105,6 +107,8 @@ def build_variants(model_name: str, width: int, args: argparse.Namespace, device
     specs: list[tuple[str, dict | None]] = [("stock", None), ("mup", dict(mup_opts, input_mult=1.0))]
     if args.input_mult != 1.0:
         specs.append(("mup_input_mult", dict(mup_opts, input_mult=args.input_mult)))
+    if args.base_layers is not None:
+        specs.append(("mup_depth", dict(mup_opts, input_mult=1.0, base_num_layers=args.base_layers)))
     variants = []
     for name, opts in specs:
         torch.manual_seed(args.seed)
@@ -390,6 +394,7 @@ def run_case(model_name: str, width: int, args, device) -> dict[str, Any]:
             entry["hooks"] = {
                 "readout_pre_hooks": {k: s for k, s in plan.readouts.items() if s != 1.0},
                 "embedding_hooks": plan.embeddings if plan.mup.input_mult != 1.0 else [],
+                "residual_hooks": len(plan.residuals) if plan.residual_scale != 1.0 else 0,
                 "optimizer_groups": len(v.optimizer.param_groups),
                 # the model-level guard that checks for module surgery before each forward (inside the timed step)
                 "guard_us_per_forward": guard_microseconds(v.model),
@@ -489,6 +494,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="μP attn_mult; != 1 so that the μP scale passed to SDPA differs from stock's")
     p.add_argument("--input-mult", type=float, default=2.0,
                    help="input_mult of the third variant (embedding hooks); 1 drops that variant")
+    p.add_argument("--base-layers", type=int, help="add a depth-scaled variant with this base depth (CompleteP)")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="all dropout probabilities (0, as in most LLM pretraining; with attention dropout > 0 "
                         "SDPA on CPU falls back to its math kernel, for stock and μP alike)")
