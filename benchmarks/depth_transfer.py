@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import grid_cli
 import torch
 
 from hf_mup import sweep as sw
@@ -124,32 +124,17 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(PARAMETRIZATIONS)}")
+    p = grid_cli.parser(__doc__, list(PARAMETRIZATIONS), quick="2 depths, 2 LRs, 1 seed, 6 steps: shows it works")
     p.add_argument("--arch", default="gpt2", help="gpt2 or llama (pre-norm decoders, as CompleteP's derivation)")
     p.add_argument("--width", type=int, default=64, help="the fixed width (also μP's base width)")
     p.add_argument("--depths", default="2,4,8,16", help="the first is the base depth")
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--log2-lrs", default="-11:-4:1", help="the power-of-2 grid (half steps are added around each best)")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--val-blocks", type=int, default=64)
-    p.add_argument("--quick", action="store_true", help="2 depths, 2 LRs, 1 seed, 6 steps: shows it works")
-    p.add_argument("--estimate-only", action="store_true")
-    p.add_argument("--report-only", action="store_true", help="write the table from the studies as they are")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(PARAMETRIZATIONS)
-    unknown = set(names) - set(PARAMETRIZATIONS)
-    if unknown:
-        p.error(f"unknown parametrization(s) {sorted(unknown)}; use some of {', '.join(PARAMETRIZATIONS)}")
+    names = grid_cli.chosen(p, args, list(PARAMETRIZATIONS))
     s = settings(args)
-    stem = STEM + ("_quick" if args.quick else "")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{out.resolve() / (stem + '.db')}"
+    out, stem, storage = grid_cli.output(args, STEM)
     data, results, total, start = None, {}, 0.0, time.perf_counter()
     for name in names:
         parametrization, _ = PARAMETRIZATIONS[name]

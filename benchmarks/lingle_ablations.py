@@ -34,6 +34,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import grid_cli
 import torch
 
 from hf_mup import sweep as sw
@@ -162,30 +163,15 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(ABLATIONS)}")
+    p = grid_cli.parser(__doc__, list(ABLATIONS), quick="2 widths, 2 LRs, 1 seed, 10 steps: shows it works")
     p.add_argument("--widths", default="16,64,256", help="three widths 16× apart; the first is the base width")
     p.add_argument("--head-dim", type=int, default=16, help="fixed head size (widths 16/64/256: 1/4/16 heads)")
     p.add_argument("--log2-lrs", default="-10:-2:2", help="Lingle's grid 2^-10…2^-2 in ×4 steps")
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--val-blocks", type=int, default=64)
-    p.add_argument("--quick", action="store_true", help="2 widths, 2 LRs, 1 seed, 10 steps: shows it works")
-    p.add_argument("--estimate-only", action="store_true")
-    p.add_argument("--report-only", action="store_true", help="write the table from the studies as they are")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(ABLATIONS)
-    unknown = set(names) - set(ABLATIONS)
-    if unknown:
-        p.error(f"unknown ablation(s) {sorted(unknown)}; use some of {', '.join(ABLATIONS)}")
+    names = grid_cli.chosen(p, args, list(ABLATIONS))
     s = settings(args)
-    stem = STEM + ("_quick" if args.quick else "")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{out.resolve() / (stem + '.db')}"
+    out, stem, storage = grid_cli.output(args, STEM)
     data = None
     results, start = {}, time.perf_counter()
     for name in names:
