@@ -111,11 +111,13 @@ def spec_for(name: str, s: dict, head_dim: int) -> tuple[dict, str]:
     return spec, a.get("parametrization", "mup")
 
 
-def verdict(optimum: dict) -> dict:
-    """Lingle's rule on one ablation's per-width optima: the same argmin at every width."""
+def verdict(optimum: dict, widths: list[int] | None = None) -> dict:
+    """Lingle's rule on one ablation's per-width optima: the same argmin at every width (of `widths`, when given: an
+    ablation whose study has not reached every width yet gets no verdict)."""
     argmins = {int(w): v["log2_lr"] for w, v in optimum.items()}
     known = [x for x in argmins.values() if x is not None]
-    spread = max(known) - min(known) if len(known) == len(argmins) and known else None
+    complete = len(known) == len(argmins) and (widths is None or set(map(int, widths)) <= set(argmins))
+    spread = max(known) - min(known) if complete and known else None
     return {"argmin_log2_lr": argmins, "spread": spread,
             "verdict": None if spread is None else ("transfers" if spread == 0 else "fails")}
 
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         optimum = sw.lr_optima(sw.trial_rows(study), "val_loss").get(parametrization, {}).get("optimum", {})
         results[name] = {"lingle": LINGLE[name], "parametrization": parametrization, "steps": spec["steps"],
                          "batch": spec["batch_size"], "options": spec.get("options"), "attn_mult": spec["attn_mult"],
-                         "optimum": {str(w): v for w, v in optimum.items()}, **verdict(optimum)}
+                         "optimum": {str(w): v for w, v in optimum.items()}, **verdict(optimum, s["widths"])}
     if args.estimate_only:
         return 0
     rows = [{"ablation": n, **{k: v for k, v in r.items() if k != "optimum"},

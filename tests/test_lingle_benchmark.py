@@ -31,6 +31,7 @@ def test_verdict_is_lingles_rule():
     assert la.verdict(same)["verdict"] == "transfers" and la.verdict(same)["spread"] == 0
     assert la.verdict(moved)["verdict"] == "fails" and la.verdict(moved)["spread"] == 2
     assert la.verdict({**same, "64": {"log2_lr": None}})["verdict"] is None  # every width diverged there: no verdict
+    assert la.verdict({"16": {"log2_lr": -6.0}}, [16, 64, 256])["verdict"] is None  # a study not finished yet
 
 
 def test_quick_run_writes_the_table(tmp_path):
