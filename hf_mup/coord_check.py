@@ -142,6 +142,13 @@ def coord_check(
     return records
 
 
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(ys) against log(xs) (all positive)."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    x0, y0 = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((x - x0) * (y - y0) for x, y in zip(lx, ly)) / sum((x - x0) ** 2 for x in lx)
+
+
 def slopes(records: list[dict]) -> list[dict]:
     """Least-squares slope of log(mean |act|, averaged over seeds) against log(width), per (parametrization, module, step).
 
@@ -163,9 +170,7 @@ def slopes(records: list[dict]) -> list[dict]:
         elif len(widths) < 2 or not all(m > 0 for m in means):
             slope = math.nan
         else:
-            xs, ys = [math.log(w) for w in widths], [math.log(m) for m in means]
-            x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
-            slope = sum((x - x0) * (y - y0) for x, y in zip(xs, ys)) / sum((x - x0) ** 2 for x in xs)
+            slope = loglog_slope(widths, means)
         rows.append(dict(parametrization=parametrization, module=module, step=step, slope=slope,
                          widths=widths, means=means))
     return rows
@@ -260,9 +265,8 @@ def depth_check(
             options = {} if base_layers is None else {"base_num_layers": base_layers, "depth_alpha": depth_alpha}
             model, groups = build_lm(config, "mup", lr, width, seed=seed, **options)
             opt = torch.optim.AdamW(groups, weight_decay=0.0)
-            arch_ = get_architecture(config)
-            last = next(m for n, m in model.named_modules() if arch_.block_relative(n + ".x") == "x"
-                        and n.endswith(f".{depth - 1}"))
+            blocks = get_architecture(config).blocks
+            last = next(m for n, m in model.named_modules() if n.split(".")[-2:] == [blocks, str(depth - 1)])
             seen: list[torch.Tensor] = []
             hook = last.register_forward_hook(
                 lambda m, a, out: seen.append((out[0] if isinstance(out, (tuple, list)) else out).detach()))
@@ -288,11 +292,7 @@ def depth_slopes(records: list[dict]) -> dict[int, float]:
         for r in records:
             if r["step"] == step:
                 per[r["depth"]].append(r["value"])
-        if not all(sum(v) > 0 for v in per.values()):
-            out[step] = math.nan
-            continue
-        xs = [math.log(d) for d in sorted(per)]
-        ys = [math.log(sum(per[d]) / len(per[d])) for d in sorted(per)]
-        x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
-        out[step] = sum((x - x0) * (y - y0) for x, y in zip(xs, ys)) / sum((x - x0) ** 2 for x in xs)
+        depths = sorted(per)
+        means = [sum(per[d]) / len(per[d]) for d in depths]
+        out[step] = loglog_slope(depths, means) if all(m > 0 for m in means) else math.nan
     return out

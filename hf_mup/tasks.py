@@ -55,16 +55,22 @@ GLUE = {"sst2": (("sentence",), "validation"), "cola": (("sentence",), "validati
         "rte": (("sentence1", "sentence2"), "validation")}
 
 
-def load_task(task: str) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples of a fine-tuning task: "polarity" (../shared/data/sentence-polarity beside the project,
-    or the folder HF_MUP_POLARITY names), "nsp" (next sentence, from WikiText-2), or a GLUE name (online)."""
+def polarity_dir() -> Path:
+    """The sentence-polarity folder: the one HF_MUP_POLARITY names, else ../shared/data/sentence-polarity beside the
+    project (read from there, never copied into it)."""
     import os
 
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentence-polarity"
+    return Path(os.environ.get("HF_MUP_POLARITY", default))
+
+
+def load_task(task: str) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of a fine-tuning task: "polarity" (`polarity_dir()`), "nsp" (next sentence, from
+    WikiText-2), or a GLUE name (online)."""
     from . import data
 
     if task == "polarity":
-        folder = Path(os.environ.get("HF_MUP_POLARITY", Path(__file__).resolve().parents[2] / "shared" / "data"
-                                     / "sentence-polarity"))
+        folder = polarity_dir()
         if not (folder / "train.tsv").is_file():
             raise MuPError(f"sentence-polarity data not found in {folder}: set HF_MUP_POLARITY to the folder "
                            "holding train.tsv and test.tsv.")

@@ -83,6 +83,16 @@ def tokens() -> torch.Tensor:
     return torch.randint(1, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
+def require_polarity():
+    """The sentence-polarity folder (`hf_mup.tasks.polarity_dir`); the test skips, with the reason, where it is not."""
+    from hf_mup.tasks import polarity_dir
+
+    folder = polarity_dir()
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not here (the shared data folder sits beside the project)")
+    return folder
+
+
 def free_port() -> int:
     """A loopback port the OS just gave out (a random one may be taken, or be an ephemeral port)."""
     import socket

@@ -7,14 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import StopAfter
+from conftest import StopAfter, require_polarity
 
 from hf_mup import MuPError
 from hf_mup.pipeline import BERT_PRESETS, GPT2_PRESETS, GPT3_SMALL, MEGATRON_BERT, Pipeline, Preset, Shape, main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-POLARITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentence-polarity"
 
 MINI = Preset("mini", "bert", proxy=Shape(32, 1, 16), target=Shape(64, 2, 16), seq_len=32, vocab_size=320,
               search_trials=2, search_steps=4, search_batch=8, pretrain_steps=6, pretrain_batch=8,
@@ -24,8 +22,7 @@ MINI = Preset("mini", "bert", proxy=Shape(32, 1, 16), target=Shape(64, 2, 16), s
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    if not POLARITY.is_dir():
-        pytest.skip(f"{POLARITY} is not here (the shared data folder sits beside the project)")
+    require_polarity()
     out = tmp_path_factory.mktemp("bert_mini")
     Pipeline(MINI, out, progress=False).run()
     return out

@@ -1,14 +1,11 @@
 """Fine-tuning tasks: the TSV loader, the WikiText-2 next-sentence task, the held-out accuracy and the loop."""
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import make_config
+from conftest import make_config, require_polarity
 
 import hf_mup
 from hf_mup import data, tasks
 
-POLARITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentence-polarity"
 
 
 def test_next_sentence_pairs_are_balanced_and_true():
@@ -30,9 +27,8 @@ def test_next_sentence_pairs_are_balanced_and_true():
 
 
 def test_load_tsv(tmp_path):
-    if not POLARITY.is_dir():
-        pytest.skip(f"{POLARITY} is not here (the shared data folder sits beside the project)")
-    train = tasks.load_tsv(POLARITY / "train.tsv")
+    polarity = require_polarity()
+    train = tasks.load_tsv(polarity / "train.tsv")
     assert len(train) == 3200 and {label for _, label in train} == {0, 1}
     bad = tmp_path / "bad.tsv"
     bad.write_text("text\tlabel\nhello\t1\n")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_polarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import train_big_compress as tbc  # noqa: E402
@@ -51,9 +52,7 @@ def test_quick_run(tmp_path):
 def test_quick_polarity_run(tmp_path):
     """BERT pretrained for the same FLOPs per width, fine-tuned on sentence polarity (the base width's LR copied),
     then compressed: accuracies in [0, 1] against inference bytes."""
-    polarity = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentence-polarity"
-    if not polarity.is_dir():
-        pytest.skip(f"{polarity} is not here (the shared data folder sits beside the project)")
+    require_polarity()
     argv = ["--quick", "--task", "polarity", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
     assert tbc.main(argv) == 0
     result = json.loads((tmp_path / "res_polarity_quick" / "results.json").read_text())
