@@ -161,9 +161,8 @@ def compressed_metric(model_dir: Path, sparsity: float, fmt: str, val, tok=None,
     if sparsity:
         compress.prune(model, sparsity)
     with tempfile.TemporaryDirectory() as tmp:
-        compress.save_compressed(model, tmp, bits=STORAGE_FORMATS[fmt])
-        model = compress.load(tmp)
-        report = compress.size_report(model)
+        report = compress.save_compressed(model, tmp, bits=STORAGE_FORMATS[fmt])
+        model = compress.load(tmp)  # evaluated as it loads from disk
         metric = (tasks.accuracy(model, tok, test, max_length=64) if test is not None
                   else lm.evaluate(model, val))
     return {("accuracy" if test is not None else "val_loss"): metric, "bytes": report["total"]["bytes"],

@@ -276,8 +276,8 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
     if full and plan.residual_scale != 1.0:
         for name in plan.residuals:
             module = _child(model, name)
-            module = module._modules.get("base_layer") or module if module is not None else None
-            if module is None or not _has_hook(module._forward_hooks, ScaleOutput, plan.residual_scale):
+            inner = None if module is None else module._modules.get("base_layer") or module
+            if inner is None or not _has_hook(inner._forward_hooks, ScaleOutput, plan.residual_scale):
                 problems.append(f"the residual branch {name!r} was replaced (its depth multiplier is not applied)")
     if full:
         expected = plan.attention_scale_factor

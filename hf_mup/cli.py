@@ -59,8 +59,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from . import MuPModel, describe
 
     config = load_config(args.config)
+    has_mup = args.base_hidden_size is not None or getattr(config, "mup", None)
     compressed = getattr(config, "compression", None) or getattr(config, "quantization_config", None)
-    if args.size or (compressed and args.base_hidden_size is None and not getattr(config, "mup", None)):
+    if args.size or (compressed and not has_mup):
         from . import compress
 
         if not Path(args.config).is_dir():
@@ -69,9 +70,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(compress.format_report(report))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
-        if args.base_hidden_size is None and not getattr(config, "mup", None):
+        if not has_mup:
             return 0
-    if args.base_hidden_size is None and not getattr(config, "mup", None):
+    if not has_mup:
         raise MuPError(f"{args.config} has no μP settings (config.mup): pass --base-hidden-size N.")
     with torch.device("meta"):  # nothing is allocated, whatever the size
         model = MuPModel.from_config(config, base_hidden_size=args.base_hidden_size, model_class=args.model_class)
@@ -86,11 +87,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     model = compress.load(args.checkpoint)
     if args.sparsity:
         compress.prune(model, args.sparsity, scope=args.scope, include_embeddings=args.include_embeddings)
-    compress.save_compressed(model, args.out, bits=args.bits)
+    report = compress.save_compressed(model, args.out, bits=args.bits)
     for name in TOKENIZER_FILES:
         if (Path(args.checkpoint) / name).exists():
             shutil.copy(Path(args.checkpoint) / name, Path(args.out) / name)
-    report = json.loads((Path(args.out) / "compression.json").read_text())
     print(compress.format_report(report))
     print(f"saved the compressed {type(model).__name__} to {args.out} (size report: {args.out}/compression.json)")
     return 0

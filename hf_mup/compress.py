@@ -156,10 +156,10 @@ def _check_quantizable(model: nn.Module) -> None:
         )
 
 
-def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, **save_kwargs) -> Path:
+def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, **save_kwargs) -> dict:
     """Save a (pruned) stock model, quantized to `bits` if given, as a transformers checkpoint that
-    `AutoModel*.from_pretrained(out)` loads as it is (quantized weights as torchao tensors); writes
-    `out/compression.json` (`size_report` of the saved model). Returns `out`.
+    `AutoModel*.from_pretrained(out)` loads as it is (quantized weights as torchao tensors); returns the saved
+    model's `size_report`, also written to `out/compression.json`.
 
     Usage: `prune(model, 0.5); save_compressed(model, "out", bits=4)`
 
@@ -188,7 +188,7 @@ def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, 
         if stored_mup is not None:
             model.config.mup = stored_mup
     (out / "compression.json").write_text(json.dumps(report, indent=1))
-    return out
+    return report
 
 
 def load(path: str | Path) -> nn.Module:
@@ -254,10 +254,10 @@ def size_report(model: nn.Module) -> dict:
     """
     tensors, seen = {}, set()
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if id(t) in seen or (name.endswith("bias") and "attn.bias" in name and t.dtype == torch.bool):
-            continue  # a tied weight; GPT-2's old causal-mask buffer is not a weight
+        if id(t) in seen:
+            continue  # a tied weight
         seen.add(id(t))
-        if t.is_floating_point() or hasattr(t, "qdata"):
+        if t.is_floating_point() or hasattr(t, "qdata"):  # weights (not integer or boolean buffers: masks, ids)
             tensors[name] = tensor_size(t)
     total = {k: sum(r[k] for r in tensors.values()) for k in ("params", "nonzeros", "bytes", "stored_bytes")}
     total["sparsity"] = 1.0 - total["nonzeros"] / total["params"] if total["params"] else 0.0

@@ -18,6 +18,7 @@ UNSCALED = "unscaled"  # the group kind of tensors with no μP rule (adapters): 
 # Above this, "independent" weight decay (a fraction of the weights removed per step) is almost surely a coupled value.
 INDEPENDENT_WD_WARN = 1e-2
 DEFAULT_EPS = 1e-8  # torch's Adam/AdamW ε: the base ε of depth-scaled groups when none is given
+NO_RULE = TensorRule(Kind.SCALAR)  # what a tensor without a μP rule (an adapter's) trains by: every factor 1
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -87,10 +88,11 @@ def mup_param_groups(
         if not p.requires_grad:
             continue
         name = canonical_name(name)
-        rule = plan.rules.get(name) or TensorRule(Kind.SCALAR)
-        if name not in plan.rules:
+        rule = plan.rules.get(name)
+        if rule is None:
             unscaled.append(name)
-        kind = rule.kind.value if name in plan.rules else UNSCALED
+        kind = UNSCALED if rule is None else rule.kind.value
+        rule = rule or NO_RULE
         lr_mult, eps_mult = rule.lr_mult(family), rule.eps_mult(family)
         decays = weight_decay != 0 and not skip_decay(name)
         group_wd = (weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode, rule.width_lr_mult(family))
@@ -157,7 +159,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 f"The parameter groups were made for {rules_for!r} but the optimizer is {type(optimizer).__name__}: "
                 f"pass optimizer={family!r} to hf_mup.mup_param_groups."
             )
-        rule = plan.rules.get(name) or TensorRule(Kind.SCALAR)
+        rule = plan.rules.get(name, NO_RULE)
         expected = rule.lr_mult(rules_for)
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):
             raise MuPError(
