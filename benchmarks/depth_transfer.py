@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     data, results, total, start = None, {}, 0.0, time.perf_counter()
     for name in names:
         parametrization, _ = PARAMETRIZATIONS[name]
-        per_depth = {}
+        per_depth, studies = {}, {}
         for depth in s["depths"]:
             spec = spec_for(name, depth, s, args.head_dim)
             if data is None:
@@ -166,8 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{name} L={depth}: half steps {half}", flush=True)
                         sw.run_grid(study, spec, refine, data, args.device, progress=True)
             per_depth[depth] = optimum(study, parametrization)
+            studies[depth] = (study, spec)
         if args.estimate_only or any(v is None for v in per_depth.values()):
             continue
+        transferred = per_depth[min(per_depth)]["log2_lr"]
+        for depth, (study, spec) in studies.items():  # the base depth's LR may be a half step the others lack
+            missing = sw.missing_points(study, sw.grid_points([s["width"]], [transferred], [parametrization],
+                                                              s["seeds"])) if transferred is not None else []
+            if missing and not args.report_only:
+                print(f"{name} L={depth}: the transferred LR 2^{transferred:g}", flush=True)
+                sw.run_grid(study, spec, missing, data, args.device, progress=True)
+                per_depth[depth] = optimum(study, parametrization)
         results[name] = summarize(name, per_depth)
     if args.estimate_only:
         print(f"total: about {total / 60:.0f} min")
