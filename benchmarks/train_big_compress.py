@@ -212,8 +212,9 @@ def plot(rows: list[dict], front: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     finite = [r[metric] for r in rows if math.isfinite(r[metric])]
-    if finite and metric == "val_loss":
-        ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0) + 0.05)
+    if finite and metric == "val_loss":  # every size's uncompressed point in view, the 90%-pruned tails cut
+        top = max(r[metric] for r in rows if r["sparsity"] == 0 and math.isfinite(r[metric]))
+        ax.set_ylim(min(finite) - 0.05, min(max(finite), max(top + 0.5, min(finite) + 2.0)) + 0.05)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
