@@ -3,7 +3,8 @@
 1. proxy: an LR grid at the base width (a resumable `hf_mup.sweep` study), trained for the base width's share of
    the budget; its best LR goes to every size unchanged (μTransfer).
 2. train: μP models of several widths, each for the same training FLOPs (6 · parameters · tokens: wider models
-   take fewer steps); wall-clock recorded as the second view. `--task lm`: Llama-shaped decoders (causal LM);
+   take fewer steps), or with `--budget seconds` for the same wall-clock on this machine (seconds per step measured
+   once per width). `--task lm`: Llama-shaped decoders (causal LM);
    `--task polarity`: BERT (masked LM, as Li et al.'s RoBERTa), then fine-tuned on sentence polarity with the
    fine-tuning LR chosen at the base width and copied to the others.
 3. compress: each model pruned (global magnitude) at 0-90% and stored in float, int8 and int4 (`hf_mup.compress`,
@@ -13,6 +14,7 @@
 Usage:
     python benchmarks/train_big_compress.py                  # LM, widths 64,128,256,512
     python benchmarks/train_big_compress.py --task polarity  # BERT, accuracy on sentence polarity
+    python benchmarks/train_big_compress.py --budget seconds # every size trains as long in wall-clock, not FLOPs
     python benchmarks/train_big_compress.py --quick          # tiny: shows it works in a minute
 Every stage is resumable: the trained models, the proxy study and each evaluation are kept in --work (not committed)
 and skipped on rerun; the report goes to --out.
@@ -49,13 +51,13 @@ FINETUNE = {"lrs": (1e-4, 3e-4, 1e-3), "examples": 1600, "test": 400, "epochs": 
 
 def settings(args: argparse.Namespace) -> dict:
     if args.quick:
-        return {"task": args.task, "widths": [32, 64], "layers": 2, "base_steps": 8, "batch": 8,
+        return {"task": args.task, "budget": args.budget, "widths": [32, 64], "layers": 2, "base_steps": 8, "batch": 8,
                 "log2_lrs": [-7.0, -5.0], "seeds": 1, "sparsities": [0.0, 0.5], "formats": ["fp32", "int8"],
                 "train_chars": 100_000, "val_blocks": 8,
                 "finetune": {**FINETUNE, "lrs": (1e-3,), "examples": 64, "test": 32, "epochs": 1}}
-    return {"task": args.task, "widths": [int(w) for w in args.widths.split(",")], "layers": args.layers,
-            "base_steps": args.base_steps, "finetune": FINETUNE,
-            "batch": args.batch, "log2_lrs": sw.parse_log2_lrs(args.log2_lrs), "seeds": args.seeds,
+    return {"task": args.task, "budget": args.budget, "widths": [int(w) for w in args.widths.split(",")],
+            "layers": args.layers, "base_steps": args.base_steps, "finetune": FINETUNE, "batch": args.batch,
+            "log2_lrs": sw.parse_log2_lrs(args.log2_lrs), "seeds": args.seeds,
             "sparsities": [float(s) for s in args.sparsities.split(",")], "formats": args.formats.split(","),
             "train_chars": None, "val_blocks": args.val_blocks}
 
@@ -84,6 +86,34 @@ def budget_steps(spec: dict, widths: list[int]) -> tuple[float, dict[int, int]]:
     if short:
         raise MuPError(f"a budget of {budget:.3g} FLOPs is smaller than one training step of width {short[0]} "
                        f"({per_step[short[0]]:.3g} FLOPs): raise --base-steps or drop the width.")
+    return budget, steps
+
+
+def seconds_per_step(spec: dict, widths: list[int], data, path: Path, timed_steps: int = 10) -> dict[int, float]:
+    """Median seconds of one training step per width on this machine (after 3 warm-up steps), measured once and kept in
+    `path` so that a resumed run gives every width the same steps."""
+    if path.exists():
+        return {int(w): v for w, v in json.loads(path.read_text()).items()}
+    timing = {}
+    for w in widths:
+        model, groups = sw.build(spec, w, "mup", {"log2_lr": -10.0, "initializer_range": spec["initializer_range"]}, 0)
+        lm.train_lm(model, groups, data[0], None, 3, spec["batch_size"], **sw.masking(spec))
+        per = [lm.train_lm(model, groups, data[0], None, 1, spec["batch_size"], **sw.masking(spec))["seconds"]
+               for _ in range(timed_steps)]
+        timing[w] = sorted(per)[timed_steps // 2]
+    path.write_text(json.dumps(timing, indent=1))
+    return timing
+
+
+def wallclock_steps(spec: dict, widths: list[int], timing: dict[int, float]) -> tuple[float, dict[int, int]]:
+    """The second view of the budget: the base width's steps × its seconds per step, and each width's steps in that
+    many seconds on this machine."""
+    budget = timing[widths[0]] * spec["steps"]
+    steps = {w: int(budget / timing[w] + 1e-9) for w in widths}  # the base width gets exactly its steps
+    short = [w for w, n in steps.items() if n < 1]
+    if short:
+        raise MuPError(f"a budget of {budget:.3g} s is shorter than one training step of width {short[0]} "
+                       f"({timing[short[0]]:.3g} s): raise --base-steps or drop the width.")
     return budget, steps
 
 
@@ -185,7 +215,7 @@ def pareto(rows: list[dict]) -> list[dict]:
     return front
 
 
-def plot(rows: list[dict], front: list[dict], path: Path) -> None:
+def plot(rows: list[dict], front: list[dict], path: Path, budget: str = "flops") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +238,8 @@ def plot(rows: list[dict], front: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("inference bytes (sparse: values + bitmask; quantized: packed bits + scales)")
     ax.set_ylabel("validation loss (nats/token)" if metric == "val_loss" else "sentence polarity accuracy")
-    ax.set_title("same training FLOPs, μTransferred LR; pruned 0-90%, fp32 (o) / int8 (s) / int4 (^)", fontsize=9)
+    ax.set_title(f"same training {'FLOPs' if budget == 'flops' else 'seconds'}, μTransferred LR; pruned 0-90%, "
+                 "fp32 (o) / int8 (s) / int4 (^)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     finite = [r[metric] for r in rows if math.isfinite(r[metric])]
@@ -238,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                    "pretrained (MLM) then fine-tuned, accuracy")
     p.add_argument("--widths", default="64,128,256,512", help="the first is the μP base width (the proxy)")
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--base-steps", type=int, default=1200, help="the base width's steps: sets the FLOP budget")
+    p.add_argument("--base-steps", type=int, default=1200, help="the base width's steps: sets the budget")
+    p.add_argument("--budget", default="flops", choices=["flops", "seconds"], help="flops: every size trains for "
+                   "the same 6·N·T; seconds: for the same wall-clock on this machine (measured seconds per step)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--log2-lrs", default="-9:-4:1", help="the proxy's LR grid")
     p.add_argument("--seeds", type=int, default=1, help="proxy seeds per LR")
@@ -253,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in s["formats"] if f not in STORAGE_FORMATS]
     if bad:
         p.error(f"unknown format(s) {bad}; use some of {', '.join(STORAGE_FORMATS)}")
-    suffix = ("" if args.task == "lm" else f"_{args.task}") + ("_quick" if args.quick else "")
+    suffix = (("" if args.task == "lm" else f"_{args.task}") + ("" if args.budget == "flops" else f"_{args.budget}")
+              + ("_quick" if args.quick else ""))
     out, work = (Path(d + suffix) for d in (args.out, args.work))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -262,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     budget, steps = budget_steps(spec, s["widths"])
     *data, tok = sw.load_data(spec, with_tokenizer=True)
     spec["data_hash"] = sw.fingerprint(*data)
+    timing = None
+    if args.budget == "seconds":
+        timing = seconds_per_step(spec, s["widths"], data, work / "seconds_per_step.json")
+        budget_seconds, steps = wallclock_steps(spec, s["widths"], timing)
     log2_lr = proxy_lr(spec, s, data, f"sqlite:///{(work / 'proxy.db').resolve()}")
     records = {w: train(spec, w, steps[w], log2_lr, data, work / f"width{w}") for w in s["widths"]}
     tuned = finetune(s, s["widths"], tok, work) if s["task"] == "polarity" else None
@@ -284,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["pareto"] = r in front
     summary = {"benchmark": "benchmarks/train_big_compress.py" + (" --quick" if args.quick else ""), "settings": s,
-               "budget_flops": budget, "transferred_log2_lr": log2_lr, "training": records,
+               "budget": args.budget, "budget_flops": budget if args.budget == "flops" else None,
+               "transferred_log2_lr": log2_lr, "training": records,
+               **({"budget_seconds": budget_seconds, "seconds_per_step": timing} if timing else {}),
                "finetuning": {k: v for k, v in tuned.items() if k != "test"} if tuned else None,
                "verdict": verdict(rows, front, s["widths"]), "seconds_this_run": round(time.perf_counter() - start, 1),
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
@@ -300,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['width']} | {r['sparsity']:g} | {r['format']} | {r[metric]:.3f} | {r['bytes']:,} | "
               f"{'yes' if r['pareto'] else ''} |" for r in rows]
     (out / "results.md").write_text("\n".join(lines) + f"\n\n{summary['verdict']}.\n")
-    plot(rows, front, out / "loss_vs_bytes.png")
+    plot(rows, front, out / "loss_vs_bytes.png", args.budget)
     print(summary["verdict"])
     print(f"wrote {out}/results.{{json,csv,md}} and loss_vs_bytes.png")
     return 0

@@ -27,6 +27,14 @@ def test_every_size_gets_the_same_flops():
         tbc.budget_steps(tbc.make_spec({**s, "base_steps": 1}), s["widths"])
 
 
+def test_wallclock_budget_gives_each_size_the_base_widths_seconds():
+    spec = {"steps": 100}
+    budget, steps = tbc.wallclock_steps(spec, [64, 128, 256], {64: 0.05, 128: 0.08, 256: 0.2})
+    assert budget == pytest.approx(5.0) and steps == {64: 100, 128: 62, 256: 25}
+    with pytest.raises(MuPError, match="shorter than one training step of width 256"):
+        tbc.wallclock_steps({"steps": 1}, [64, 256], {64: 0.05, 256: 0.2})
+
+
 def test_pareto_front():
     rows = [{"bytes": 10, "val_loss": 5.0}, {"bytes": 20, "val_loss": 4.0}, {"bytes": 15, "val_loss": 6.0},
             {"bytes": 30, "val_loss": 4.5}, {"bytes": 40, "val_loss": 3.0}]
@@ -59,3 +67,15 @@ def test_quick_polarity_run(tmp_path):
     assert result["finetuning"]["lr"] == 1e-3 and set(result["finetuning"]["accuracy"]) == {"32", "64"}
     assert all(0.0 <= r["accuracy"] <= 1.0 and "val_loss" not in r for r in result["rows"])
     assert (tmp_path / "work_polarity_quick" / "width64" / "finetuned" / "config.json").exists()
+
+
+def test_quick_wallclock_run(tmp_path):
+    """--budget seconds: steps from the measured seconds per step, kept in the work folder so a rerun trains the same."""
+    argv = ["--quick", "--budget", "seconds", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    assert tbc.main(argv) == 0
+    result = json.loads((tmp_path / "res_seconds_quick" / "results.json").read_text())
+    timing = json.loads((tmp_path / "work_seconds_quick" / "seconds_per_step.json").read_text())
+    assert result["budget"] == "seconds" and result["budget_flops"] is None
+    assert {int(w): v for w, v in timing.items()} == {int(w): v for w, v in result["seconds_per_step"].items()}
+    for w, record in result["training"].items():
+        assert record["steps"] == int(result["budget_seconds"] / timing[w] + 1e-9)
