@@ -90,17 +90,16 @@ def budget_steps(spec: dict, widths: list[int]) -> tuple[float, dict[int, int]]:
 
 
 def seconds_per_step(spec: dict, widths: list[int], data, path: Path, timed_steps: int = 10) -> dict[int, float]:
-    """Median seconds of one training step per width on this machine (after 3 warm-up steps), measured once and kept in
-    `path` so that a resumed run gives every width the same steps."""
+    """Seconds of one training step per width on this machine (the median of three runs of `timed_steps` steps, after
+    3 warm-up steps), measured once and kept in `path` so that a resumed run gives every width the same steps."""
     if path.exists():
         return {int(w): v for w, v in json.loads(path.read_text()).items()}
     timing = {}
     for w in widths:
         model, groups = sw.build(spec, w, "mup", {"log2_lr": -10.0, "initializer_range": spec["initializer_range"]}, 0)
-        lm.train_lm(model, groups, data[0], None, 3, spec["batch_size"], **sw.masking(spec))
-        per = [lm.train_lm(model, groups, data[0], None, 1, spec["batch_size"], **sw.masking(spec))["seconds"]
-               for _ in range(timed_steps)]
-        timing[w] = sorted(per)[timed_steps // 2]
+        runs = [lm.train_lm(model, groups, data[0], None, n, spec["batch_size"], **sw.masking(spec))["seconds"] / n
+                for n in (3, timed_steps, timed_steps, timed_steps)][1:]
+        timing[w] = sorted(runs)[1]
     path.write_text(json.dumps(timing, indent=1))
     return timing
 
