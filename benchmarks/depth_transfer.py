@@ -12,6 +12,7 @@ Usage:
     python benchmarks/depth_transfer.py --estimate-only     # time a few steps per depth, print the run time
     python benchmarks/depth_transfer.py                     # everything (about an hour on 2 cores); rerun to resume
     python benchmarks/depth_transfer.py --quick             # 2 depths, 2 LRs, 1 seed, a few steps: shows it works
+    python benchmarks/depth_transfer.py --longer 800        # then: base vs deepest depth trained 4× longer
 
 Reports, per parametrization: the best log2 LR per depth and its drift (max − min), the LR transferred from the
 base depth and the loss each depth reaches with it ("deeper never worse": that loss does not rise with depth).
@@ -123,6 +124,32 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: str, path: Path) -> dict:
+    """Is depth worth it with more training? The base and the deepest depth trained `steps` steps (seed 0) at the base
+    depth's best LR from the sweep's results (`path`), per parametrization; kept in `path` beside them."""
+    summary = json.loads(path.read_text())
+    done = summary.setdefault("longer", {"steps": steps, "val_loss": {}})
+    if done["steps"] != steps:
+        raise SystemExit(f"{path} holds a --longer check of {done['steps']} steps; rerun with that or remove it")
+    data = None
+    for name in names:
+        log2_lr = summary["results"][name]["transferred_log2_lr"]
+        for depth in (min(s["depths"]), max(s["depths"])):
+            key = f"{name}/L{depth}"
+            if key in done["val_loss"]:
+                continue
+            spec = {**spec_for(name, depth, s, head_dim), "steps": steps}
+            data = data or sw.load_data(spec)
+            hp = {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}
+            if PARAMETRIZATIONS[name][0] == "mup":
+                hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
+            r = sw.run_trial(spec, data, s["width"], PARAMETRIZATIONS[name][0], hp, 0, device, progress=True, desc=key)
+            done["val_loss"][key] = r["val_loss"]
+            path.write_text(json.dumps(summary, indent=1))
+            print(f"{key}, {steps} steps at 2^{log2_lr:g}: {r['val_loss']:.3f}", flush=True)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     p = grid_cli.parser(__doc__, list(PARAMETRIZATIONS), quick="2 depths, 2 LRs, 1 seed, 6 steps: shows it works")
     p.add_argument("--arch", default="gpt2", help="gpt2 or llama (pre-norm decoders, as CompleteP's derivation)")
@@ -131,10 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--log2-lrs", default="-11:-4:1", help="the power-of-2 grid (half steps are added around each best)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--longer", type=int, metavar="STEPS", help="after the sweep: train the base and deepest depth "
+                   "STEPS steps at the transferred LR (seed 0), added to the results JSON")
     args = p.parse_args(argv)
     names = grid_cli.chosen(p, args, list(PARAMETRIZATIONS))
     s = settings(args)
     out, stem, storage = grid_cli.output(args, STEM)
+    if args.longer:
+        longer_check(names, s, args.head_dim, args.longer, args.device, out / f"{stem}.json")
+        return 0
     data, results, total, start = None, {}, 0.0, time.perf_counter()
     for name in names:
         parametrization, _ = PARAMETRIZATIONS[name]
@@ -186,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                "the loss at the base depth's LR never rising with depth",
                "seconds_this_run": round(time.perf_counter() - start, 1), "results": results,
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
+    previous = out / f"{stem}.json"
+    if previous.exists() and "longer" in json.loads(previous.read_text()):  # a --longer check outlives a new report
+        summary["longer"] = json.loads(previous.read_text())["longer"]
     (out / f"{stem}.json").write_text(json.dumps(sw._json_safe(summary), indent=1))
     (out / f"{stem}.md").write_text(table_markdown(results, s["depths"]))
     if results:

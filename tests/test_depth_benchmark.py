@@ -36,3 +36,8 @@ def test_quick_run_writes_the_table(tmp_path):
     assert "| completep |" in (tmp_path / "depth_transfer_quick.md").read_text()
     assert (tmp_path / "depth_transfer_quick.png").stat().st_size > 10_000
     assert dt.main(["--quick", "--only", "completep", "--out", str(tmp_path)]) == 0  # resumed: nothing trains again
+    assert dt.main(["--quick", "--only", "completep", "--out", str(tmp_path), "--longer", "3"]) == 0
+    longer = json.loads((tmp_path / "depth_transfer_quick.json").read_text())["longer"]
+    assert longer["steps"] == 3 and set(longer["val_loss"]) == {"completep/L2", "completep/L4"}
+    assert dt.main(["--quick", "--only", "completep", "--out", str(tmp_path)]) == 0  # a new report keeps it
+    assert json.loads((tmp_path / "depth_transfer_quick.json").read_text())["longer"] == longer
