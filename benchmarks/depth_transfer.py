@@ -133,6 +133,8 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
         raise SystemExit(f"{path} holds a --longer check of {done['steps']} steps; rerun with that or remove it")
     data = None
     for name in names:
+        if name not in summary["results"]:
+            raise SystemExit(f"{path} has no sweep of {name}: run the sweep (without --longer) first")
         log2_lr = summary["results"][name]["transferred_log2_lr"]
         for depth in (min(s["depths"]), max(s["depths"])):
             key = f"{name}/L{depth}"
@@ -145,7 +147,7 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
                 hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
             r = sw.run_trial(spec, data, s["width"], PARAMETRIZATIONS[name][0], hp, 0, device, progress=True, desc=key)
             done["val_loss"][key] = r["val_loss"]
-            path.write_text(json.dumps(summary, indent=1))
+            path.write_text(json.dumps(sw._json_safe(summary), indent=1))
             print(f"{key}, {steps} steps at 2^{log2_lr:g}: {r['val_loss']:.3f}", flush=True)
     return done
 
