@@ -142,10 +142,9 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
                 continue
             spec = {**spec_for(name, depth, s, head_dim), "steps": steps}
             data = data or sw.load_data(spec)
-            hp = {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}
-            if PARAMETRIZATIONS[name][0] == "mup":
-                hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
-            r = sw.run_trial(spec, data, s["width"], PARAMETRIZATIONS[name][0], hp, 0, device, progress=True, desc=key)
+            parametrization = PARAMETRIZATIONS[name][0]
+            hp = sw.grid_hparams(spec, parametrization, log2_lr)
+            r = sw.run_trial(spec, data, s["width"], parametrization, hp, 0, device, progress=True, desc=key)
             done["val_loss"][key] = r["val_loss"]
             path.write_text(json.dumps(sw._json_safe(summary), indent=1))
             print(f"{key}, {steps} steps at 2^{log2_lr:g}: {r['val_loss']:.3f}", flush=True)
@@ -220,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                "the loss at the base depth's LR never rising with depth",
                "seconds_this_run": round(time.perf_counter() - start, 1), "results": results,
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
-    previous = out / f"{stem}.json"
-    if previous.exists() and "longer" in json.loads(previous.read_text()):  # a --longer check outlives a new report
-        summary["longer"] = json.loads(previous.read_text())["longer"]
+    previous = json.loads((out / f"{stem}.json").read_text()) if (out / f"{stem}.json").exists() else {}
+    if "longer" in previous:  # a --longer check outlives a new report
+        summary["longer"] = previous["longer"]
     (out / f"{stem}.json").write_text(json.dumps(sw._json_safe(summary), indent=1))
     (out / f"{stem}.md").write_text(table_markdown(results, s["depths"]))
     if results:

@@ -96,9 +96,10 @@ def seconds_per_step(spec: dict, widths: list[int], data, path: Path, timed_step
         return {int(w): v for w, v in json.loads(path.read_text()).items()}
     timing = {}
     for w in widths:
-        model, groups = sw.build(spec, w, "mup", {"log2_lr": -10.0, "initializer_range": spec["initializer_range"]}, 0)
-        runs = [lm.train_lm(model, groups, data[0], None, n, spec["batch_size"], **sw.masking(spec))["seconds"] / n
-                for n in (3, timed_steps, timed_steps, timed_steps)][1:]
+        model, groups = sw.build(spec, w, "mup", sw.grid_hparams(spec, "mup", -10.0), 0)
+        lm.train_lm(model, groups, data[0], None, 3, spec["batch_size"], **sw.masking(spec))  # warm-up
+        runs = [lm.train_lm(model, groups, data[0], None, timed_steps, spec["batch_size"],
+                            **sw.masking(spec))["seconds"] / timed_steps for _ in range(3)]
         timing[w] = sorted(runs)[1]
     path.write_text(json.dumps(timing, indent=1))
     return timing
@@ -133,7 +134,7 @@ def train(spec: dict, width: int, steps: int, log2_lr: float, data, out: Path) -
     if record_path.exists():
         return json.loads(record_path.read_text())
     size_spec = {**spec, "steps": steps}
-    model, groups = sw.build(size_spec, width, "mup", {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}, 0)
+    model, groups = sw.build(size_spec, width, "mup", sw.grid_hparams(spec, "mup", log2_lr), 0)  # as the proxy's
     r = lm.train_lm(model, groups, data[0], data[1], steps, spec["batch_size"], warmup_frac=spec["warmup_frac"],
                     final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=0, progress=True,
                     desc=f"width {width}, {steps} steps", **sw.masking(spec))
@@ -292,13 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     spec = make_spec(s)
-    budget, steps = budget_steps(spec, s["widths"])
+    if args.budget == "flops":  # before loading data: a budget below one step fails at once
+        budget, steps = budget_steps(spec, s["widths"])
     *data, tok = sw.load_data(spec, with_tokenizer=True)
     spec["data_hash"] = sw.fingerprint(*data)
     timing = None
     if args.budget == "seconds":
         timing = seconds_per_step(spec, s["widths"], data, work / "seconds_per_step.json")
-        budget_seconds, steps = wallclock_steps(spec, s["widths"], timing)
+        budget, steps = wallclock_steps(spec, s["widths"], timing)
     log2_lr = proxy_lr(spec, s, data, f"sqlite:///{(work / 'proxy.db').resolve()}")
     records = {w: train(spec, w, steps[w], log2_lr, data, work / f"width{w}") for w in s["widths"]}
     tuned = finetune(s, s["widths"], tok, work) if s["task"] == "polarity" else None
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"benchmark": "benchmarks/train_big_compress.py" + (" --quick" if args.quick else ""), "settings": s,
                "budget": args.budget, "budget_flops": budget if args.budget == "flops" else None,
                "transferred_log2_lr": log2_lr, "training": records,
-               **({"budget_seconds": budget_seconds, "seconds_per_step": timing} if timing else {}),
+               **({"budget_seconds": budget, "seconds_per_step": timing} if timing else {}),
                "finetuning": {k: v for k, v in tuned.items() if k != "test"} if tuned else None,
                "verdict": verdict(rows, front, s["widths"]), "seconds_this_run": round(time.perf_counter() - start, 1),
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}

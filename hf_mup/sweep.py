@@ -498,6 +498,14 @@ def _record(trial, attrs: dict) -> float:
     return DIVERGED_VALUE if attrs["diverged"] else attrs["val_loss"]
 
 
+def grid_hparams(spec: dict, parametrization: str, log2_lr: float) -> dict:
+    """What a grid point trains with: its LR, the spec's init and, under μP, the spec's multipliers."""
+    hp = {"log2_lr": log2_lr, "initializer_range": spec["initializer_range"]}
+    if parametrization == "mup":
+        hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
+    return hp
+
+
 def grid_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool = False):
     """The objective of grid mode: trains the point that was enqueued with the trial."""
     def objective(trial) -> float:
@@ -512,9 +520,7 @@ def grid_objective(spec: dict, data: tuple, device: str = "cpu", progress: bool 
         p = {"parametrization": trial.suggest_categorical("parametrization", PARAMETRIZATIONS),
              "width": trial.suggest_int("width", 1, 1 << 20), "log2_lr": trial.suggest_float("log2_lr", -64, 16),
              "seed": trial.suggest_int("seed", 0, 1 << 30)}
-        hp = {"log2_lr": p["log2_lr"], "initializer_range": spec["initializer_range"]}
-        if p["parametrization"] == "mup":
-            hp.update({k: spec[k] for k in ("input_mult", "output_mult", "attn_mult")})
+        hp = grid_hparams(spec, p["parametrization"], p["log2_lr"])
         return _record(trial, run_trial(spec, data, p["width"], p["parametrization"], hp, p["seed"], device,
                                         progress, desc=key))
 

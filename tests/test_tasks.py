@@ -7,7 +7,6 @@ import hf_mup
 from hf_mup import data, tasks
 
 
-
 def test_next_sentence_pairs_are_balanced_and_true():
     path = data.wikitext_dir() / "valid.txt"
     pairs = tasks.next_sentence_pairs(path, seed=0)
