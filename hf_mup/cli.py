@@ -84,6 +84,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from . import compress
 
+    # Everything that can refuse is checked before the weights are read, pruned or quantized (a GPT-2's Conv1D
+    # layers, int4 group sizes, a missing torchao, the sparsity): on the model's shapes, built on the meta device.
+    compress.check_checkpoint(args.checkpoint, args.sparsity, args.bits, args.scope)
     model = compress.load(args.checkpoint)
     if args.sparsity:
         compress.prune(model, args.sparsity, scope=args.scope, include_embeddings=args.include_embeddings)

@@ -134,11 +134,11 @@ def quantization_config(bits: int):
     that a pruned zero stays an exact zero."""
     if bits not in BITS:
         raise MuPError(f"bits must be one of {BITS} (weight-only int8 or int4), got {bits!r}.")
-    try:
-        from torchao.quantization import IntxWeightOnlyConfig, MappingType
-        from torchao.quantization.granularity import PerAxis, PerGroup
-    except ImportError as e:
-        raise MuPError("Quantization needs torchao: pip install 'hf_mup[compress]'.") from e
+    from .extras import require
+
+    require("compress", "torchao", what=f"int{bits} quantization (torchao)")
+    from torchao.quantization import IntxWeightOnlyConfig, MappingType
+    from torchao.quantization.granularity import PerAxis, PerGroup
     from transformers import TorchAoConfig
 
     granularity = PerAxis(0) if bits == 8 else PerGroup(INT4_GROUP_SIZE)
@@ -146,7 +146,28 @@ def quantization_config(bits: int):
                                               granularity=granularity, mapping_type=MappingType.SYMMETRIC))
 
 
-def _check_quantizable(model: nn.Module) -> None:
+def quantized_layers(model: nn.Module, qconfig=None) -> list[tuple[str, nn.Linear]]:
+    """(name, module) of the layers transformers' torchao loader quantizes: its `nn.Linear` layers, less those it
+    keeps in full precision (the output embeddings, tied weights, the last module: `get_modules_to_not_convert`)."""
+    skips: list[str] = []
+    convert = None
+    try:
+        from transformers.quantizers.base import HfQuantizer
+        from transformers.quantizers.quantizers_utils import should_convert_module
+
+        skips = HfQuantizer.get_modules_to_not_convert(
+            model, getattr(qconfig, "modules_to_not_convert", None), getattr(model, "_keep_in_fp32_modules", None))
+        convert = should_convert_module
+    except (ImportError, AttributeError, TypeError):  # another transformers: check every Linear (stricter)
+        pass
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)
+            and (convert is None or convert(f"{name}.weight", skips))]
+
+
+def check_quantizable(model: nn.Module, bits: int) -> None:
+    """Refuse, before any work, a model that weight-only quantization to `bits` cannot handle: GPT-2's Conv1D layers
+    (torchao quantizes nn.Linear), and for int4 a quantized Linear whose in-features are not a multiple of the group
+    size (INT4_GROUP_SIZE), which fails deep inside transformers' loader. Works on a meta-device model too."""
     convs = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
     if convs:
         raise MuPError(
@@ -154,6 +175,18 @@ def _check_quantizable(model: nn.Module) -> None:
             "quantization does not cover (it quantizes nn.Linear). Prune it (that works), or quantize a Llama-family, "
             "BERT or RoBERTa model."
         )
+    if bits == 4:
+        bad = [(n, m.in_features) for n, m in quantized_layers(model) if m.in_features % INT4_GROUP_SIZE]
+        if bad:
+            name, fan_in = bad[0]
+            others = f" (and {len(bad) - 1} more: {', '.join(n for n, _ in bad[1:4])}{', ...' if len(bad) > 4 else ''})" \
+                if len(bad) > 1 else ""
+            raise MuPError(
+                f"int4 quantizes each Linear weight in groups of {INT4_GROUP_SIZE} inputs, but layer {name!r} has "
+                f"{fan_in} in-features, not a multiple of the group size {INT4_GROUP_SIZE}{others}. Use int8 (bits=8, "
+                f"--bits 8: one scale per output channel, any size), or a model whose widths are multiples of "
+                f"{INT4_GROUP_SIZE}."
+            )
 
 
 def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, **save_kwargs) -> dict:
@@ -169,6 +202,9 @@ def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, 
     import json
 
     _check_stock(model)
+    if bits is not None:  # everything that can refuse, before anything is written
+        qconfig = quantization_config(bits)
+        check_quantizable(model, bits)
     out = Path(out)
     stored_mup = model.config.__dict__.pop("mup", None)  # not a μP checkpoint any more
     try:
@@ -176,8 +212,6 @@ def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, 
             model.save_pretrained(out, **save_kwargs)
             report = size_report(model)
         else:
-            qconfig = quantization_config(bits)
-            _check_quantizable(model)
             with tempfile.TemporaryDirectory() as tmp:  # transformers quantizes while loading: save, load quantized
                 model.save_pretrained(tmp)
                 quantized = type(model).from_pretrained(tmp, quantization_config=qconfig)
@@ -191,19 +225,50 @@ def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, 
     return report
 
 
-def load(path: str | Path) -> nn.Module:
-    """The stock transformers model of a checkpoint (its `config.architectures[0]` class): a folded μP checkpoint, a
-    stock one or a compressed one. μP settings are dropped: compression works on the folded weights."""
+def _config_and_class(path: str | Path, local: bool = True):
+    """(config without μP settings, its transformers class) of a checkpoint (`local`: a folder here), weights
+    untouched."""
     import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    if local and not (Path(path) / "config.json").is_file():
+        raise MuPError(f"{path}: no checkpoint folder (a folder with config.json, e.g. one save_pretrained wrote) "
+                       "is there.")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise MuPError(f"{path}: cannot read its config.json ({str(e).strip().splitlines()[0]}).") from None
     config.__dict__.pop("mup", None)
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         raise MuPError(f"{path}: config.architectures names no transformers class ({names}); load the model yourself "
                        "and call hf_mup.compress.prune / save_compressed on it.")
+    return config, cls
+
+
+def check_checkpoint(path: str | Path, sparsity: float = 0.0, bits: int | None = None,
+                     scope: str = "global") -> None:
+    """Everything `hf-mup compress` could refuse, checked before any weight is read: the folder and its class, the
+    sparsity and scope, torchao for `bits`, and the layers quantization needs (on the model built on the meta device).
+
+    Usage: `check_checkpoint("ckpt", sparsity=0.5, bits=4)`
+    """
+    _check_sparsity(sparsity)
+    if scope not in SCOPES:
+        raise MuPError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}.")
+    config, cls = _config_and_class(path)
+    if bits is not None:
+        quantization_config(bits)  # bits in BITS, torchao installed
+        with torch.device("meta"):  # the shapes only: nothing is allocated or read
+            skeleton = cls(config)
+        check_quantizable(skeleton, bits)
+
+
+def load(path: str | Path) -> nn.Module:
+    """The stock transformers model of a checkpoint (its `config.architectures[0]` class): a folded μP checkpoint, a
+    stock one or a compressed one. μP settings are dropped: compression works on the folded weights."""
+    config, cls = _config_and_class(path, local=Path(path).exists())
     return cls.from_pretrained(path, config=config)
 
 

@@ -4,6 +4,7 @@ reopened in plain transformers (generate, classification)."""
 import copy
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -181,3 +182,57 @@ def test_bad_input():
         C.save_compressed(gpt2, "unused", bits=8)
     with pytest.raises(MuPError, match="scope"):
         C.prune(model, 0.5, scope="row")
+
+
+def _no_work(monkeypatch):
+    """Make loading or pruning a checkpoint fail the test: a refusal must come before either."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded or pruned before the refusal")
+
+    monkeypatch.setattr(C, "load", fail)
+    monkeypatch.setattr(C, "prune", fail)
+
+
+def _cli_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hf-mup: error: "), err
+    return err[0]
+
+
+def test_int4_group_size_is_checked_first_and_names_the_layer(tmp_path, capsys, monkeypatch):
+    """Hidden 48 is not a multiple of int4's group of 32: transformers' loader would fail deep inside ('issues during
+    automatic conversion'); hf_mup names the layer, its in-features and the group size before any work."""
+    model = _llama(48)  # 3 heads of 16; the MLP (192) is fine, the attention projections are not
+    message = ("int4 quantizes each Linear weight in groups of 32 inputs, but layer 'model.layers.0.self_attn.q_proj' "
+               "has 48 in-features, not a multiple of the group size 32")
+    with pytest.raises(MuPError, match="Use int8") as e:
+        C.save_compressed(model, tmp_path / "lib", bits=4)
+    assert message in str(e.value) and not (tmp_path / "lib").exists()
+    model.save_pretrained(tmp_path / "ckpt")
+    capsys.readouterr()
+    _no_work(monkeypatch)
+    assert cli.main(["compress", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--sparsity", "0.5", "--bits", "4"]) == 2
+    line = _cli_error(capsys)
+    assert message in line and "--bits 8" in line and "lm_head" not in line  # lm_head stays fp32: not a problem
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    assert cli.main(["compress", str(tmp_path / "ckpt"), str(tmp_path / "out8"), "--bits", "8"]) == 0  # the fix works
+
+
+def test_gpt2_quantization_and_missing_torchao_are_refused_before_loading(tmp_path, capsys, monkeypatch):
+    AutoModelForCausalLM.from_config(CONFIGS["gpt2"](64)).save_pretrained(tmp_path / "gpt2")
+    _llama().save_pretrained(tmp_path / "llama")
+    capsys.readouterr()
+    _no_work(monkeypatch)
+    argv = [str(tmp_path / "out"), "--sparsity", "0.5", "--bits", "8"]
+    assert cli.main(["compress", str(tmp_path / "gpt2"), *argv]) == 2
+    line = _cli_error(capsys)
+    assert "GPT-2's Conv1D layers (e.g. 'transformer.h.0.attn.c_attn')" in line and "Prune it" in line
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if the [compress] extra were not installed
+    assert cli.main(["compress", str(tmp_path / "llama"), *argv]) == 2
+    assert "needs torchao, which is not installed: pip install 'hf_mup[compress]'" in _cli_error(capsys)
+    assert cli.main(["compress", str(tmp_path / "no_such_ckpt"), *argv]) == 2
+    assert "no_such_ckpt: no checkpoint folder" in _cli_error(capsys)
+    assert cli.main(["compress", str(tmp_path / "llama"), str(tmp_path / "out"), "--sparsity", "1.5"]) == 2
+    assert "sparsity must be a fraction in [0, 1)" in _cli_error(capsys)
+    assert not (tmp_path / "out").exists()
