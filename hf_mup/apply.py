@@ -13,6 +13,8 @@ What a μP model carries (all of it on the stock modules; no forked modeling cod
 """
 from __future__ import annotations
 
+import functools
+import sys
 import warnings
 from typing import Iterable
 
@@ -64,6 +66,49 @@ def readout_module(model: nn.Module, name: str) -> nn.Module:
     return getattr(module, "base_layer", module)
 
 
+def adapter_of(model: nn.Module, name: str) -> nn.Module | None:
+    """The adapter wrapper (a PEFT tuner layer, which holds the stock layer as `base_layer`) at `name`, or None."""
+    module = _child(model, name)
+    return module if module is not None and "base_layer" in module._modules else None
+
+
+def lora_outputs(wrapper: nn.Module, where: str) -> dict[str, nn.Module | nn.Parameter]:
+    """The output side of each LoRA adapter in `wrapper` (`lora_B.<adapter>` modules, `lora_embedding_B.<adapter>`
+    tensors), by name relative to it: a factor on the wrapped layer's output must be on these too.
+
+    A `MuPError` for adapters whose output is not `base(x) + B(A(x))·s` (DoRA and other LoRA variants, IA3, LoHa,
+    ...): μP's factor on `where` cannot be carried into them by scaling B, so they are refused there.
+    """
+    variants = getattr(wrapper, "lora_variant", None)
+    if "lora_A" not in wrapper._modules and "lora_embedding_A" not in wrapper._modules or variants:
+        kind = (f"a LoRA variant ({', '.join(sorted({type(v).__name__ for v in variants.values()}))})" if variants
+                else f"a {type(wrapper).__name__} adapter")
+        raise MuPError(
+            f"{kind} wraps {where}, whose output μP scales; hf_mup carries that factor into plain LoRA adapters "
+            "only. Use a plain LoraConfig (no use_dora / variants) there, or leave that module out of target_modules."
+        )
+    out: dict[str, nn.Module | nn.Parameter] = {}
+    for adapter, module in getattr(wrapper, "lora_B", {}).items():
+        out[f"lora_B.{adapter}"] = module
+    for adapter, tensor in getattr(wrapper, "lora_embedding_B", {}).items():
+        out[f"lora_embedding_B.{adapter}"] = tensor
+    return out
+
+
+def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[object, float]]:
+    """Module -> (index of its output features, factor) for every module whose output μP scales by a factor that
+    folding puts into its weights: the query projection (attention factor), each residual branch (depth
+    multiplier), the embeddings (`input_mult`)."""
+    out: dict[str, tuple[object, float]] = {}
+    if plan.attention_scale_factor != 1.0:
+        out.update({name: (rows, plan.attention_scale_factor) for name, rows in plan.query_outputs.items()})
+    if plan.residual_scale != 1.0:
+        out.update({name: (None, plan.residual_scale) for name in plan.residuals})
+    if plan.mup.input_mult != 1.0:
+        out.update({name: (None, plan.mup.input_mult) for name in plan.embeddings})
+    return out
+
+
 def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     """Set the μP attention scale, the multiplier hooks and the model-level guards; idempotent."""
     remove_hooks(model, keep_model_hooks=True)
@@ -79,6 +124,9 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     if plan.residual_scale != 1.0:
         for name in plan.residuals:  # the branch's last projection, bias included, before the residual add
             readout_module(model, name).register_forward_hook(ScaleOutput(plan.residual_scale))
+            wrapper = adapter_of(model, name)
+            for lora_b in ([] if wrapper is None else lora_outputs(wrapper, repr(name)).values()):
+                lora_b.register_forward_hook(ScaleOutput(plan.residual_scale))  # the adapter's share of the branch
     if not plan.mup.trainable_norm_gains:
         for gain in norm_gains(model):
             gain.requires_grad_(False)  # fixed: no gradient, so no optimizer slot (mup_param_groups skips it)
@@ -87,6 +135,10 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
         model.register_forward_pre_hook(Guard())
         model.register_state_dict_post_hook(fold_state_dict)
         model.register_load_state_dict_pre_hook(unfold_state_dict)
+    if "deepspeed" in sys.modules:  # DeepSpeed's ZeRO-3 consolidated state dict is folded too (hf_mup.zero)
+        from .zero import install
+
+        install()
 
 
 def remove_hooks(model: nn.Module, keep_model_hooks: bool = False) -> None:
@@ -105,6 +157,23 @@ def remove_hooks(model: nn.Module, keep_model_hooks: bool = False) -> None:
 # ------------------------------------------------------------------------------------------------------- init
 
 
+def _gathering(fn):
+    """For a function that changes `model`'s parameter values: under DeepSpeed ZeRO-3 it runs on the gathered
+    parameters (`hf_mup.zero.gathered`; every rank calls it), elsewhere as it is."""
+
+    @functools.wraps(fn)
+    def run(model: nn.Module, *args, **kwargs):
+        if not any(hasattr(p, "ds_id") for p in model.parameters()):
+            return fn(model, *args, **kwargs)
+        from .zero import gathered
+
+        with gathered(model.parameters()):
+            return fn(model, *args, **kwargs)
+
+    return run
+
+
+@_gathering
 @torch.no_grad()
 def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = None) -> None:
     """Rescale freshly HF-initialised tensors to the μP init (σ/√m on hidden weights, zero-inits).
@@ -156,6 +225,11 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
         for name in plan.residuals:
             entries += [(names[id(p)], None, plan.residual_scale)
                         for p in readout_module(model, name).parameters(recurse=False) if id(p) in names]
+    for name, (rows, factor) in _scaled_outputs(model, plan).items():
+        wrapper = adapter_of(model, name)
+        for out_name, out in ([] if wrapper is None else lora_outputs(wrapper, repr(name)).items()):
+            tensors = out.named_parameters(recurse=False) if isinstance(out, nn.Module) else [("", out)]
+            entries += [(names[id(t)], rows, factor) for _, t in tensors if id(t) in names]
     for name, scale in plan.readouts.items():
         if name not in plan.tied_readouts:
             if scale != 1.0:
@@ -175,13 +249,14 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
 
 
 def _scaled(tensor: torch.Tensor, index, factor: float) -> torch.Tensor:
-    if index is None:
+    if index is None or tensor.numel() == 0:  # (an empty tensor: a ZeRO-3 partitioned parameter's placeholder)
         return tensor * factor
     out = tensor.clone()
     out[index] *= factor
     return out
 
 
+@_gathering
 @torch.no_grad()
 def scale_parameters(model: nn.Module, entries: list[FoldEntry], inverse: bool = False,
                      only: Iterable[str] | None = None) -> None:
@@ -251,34 +326,51 @@ def _has_hook(hooks: dict, hook_type: type, scale: float) -> bool:
     return any(type(h) is hook_type and h.scale == scale for h in hooks.values())
 
 
+NEW_ADAPTER = "an adapter"  # how diagnose's entries for adapters added since the last sync begin (no warning)
+
+
 def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
-    """What no longer matches the plan: replaced readouts or embeddings (their multiplier hook is gone), and with
-    `full` also attention scales. [] when μP is in place."""
+    """What no longer matches the plan: replaced readouts, embeddings or residual branches (their multiplier hook is
+    gone), adapters added where μP scales an output (their hooks are not on yet), and with `full` also attention
+    scales. [] when μP is in place. Raises a `MuPError` for an adapter that μP's factors cannot reach."""
     problems = []
     for name, scale in plan.readouts.items():
         module = _child(model, name)
         if module is None:
             problems.append(f"the readout {name!r} is gone")
             continue
-        if "lora_A" in module._modules:
+        if "base_layer" in module._modules:
+            kind = "A LoRA adapter" if "lora_A" in module._modules else f"An adapter ({type(module).__name__})"
             raise MuPError(
-                f"A LoRA adapter wraps the readout {name!r}: its low-rank path reads the input without μP's readout "
+                f"{kind} wraps the readout {name!r}: its low-rank path reads the input without μP's readout "
                 "multiplier. Leave the readout out of target_modules (or use modules_to_save)."
             )
-        inner = module._modules.get("base_layer") or module
-        if scale != 1.0 and not _has_hook(inner._forward_pre_hooks, ScaleInput, scale):
+        if scale != 1.0 and not _has_hook(module._forward_pre_hooks, ScaleInput, scale):
             problems.append(f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
+    for name in _scaled_outputs(model, plan):  # refuses an adapter there that is not plain LoRA
+        wrapper = adapter_of(model, name)
+        if wrapper is not None:
+            lora_outputs(wrapper, repr(name))
     if plan.mup.input_mult != 1.0:
         for name in plan.embeddings:
             module = _child(model, name)
-            if module is None or not _has_hook(module._forward_hooks, ScaleOutput, plan.mup.input_mult):
+            if module is not None and _has_hook(module._forward_hooks, ScaleOutput, plan.mup.input_mult):
+                continue
+            inner = None if module is None else module._modules.get("base_layer")
+            if inner is not None and _has_hook(inner._forward_hooks, ScaleOutput, plan.mup.input_mult):
+                problems.append(f"{NEW_ADAPTER} on the embedding {name!r} (input_mult goes on the adapter's output too)")
+            else:
                 problems.append(f"the embedding {name!r} was replaced (input_mult {plan.mup.input_mult:g} is not applied)")
-    if full and plan.residual_scale != 1.0:
+    if plan.residual_scale != 1.0:
+        scale = plan.residual_scale
         for name in plan.residuals:
             module = _child(model, name)
             inner = None if module is None else module._modules.get("base_layer") or module
-            if inner is None or not _has_hook(inner._forward_hooks, ScaleOutput, plan.residual_scale):
+            if inner is None or not _has_hook(inner._forward_hooks, ScaleOutput, scale):
                 problems.append(f"the residual branch {name!r} was replaced (its depth multiplier is not applied)")
+            elif module is not inner and not all(_has_hook(b._forward_hooks, ScaleOutput, scale)
+                                                 for b in lora_outputs(module, repr(name)).values()):
+                problems.append(f"{NEW_ADAPTER} on the residual branch {name!r} (its output gets the depth multiplier)")
     if full:
         expected = plan.attention_scale_factor
         for name in plan.attention:
@@ -289,21 +381,26 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
 
 
 def sync(model: nn.Module, full: bool = True) -> MuPPlan:
-    """The model's plan, made true again if surgery changed the model: re-planned and re-applied, with a warning.
+    """The model's plan, made true again if surgery changed the model: re-planned and re-applied, with a warning
+    (none for adapters, whose hooks are expected to be added here).
 
     Usage: `plan = sync(model)` (the guard does this before every forward, cheaply; `get_plan` fully).
     """
     plan: MuPPlan = model.__dict__[PLAN_ATTR]
     problems = diagnose(model, plan, full)
     if problems:
-        plan = make_plan(model, plan.mup)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the plan's own warnings (post-norm depth scaling) came at conversion
+            plan = make_plan(model, plan.mup)
         apply_forward(model, plan)
-        warnings.warn(
-            "hf_mup: the μP model was changed after conversion (" + "; ".join(problems) + "). μP's multipliers are "
-            "re-applied to the new modules; their initialisation is yours. Rebuild the optimizer with "
-            "hf_mup.mup_param_groups(model, ...) if it was built before the change.",
-            stacklevel=3,
-        )
+        replaced = [p for p in problems if not p.startswith(NEW_ADAPTER)]
+        if replaced:
+            warnings.warn(
+                "hf_mup: the μP model was changed after conversion (" + "; ".join(replaced) + "). μP's multipliers "
+                "are re-applied to the new modules; their initialisation is yours. Rebuild the optimizer with "
+                "hf_mup.mup_param_groups(model, ...) if it was built before the change.",
+                stacklevel=3,
+            )
     return plan
 
 

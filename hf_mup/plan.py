@@ -55,6 +55,9 @@ class MuPPlan:
     attention: list[str] = field(default_factory=list)  # attention modules whose `scaling` μP sets
     depth_mult: float = 1.0  # m_L = layers / base layers under depth scaling, else 1
     residuals: list[str] = field(default_factory=list)  # modules whose output is a residual branch's (depth scaling)
+    # projection module -> the index of its outputs that are queries (None: all), where folding puts the attention
+    # factor: an adapter's output on those rows must be folded alike
+    query_outputs: dict[str, object] = field(default_factory=dict)
 
     @property
     def residual_scale(self) -> float:
@@ -219,6 +222,13 @@ def norm_gains(model: nn.Module) -> list[nn.Parameter]:
     return [m.weight for m in model.modules() if is_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
 
 
+def param_shape(p: torch.Tensor) -> torch.Size:
+    """A parameter's real shape, also under DeepSpeed ZeRO-3, whose partitioned parameters are empty tensors with the
+    shape in `ds_shape`."""
+    ds_shape = getattr(p, "ds_shape", None)
+    return p.shape if ds_shape is None else ds_shape
+
+
 def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
     """`model_class(config)` on the meta device: shapes without memory. The RNG is left as it was."""
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
@@ -233,18 +243,19 @@ def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
     layouts: dict[int, tuple[int | None, int | None]] = {}
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
-            if p.ndim == 0:
+            ndim = len(param_shape(p))
+            if ndim == 0:
                 layout = (None, None)
-            elif p.ndim == 1:
+            elif ndim == 1:
                 layout = (None, 0)
             elif isinstance(module, nn.Embedding):
                 layout = (None, 1)  # a lookup table: (vocab, width), no fan-in
             elif isinstance(module, Conv1D):
                 layout = (0, 1)  # GPT-2's Conv1D stores (in, out)
-            elif p.ndim == 2:
+            elif ndim == 2:
                 layout = (1, 0)  # nn.Linear: (out, in)
             else:
-                raise MuPError(f"hf_mup cannot scale the {p.ndim}-d parameter {pname!r} of {type(module).__name__}.")
+                raise MuPError(f"hf_mup cannot scale the {ndim}-d parameter {pname!r} of {type(module).__name__}.")
             # A tied weight is an input embedding first: an Embedding owner decides its layout.
             if id(p) not in layouts or isinstance(module, nn.Embedding):
                 layouts[id(p)] = layout
@@ -265,6 +276,23 @@ def _depth_mult(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) ->
         warnings.warn(f"Depth scaling (CompleteP) is derived for pre-norm transformers; {arch.model_type} normalises "
                       "after each residual add (post-norm), where its depth transfer is untested.", stacklevel=4)
     return config.num_hidden_layers / mup.base_num_layers
+
+
+def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict) -> dict[str, object]:
+    """Projection module (canonical name) -> the index of its output features that folding scales by the attention
+    factor (None: all of them); empty where folding puts that factor into a norm (Qwen3's q_norm)."""
+    owners = {id(p): canonical_name(mname) for mname, m in model.named_modules()
+              for pname, p in m.named_parameters(recurse=False) if pname == "weight"}
+    out: dict[str, object] = {}
+    for _, attn in arch.attention_modules(model):
+        for p, index in (arch.query_fold_slices or arch.query_slices)(attn):
+            if id(p) not in owners:  # a bias: its weight's entry covers the module
+                continue
+            fan_out = layouts[id(p)][1]
+            index = index if isinstance(index, tuple) else (index,)
+            rows = index[fan_out] if fan_out is not None and fan_out < len(index) else slice(None)
+            out[owners[id(p)]] = None if rows == slice(None) else rows
+    return out
 
 
 def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None) -> MuPPlan:
@@ -295,7 +323,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             continue
         fan_in, fan_out = layouts[id(p)]
         rule = (TensorRule(Kind.SCALAR) if fan_out is None else
-                classify(tuple(p.shape), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out))
+                classify(tuple(param_shape(p)), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out))
         if rule.kind is Kind.READOUT and in_attention(name):
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
@@ -306,6 +334,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
                            stock_init_depth_power=0.5 if in_block in arch.depth_scaled_init else 0.0)
         rules[name] = rule
     plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, depth_mult=depth_mult)
+    plan.query_outputs = _query_outputs(model, arch, layouts)
     base_modules = dict(base.named_modules())
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for raw_name, module in model.named_modules():
@@ -314,14 +343,15 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             continue  # a wrapper's inner module (listed at the wrapper), or a module the stock model lacks
         if mup.base_num_layers is not None and arch.block_relative(name) in arch.residual_outputs:
             plan.residuals.append(name)
-        if isinstance(module, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
+        stock = getattr(module, "base_layer", module)  # the stock layer inside an adapter wrapper
+        if isinstance(stock, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
             plan.embeddings.append(name)
         elif arch.is_attention(module):
             plan.attention.append(name)
-        elif isinstance(module, nn.Linear) or isinstance(getattr(module, "base_layer", None), nn.Linear):
+        elif isinstance(stock, nn.Linear):
             # Judge the Linear from its own (out, in) view: a tied weight is listed under its embedding's name.
             as_linear = classify(
-                tuple(module.weight.shape), tuple(base.get_submodule(name).weight.shape),
+                tuple(param_shape(module.weight)), tuple(base.get_submodule(name).weight.shape),
                 tuple(delta.get_submodule(name).weight.shape), 1, 0,
             )
             if as_linear.kind is Kind.READOUT and not in_attention(name):
