@@ -87,29 +87,25 @@ def _translate(names: list[str], source_prefix: str, target: nn.Module) -> dict[
     return out
 
 
-def _unfold(model: PreTrainedModel, plan: MuPPlan, folded_with: MuPConfig, saved_by: str | None,
-            loaded: set[str] | None) -> None:
-    """Turn folded (stock) weights into μP's parametrization: divide what `fold` multiplied, as it was folded.
-
-    `folded_with`: the settings the weights were folded with; `saved_by`: the class that folded them (its fold may
-    differ: a tied readout's norm); `loaded`: the names that came from the checkpoint (None: all).
-    """
+def _fold_entries_as_saved(model: PreTrainedModel, plan: MuPPlan, settings: MuPConfig,
+                           saved_by: str | None) -> list:
+    """What folding with `settings` multiplies in `model`, as the class that saved the weights folds them (`saved_by`:
+    a model of another class folds differently, e.g. a masked LM's tied readout into a norm this model lacks)."""
     if saved_by not in plan.arch.model_classes or saved_by == plan.model_class:  # (a user subclass: the same)
-        entries = fold_entries(model, plan if folded_with == plan.mup else make_plan(model, folded_with, plan.arch))
-    else:
-        source_class = getattr(transformers, saved_by)
-        source = meta_model(source_class, model.config)
-        entries = fold_entries(source, make_plan(source, folded_with, plan.arch))
-        names = _translate([e[0] for e in entries], source.base_model_prefix, model)
-        entries = [(names[n], index, factor) for n, index, factor in entries if n in names]
-    scale_parameters(model, entries, inverse=True, only=loaded)
+        return fold_entries(model, plan if settings == plan.mup else make_plan(model, settings, plan.arch))
+    source = meta_model(getattr(transformers, saved_by), model.config)
+    entries = fold_entries(source, make_plan(source, settings, plan.arch))
+    names = _translate([e[0] for e in entries], source.base_model_prefix, model)
+    return [(names[n], index, factor) for n, index, factor in entries if n in names]
 
 
-def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: MuPConfig | None = None,
+def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, stored_as: MuPConfig | None = None,
              saved_by: str | None = None, fresh: set[str] | None = None, plan: MuPPlan | None = None,
              arch: Architecture | None = None) -> PreTrainedModel:
     """Make `model` μP in place. `weights`: "fresh" (just HF-initialised: rescale to μP's init), "folded" (stock or
-    folded weights: unfold, same outputs) or "mup" (already μP's parametrization, format-1 checkpoints). `fresh`: the
+    folded weights: unfold, same outputs) or "mup" (μP's own parametrization under the settings `stored_as`,
+    format-1 checkpoints). Loaded weights keep their outputs whatever settings `mup` gives: they are unfolded under
+    `mup` (format-1 weights are folded under `stored_as` first). `saved_by`: the class that saved them; `fresh`: the
     tensors a checkpoint did not have (a new head), initialised by the μP rules whatever `weights` says. `plan`: made
     already (on a meta-device twin, before allocating the model); `arch`: the config's, looked up already."""
     if PLAN_ATTR in model.__dict__:
@@ -119,8 +115,10 @@ def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, folded_with: 
         apply_init(model, plan)
     else:
         loaded = None if fresh is None else {n for n in map(canonical_name, dict(model.named_parameters())) if n not in fresh}
-        if weights == "folded":
-            _unfold(model, plan, folded_with or mup, saved_by, loaded)
+        if weights == "folded" or stored_as != mup:
+            if weights == "mup":  # to the stock weights with the same outputs, then as "folded"
+                scale_parameters(model, _fold_entries_as_saved(model, plan, stored_as, saved_by), only=loaded)
+            scale_parameters(model, _fold_entries_as_saved(model, plan, mup, saved_by), inverse=True, only=loaded)
         if fresh:
             apply_init(model, plan, only=fresh)
     apply_forward(model, plan)
@@ -166,8 +164,8 @@ def convert(model: PreTrainedModel, mup: MuPConfig | None = None, *, reinit: boo
         _reinitialize(model)
         return _convert(model, mup, "fresh")
     version = format_version(stored) if stored else FORMAT_VERSION
-    folded_with = MuPConfig.from_dict(stored) if stored else mup
-    return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with,
+    stored_as = MuPConfig.from_dict(stored) if stored else mup
+    return _convert(model, mup, "folded" if version >= 2 else "mup", stored_as,
                     saved_by=(getattr(model.config, "architectures", None) or [None])[0] if stored else None)
 
 
@@ -249,8 +247,9 @@ class MuPModel:
         Usage: `model = hf_mup.MuPModel.from_pretrained("ckpt")`,
         `hf_mup.MuPModel.from_pretrained("mlm_ckpt", model_class="BertForSequenceClassification")` (a new head,
         initialised by the μP rules), `hf_mup.MuPModel.from_pretrained("gpt2", base_hidden_size=256)` (a stock
-        checkpoint, converted keeping its outputs). `MuPConfig` fields given here override the stored ones; other
-        keywords go to transformers' `from_pretrained`.
+        checkpoint, converted keeping its outputs). `MuPConfig` fields given here override the stored ones and keep
+        the outputs (the weights are unfolded under the new settings, as `convert` does); other keywords go to
+        transformers' `from_pretrained`.
         """
         fields = set(MuPConfig.field_names())
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
@@ -271,5 +270,5 @@ class MuPModel:
         model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
         fresh = {canonical_name(k) for k in info.get("missing_keys", ())}
         version = format_version(stored) if stored else FORMAT_VERSION
-        folded_with = MuPConfig.from_dict(stored) if stored else mup
-        return _convert(model, mup, "folded" if version >= 2 else "mup", folded_with, saved_by, fresh, arch=arch)
+        stored_as = MuPConfig.from_dict(stored) if stored else mup
+        return _convert(model, mup, "folded" if version >= 2 else "mup", stored_as, saved_by, fresh, arch=arch)

@@ -248,15 +248,34 @@ def test_stored_settings_merge_with_explicit_ones(caplog):
     assert "base_hidden_size=64 overrides the stored config.mup value 32" in caplog.text
 
 
-def test_settings_override_at_load_time(tokens, tmp_path, caplog):
-    model = _trained_like("GPT2LMHeadModel")
+@pytest.mark.parametrize("model_class", ["GPT2LMHeadModel", "LlamaForCausalLM"])
+@pytest.mark.parametrize("override", [{"output_mult": 6.0}, {"attn_mult": 0.5, "input_mult": 3.0},
+                                      {"base_num_layers": 1}, {"base_hidden_size": 32}])
+def test_settings_override_at_load_time_keeps_the_outputs(model_class, override, tokens, tmp_path, caplog):
+    """A setting changed at load time re-splits the weights between tensors and multipliers (as `convert` of a stock
+    checkpoint does): the loaded model computes what was saved, and trains under the new settings."""
+    model = _trained_like(model_class)
     model.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="hf_mup"):
-        loaded = hf_mup.MuPModel.from_pretrained(tmp_path, output_mult=6.0)
-    assert "output_mult=6.0 overrides the stored config.mup value 3.0" in caplog.text
-    assert hf_mup.get_plan(loaded).readouts["lm_head"] == 3.0
-    for name, p in loaded.named_parameters():  # the μP weights are the same: only the multiplier changed
-        torch.testing.assert_close(p, model.get_parameter(name), rtol=1e-6, atol=0)
+        loaded = hf_mup.MuPModel.from_pretrained(tmp_path, **override)
+    key, value = next(iter(override.items()))
+    assert f"{key}={value!r} overrides the stored config.mup value" in caplog.text
+    assert all(loaded.config.mup[k] == v for k, v in override.items())
+    changed = max((p - model.get_parameter(n)).abs().max().item() for n, p in loaded.named_parameters())
+    assert changed > 1e-3  # the μP weights are not the saved model's: the function is
+    close(logits(loaded, tokens), logits(model, tokens))
+    if "output_mult" in override:
+        assert hf_mup.get_plan(loaded).readouts["lm_head"] == 3.0
+
+
+def test_format_1_checkpoint_with_an_override_keeps_the_outputs(tokens, tmp_path):
+    model = _trained_like("LlamaForCausalLM")
+    model.save_pretrained(tmp_path, state_dict={n: p.detach().clone() for n, p in model.named_parameters()})
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["mup"]["version"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = hf_mup.MuPModel.from_pretrained(tmp_path, output_mult=6.0, base_num_layers=1)
+    close(logits(loaded, tokens), logits(model, tokens))
 
 
 @pytest.mark.parametrize("field, value", [("output_mult", float("nan")), ("input_mult", float("inf")),
