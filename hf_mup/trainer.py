@@ -12,7 +12,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .config import MuPConfig
-from .model import MuPModel, is_mup
+from .model import MuPModel, is_mup, unwrap
 from .optim import check_optimizer, mup_min_lrs, mup_param_groups
 from .plan import canonical_name
 from .rules import optimizer_family
@@ -36,6 +36,11 @@ class MuPTrainer(Trainer):
     def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent", **kwargs: Any):
         self.mup_weight_decay_mode = mup_weight_decay_mode
         super().__init__(*args, **kwargs)
+        if getattr(self, "is_deepspeed_enabled", False):  # refuse an optimizer DeepSpeed builds; fold ZeRO-3 saves
+            from .zero import check_config, install
+
+            check_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+            install()
         if self.optimizer is not None and self.model is not None:
             check_optimizer(self.model, self.optimizer)
         self._model_divides_by_items = self.model is None or _loss_divides_by_items(self.model)
@@ -81,7 +86,7 @@ class MuPTrainer(Trainer):
         else:
             family = optimizer_family(self.args.optim)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        decay = {canonical_name(n) for n in self.get_decay_parameter_names(opt_model)}
+        decay = _decayed_names(opt_model, self.get_decay_parameter_names(opt_model))
         groups = mup_param_groups(
             opt_model,
             lr=self.args.learning_rate,
@@ -118,6 +123,14 @@ class MuPTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def _decayed_names(model: torch.nn.Module, decay_names: list[str]) -> set[str]:
+    """The Trainer's decayed parameters by their names in the μP model inside any wrapper (PEFT's
+    `base_model.model.`, torch.compile's `_orig_mod.`, DDP's `module.`), which is how `mup_param_groups` names them."""
+    decay = set(decay_names)
+    inner = {id(p): canonical_name(n) for n, p in unwrap(model).named_parameters()}
+    return {inner[id(p)] for n, p in model.named_parameters() if n in decay and id(p) in inner}
+
+
 def _default_eps(optimizer_cls: type) -> float | None:
     """The optimizer class's own default ε (Adagrad's is 1e-10, Adam's 1e-8), or None."""
     import inspect
@@ -132,8 +145,6 @@ def _default_eps(optimizer_cls: type) -> float | None:
 def _loss_divides_by_items(model: torch.nn.Module) -> bool:
     """Whether the model's forward computes its loss with `self.loss_function` (which honours num_items_in_batch)."""
     import inspect
-
-    from .model import unwrap
 
     try:
         return "loss_function" in inspect.getsource(type(unwrap(model)).forward)

@@ -174,3 +174,33 @@ def test_gradient_accumulation_trains_as_the_whole_batch(model_class, tmp_path):
     for name, p in whole.items():  # measured: at most 1.2e-6 apart (float32 sums in another order, through Adam)
         torch.testing.assert_close(accumulated[name], p, rtol=1e-4, atol=1e-5, msg=name)
     assert any(not torch.equal(p, q) for p, q in zip(whole.values(), train(4, 1).values()))  # the check can fail
+
+
+def _decay_by_name(optimizer) -> dict[str, float]:
+    return {n: g["weight_decay"] for g in optimizer.param_groups for n in g["param_names"]}
+
+
+@pytest.mark.parametrize("wrapper", ["peft", "compile", "ddp"])
+def test_weight_decay_through_wrappers(tmp_path, wrapper):
+    """The Trainer names decayed parameters as the wrapper does (`base_model.model.…`, `_orig_mod.…`, `module.…`);
+    each tensor still gets the weight decay it gets on the bare μP model."""
+    bare = MuPTrainer(model=_model(), args=_args(tmp_path))
+    expected = _decay_by_name(bare.create_optimizer())
+    assert sum(wd > 0 for wd in expected.values()) >= 8 and min(expected.values()) == 0.0  # decays some, not all
+    model = _model()
+    if wrapper == "peft":
+        peft = pytest.importorskip("peft")
+        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["c_fc"], fan_in_fan_out=True))
+        for name, p in wrapped.named_parameters():
+            p.requires_grad_("lora_" not in name)  # train what the bare model trains, so the sets compare
+    elif wrapper == "compile":
+        wrapped = torch.compile(model)
+    else:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    try:
+        trainer = MuPTrainer(model=model, args=_args(tmp_path))
+        assert _decay_by_name(trainer.create_optimizer(wrapped)) == pytest.approx(expected)
+    finally:
+        if wrapper == "ddp":
+            torch.distributed.destroy_process_group()
