@@ -133,6 +133,11 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         return
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    if type(optimizer).__module__.startswith("deepspeed."):  # a ZeRO optimizer: its groups hold flat partitions
+        from .zero import install, param_group_of
+
+        install()
+        group_of, optimizer = param_group_of(optimizer), getattr(optimizer, "optimizer", optimizer)  # (torch's inside)
     try:
         family = optimizer_family(optimizer)
     except MuPError:
