@@ -198,6 +198,21 @@ def _check_eps(name: str, group: dict, eps_mult: float) -> float:
     return group["eps"] / group["eps_mult"]
 
 
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """η: the learning rate a μP optimizer's groups were built from (a group's initial LR over its lr_mult).
+
+    Usage: `scheduler_min_lr = 0.1 * hf_mup.optim.base_lr(optimizer)`
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    etas = [g.get("initial_lr", g["lr"]) / g["lr_mult"] for g in optimizer.param_groups if g.get("lr_mult")]
+    if not etas:
+        raise MuPError("The optimizer has no μP parameter groups: build it from hf_mup.mup_param_groups(model, lr=...).")
+    if not all(math.isclose(e, etas[0], rel_tol=1e-6) for e in etas):
+        raise MuPError(f"The optimizer's μP groups were built from different learning rates ({min(etas):g} to "
+                       f"{max(etas):g}): build all of them with one hf_mup.mup_param_groups(model, lr=...) call.")
+    return etas[0]
+
+
 def mup_min_lrs(optimizer: torch.optim.Optimizer, min_lr: float) -> list[float]:
     """Per-group LR floors for `ReduceLROnPlateau(min_lr=...)` that keep μP's ratios: `min_lr` × each group's lr_mult.
 

@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Any
 
 import torch
+import transformers
 from transformers import Trainer, TrainingArguments
 
 from .config import MuPConfig
 from .model import MuPModel, is_mup, unwrap
-from .optim import check_optimizer, mup_min_lrs, mup_param_groups
+from .errors import MuPError
+from .optim import base_lr, check_optimizer, mup_param_groups
 from .plan import canonical_name
 from .rules import optimizer_family
 
 KINDS = ("hidden", "input", "readout")
+# How each of transformers' `lr_scheduler_type`s keeps μP's per-group LR ratios under MuPTrainer. "relative": it
+# multiplies every group's initial LR by one factor (LambdaLR); "default_lr": the same, with an absolute end value
+# read against optimizer.defaults["lr"], which MuPTrainer sets to η; "floors": per-group absolute floors and ceilings,
+# which MuPTrainer gives as value × lr_mult. A type not listed here is refused (tests/test_schedulers.py enumerates
+# transformers' SchedulerType, so a new one fails until it is added).
+SCHEDULERS = {
+    "linear": "relative", "cosine": "relative", "cosine_with_restarts": "relative", "constant": "relative",
+    "constant_with_warmup": "relative", "inverse_sqrt": "relative", "warmup_stable_decay": "relative",
+    "polynomial": "default_lr", "cosine_with_min_lr": "default_lr", "cosine_warmup_with_min_lr": "default_lr",
+    "reduce_lr_on_plateau": "floors", "greedy": "floors",
+}
 
 
 class MuPTrainer(Trainer):
@@ -101,14 +115,33 @@ class MuPTrainer(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's scheduler, made to keep μP's per-group LR ratios (`SCHEDULERS` says how, for each type)."""
         optimizer = self.optimizer if optimizer is None else optimizer
-        kwargs = dict(self.args.lr_scheduler_kwargs or {})
-        if (self.lr_scheduler is None and str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-                == "reduce_lr_on_plateau" and isinstance(kwargs.get("min_lr"), (int, float))
-                and "lr_mult" in getattr(optimizer, "param_groups", [{}])[0]):
-            # One floor for every group would clamp the hidden groups (LR η/m) first and break μP's ratios.
-            kwargs["min_lr"] = mup_min_lrs(optimizer, kwargs["min_lr"])
-            self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+        groups = getattr(optimizer, "param_groups", None) or [{}]
+        if self.lr_scheduler is not None or "lr_mult" not in groups[0]:
+            return super().create_scheduler(num_training_steps, optimizer)
+        name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        how = SCHEDULERS.get(name)
+        if how is None:
+            raise MuPError(
+                f"hf_mup does not know whether lr_scheduler_type={name!r} keeps μP's per-group learning-rate ratios "
+                f"(a scheduler with one absolute floor or ceiling for all groups breaks them). Use one of "
+                f"{', '.join(sorted(SCHEDULERS))}, or pass a scheduler built for the μP groups through optimizers=."
+            )
+        # Schedulers that read optimizer.defaults["lr"] (polynomial's lr_end, cosine's min_lr) take it for the LR
+        # every absolute value is relative to: make it η, whatever the optimizer was built with (torch's 1e-3 when
+        # its groups carry their own LRs), so each group ends at the value × its lr_mult.
+        optimizer.defaults["lr"] = base_lr(optimizer)
+        if how == "floors":
+            kwargs = dict(self.args.lr_scheduler_kwargs or {})
+            cls = (torch.optim.lr_scheduler.ReduceLROnPlateau if name == "reduce_lr_on_plateau"
+                   else transformers.optimization.GreedyLR)
+            for key in ("min_lr", "max_lr"):
+                default = inspect.signature(cls).parameters.get(key)
+                value = kwargs.get(key, default.default if default is not None else None)
+                if isinstance(value, (int, float)):  # one floor or ceiling on η: one per group, × its lr_mult
+                    kwargs[key] = [value * g["lr_mult"] for g in optimizer.param_groups]
+            self.lr_scheduler = cls(optimizer, **kwargs)
         return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -133,8 +166,6 @@ def _decayed_names(model: torch.nn.Module, decay_names: list[str]) -> set[str]:
 
 def _default_eps(optimizer_cls: type) -> float | None:
     """The optimizer class's own default ε (Adagrad's is 1e-10, Adam's 1e-8), or None."""
-    import inspect
-
     try:
         default = inspect.signature(optimizer_cls).parameters["eps"].default
     except (KeyError, TypeError, ValueError):
@@ -144,8 +175,6 @@ def _default_eps(optimizer_cls: type) -> float | None:
 
 def _loss_divides_by_items(model: torch.nn.Module) -> bool:
     """Whether the model's forward computes its loss with `self.loss_function` (which honours num_items_in_batch)."""
-    import inspect
-
     try:
         return "loss_function" in inspect.getsource(type(unwrap(model)).forward)
     except (OSError, TypeError):
