@@ -8,6 +8,8 @@ Format versions of `config.mup`:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import logging
 import math
@@ -131,6 +133,26 @@ class MuPConfig:
 
     def replace(self, **changes: Any) -> "MuPConfig":
         return MuPConfig.from_dict({**dataclasses.asdict(self), **changes})
+
+
+def _named_settings_only(init):
+    """MuPConfig's dataclass __init__, refusing an unknown keyword with a MuPError that suggests the setting meant
+    (a bare TypeError otherwise); dataclasses.replace / asdict and the fields are unchanged."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = MuPConfig.field_names()
+        unknown = [k for k in kwargs if k not in fields]
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, fields, 1)) else repr(k)
+                     for k in unknown]
+            raise MuPError(f"Unknown μP setting(s) for MuPConfig: {', '.join(hints)}. "
+                           f"μP settings: {', '.join(fields)}.")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+MuPConfig.__init__ = _named_settings_only(MuPConfig.__init__)
 
 
 def format_version(stored: Mapping[str, Any]) -> int:
