@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .coord_check import DEFAULT_BAND
 from .errors import MuPError
+from .extras import require
 from .lm import ARCHS
+from .logs import progress_enabled, quiet_progress_bars
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt")
 
@@ -41,11 +43,26 @@ def load_config(path: str):
     if not os.path.isdir(path) and (path.endswith(".json") or not HUB_NAME.fullmatch(path)):
         raise MuPError(f"{path}: no such file or folder (expected a config.json, a checkpoint folder or a Hub "
                        "model name).")
+    if not os.path.isdir(path) and "/" not in path and not _in_hub_cache(path):
+        # A bare name (my_ckpt) that is no folder here: a typo'd local path, far likelier than a legacy Hub name. Say
+        # so at once instead of retrying the Hub for half a minute.
+        raise MuPError(f"{path}: no such file or folder here (expected a config.json or a checkpoint folder; a Hub "
+                       "model is named owner/name, e.g. openai-community/gpt2).")
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         where = "the folder" if os.path.isdir(path) else "a local folder or a Hub model (offline?)"
         raise MuPError(f"cannot load a config from {path!r} as {where}: {_first_line(e)}") from None
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the Hub cache here holds `name`'s config.json (a legacy Hub name such as gpt2, downloaded before)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return False
 
 
 def _first_line(e: BaseException) -> str:
@@ -142,6 +159,7 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
         raise MuPError(f"--seeds {args.seeds}: the μP verdict needs at least {cc.MIN_VERDICT_SEEDS} seeds (one seed's "
                        "slopes are too noisy to trust: a correct μP model can fail); use --seeds 3, or "
                        "--parametrization sp for plots without a verdict.")
+    require("sweep", "matplotlib", what="hf-mup coord-check (its plot, coord_check.png)")
     records = cc.coord_check(
         args.arch, widths=widths, steps=args.steps, lr=args.lr, optimizer=args.optimizer, parametrizations=params,
         seeds=range(args.first_seed, args.first_seed + args.seeds), base_width=base, n_layer=args.layers,
@@ -154,7 +172,6 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=["parametrization", "width", "seed", "step", "module", "value"])
         writer.writeheader()
         writer.writerows(records)
-    cc.plot(records, str(out / "coord_check.png"))
     rows = cc.slopes(records)
     band = (args.low, args.high)
     print(f"log-log slope of mean |activation| against width ({', '.join(map(str, widths))}), mean of "
@@ -167,24 +184,29 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     widths_col = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths_col))))
+    code = 0
+    if "mup" in params:  # the verdict first: nothing after it (the plot) can hide it
+        if args.steps > cc.VERDICT_STEPS:
+            print(f"note: the band was measured for --steps {cc.VERDICT_STEPS}; later steps of a correct μP model can "
+                  "leave it at small widths (measurements: hf_mup/coord_check.py, MIN_VERDICT_SEEDS).")
+        bad = cc.verdict(rows, band)
+        if bad:
+            print(f"FAIL: {len(bad)} μP slope(s) outside {band}: "
+                  + ", ".join(f"{r['module']} t={r['step']} {r['slope']:+.2f}" for r in bad[:10]))
+            code = 1
+        else:
+            print("PASS: every μP slope is inside the band")
+    cc.plot(records, str(out / "coord_check.png"))
     print(f"wrote {out / 'coord_check.csv'} and {out / 'coord_check.png'}")
-    if "mup" not in params:
-        return 0
-    if args.steps > cc.VERDICT_STEPS:
-        print(f"note: the band was measured for --steps {cc.VERDICT_STEPS}; later steps of a correct μP model can "
-              "leave it at small widths (measurements: hf_mup/coord_check.py, MIN_VERDICT_SEEDS).")
-    bad = cc.verdict(rows, band)
-    if bad:
-        print(f"FAIL: {len(bad)} μP slope(s) outside {band}: "
-              + ", ".join(f"{r['module']} t={r['step']} {r['slope']:+.2f}" for r in bad[:10]))
-        return 1
-    print("PASS: every μP slope is inside the band")
-    return 0
+    return code
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
+    require("sweep", "optuna", "sqlalchemy", "matplotlib", "tqdm", what="hf-mup sweep")
+    if args.dataset:
+        require("train", "datasets", what="hf-mup sweep --dataset (a Hub dataset)")
     from . import sweep as sw
 
     widths = _int_list(args.widths)
@@ -226,12 +248,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     write = lambda st: sw.report(st, out, plot_name=None)  # noqa: E731 (CSV + JSON after every trial)
+    progress = not args.no_progress and progress_enabled()  # bars on a terminal only, never in a log
     if args.mode == "grid":
         study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
-        sw.run_grid(study, spec, points, data, device, not args.no_progress, after_trial=write)
+        sw.run_grid(study, spec, points, data, device, progress, after_trial=write)
     else:
         study.sampler = sw.make_sampler(args.sampler, args.seed, len(study.trials))
-        sw.run_tune(study, spec, args.n_trials, data, device, not args.no_progress, after_trial=write)
+        sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write)
     result = sw.report(study, out, metric=f"{args.metric}_loss")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
           + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
@@ -249,12 +272,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
+    require("sweep", "optuna", "sqlalchemy", what="hf-mup transfer (it reads an Optuna study)")
     from . import sweep as sw
     from .transfer import transfer
 
     storage = args.storage or sw.default_storage(args.out)
     study = sw.load_study(args.study, storage)
-    hparams, cost = transfer(study, load_config(args.target_config), args.target_tokens)
+    hparams, cost = transfer(study, load_config(args.target_config), args.target_tokens,
+                             allow_depth_change=args.allow_depth_change)
     Path(args.output).write_text(json.dumps(hparams, indent=2))
     src = hparams["source"]
     print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}): "
@@ -374,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sweep_out", help="the sweep's folder, when --storage is not given")
     p.add_argument("--target-config", required=True, help="the target's config.json (or checkpoint folder)")
     p.add_argument("--target-tokens", type=float, help="target training tokens (default: 20 per parameter)")
+    p.add_argument("--allow-depth-change", action="store_true", help="copy the settings to a target of another "
+                   "depth although the proxy was tuned without depth scaling (--base-layers): the optimum may move")
     p.add_argument("--output", default="hparams.json")
     p.set_defaults(func=cmd_transfer)
     return parser
@@ -381,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_progress_bars()  # transformers' loading / saving bars only on a terminal
     try:
         return args.func(args)
     except MuPError as e:

@@ -64,6 +64,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from . import data, lm
+from .errors import MuPError
+from .extras import require
+from .logs import quiet_progress_bars
 
 MODELS = ("mup_proxy", "mup_wide", "sp_wide")
 LABELS = {
@@ -125,7 +128,7 @@ def train(name: str, args: argparse.Namespace, train_blocks: torch.Tensor, val_b
     r = lm.train_lm(
         model, groups, train_blocks, val_blocks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_frac=args.warmup, final_lr_frac=args.final_lr_frac, clip=args.clip, seed=args.seed,
-        eval_every=args.eval_every, progress=not args.no_progress, desc=f"{name:9s} w={width:<4d}",
+        eval_every=args.eval_every, progress=args.progress, desc=f"{name:9s} w={width:<4d}",
     )
     return {
         "label": LABELS[name].format(w=width),
@@ -248,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown --models {sorted(unknown)}; choose from {MODELS}")
+    try:  # before any training: the plot at the end needs matplotlib, the training loop tqdm
+        require("sweep", "matplotlib", "tqdm", what="the demo (its loss-curve plot)")
+    except MuPError as e:
+        print(f"python -m hf_mup.demo: error: {e}", file=sys.stderr)
+        return 2
+    args.progress = not args.no_progress and quiet_progress_bars()  # bars on a terminal only, never in a log
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -277,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results = {
-        "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "models")},
+        "hyperparameters": {k: v for k, v in vars(args).items()
+                            if k not in ("out", "no_progress", "progress", "models")},
         "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8, weight_decay=0); μP: hf_mup.mup_param_groups",
         "schedule": f"linear warmup {args.warmup:g}·steps, cosine to {args.final_lr_frac:g}·lr",
         "data": {
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     for name in names:
-        results["models"][name] = train(name, args, train_blocks, val_blocks, eos_id)
+        r = results["models"][name] = train(name, args, train_blocks, val_blocks, eos_id)
+        loss = "diverged" if r["diverged"] else f"final validation loss {r['final_val_loss']:.3f}"
+        print(f"{r['label']}: {loss} ({r['train_seconds']:.0f} s)", flush=True)
 
     results["prep_seconds"] = round(prep_seconds, 2)
     results["total_seconds"] = round(time.perf_counter() - t0, 2)

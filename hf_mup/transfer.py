@@ -74,9 +74,10 @@ def transfer(study, target_config, target_tokens: float | None = None,
         raise MuPError(
             f"The target has {target_config.num_hidden_layers} layers, the proxy of study {study.study_name!r} "
             f"{spec['layers']}: μP fixes the learning rate across width only, and without depth scaling the optimum "
-            "moves with depth. Tune the proxy with depth scaling (hf-mup sweep --base-layers "
-            f"{spec['layers']}, i.e. MuPConfig(base_num_layers=...), CompleteP), give the target the proxy's depth, or "
-            "pass allow_depth_change=True to copy the settings anyway (as Tensor Programs V did for BERT)."
+            "moves with depth. Tune the proxy with depth scaling (hf-mup sweep --layers "
+            f"{spec['layers']} --base-layers {spec['layers']}, i.e. MuPConfig(base_num_layers=...), CompleteP), give the "
+            "target the proxy's depth, or copy the settings anyway, as Tensor Programs V did for BERT: hf-mup transfer "
+            "--allow-depth-change (transfer(..., allow_depth_change=True))."
         )
     hp, source = best_trial(study)
     target_config = copy.deepcopy(target_config)
