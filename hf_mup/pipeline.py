@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import MuPError
+from .logs import quiet_progress_bars
 
 STAGES = ("search", "transfer", "pretrain", "finetune", "report")
 
@@ -189,11 +190,38 @@ class Pipeline:
         elif self.is_main:
             stamp.write_text(json.dumps(mine, indent=2))
 
-    def run(self, stages: tuple[str, ...] = STAGES) -> dict:
-        """Run the stages in order, skipping finished ones; returns the report (or the stages' state)."""
+    def check_inputs(self, stages: tuple[str, ...] = STAGES) -> None:
+        """Refuse, before the first stage starts, what a later stage would fail on: the packages each stage imports
+        (with the `pip install 'hf_mup[...]'` line), the WikiText-2 text and every fine-tuning task's data. Stages
+        finished in an earlier run are not checked again."""
+        from . import data, tasks
+        from .extras import require
+
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise MuPError(f"unknown stage(s) {sorted(unknown)}; the stages are {', '.join(STAGES)}.")
+        done = self.state() if self.state_path.is_file() else {}
+        todo = [s for s in stages if not done.get(s, {}).get("done")]
+        needs = {"search": ("optuna", "sqlalchemy", "tqdm"), "transfer": ("optuna", "sqlalchemy"),
+                 "pretrain": ("accelerate",), "finetune": ("tqdm",), "report": ("matplotlib",)}
+        modules = ["accelerate"] + [m for s in todo for m in needs[s]]  # accelerate: the stages' process handling
+        require(("train", "sweep"), *dict.fromkeys(modules), what=f"the pipeline's {', '.join(todo) or 'stages'}")
+        if {"search", "pretrain"} & set(todo):
+            try:
+                folder = data.wikitext_dir()
+            except FileNotFoundError as e:
+                raise MuPError(str(e)) from None
+            missing = [f for f in ("valid.txt", "test.txt") if not (folder / f).is_file()]
+            if missing:
+                raise MuPError(f"{folder} has no {' or '.join(missing)}: set {data.DATA_ENV} to a folder holding "
+                               "WikiText-2's valid.txt and test.txt.")
+        if "finetune" in todo:
+            for task in self.preset.tasks:
+                tasks.check_task(task)
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict:
+        """Run the stages in order, skipping finished ones; returns the report (or the stages' state)."""
+        self.check_inputs(stages)
         self._check_recipe()
         for stage in STAGES:
             if stage in stages and not self.state().get(stage, {}).get("done"):
@@ -548,14 +576,15 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
         if args.tasks:
             preset = replace(preset, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
         pipe = Pipeline(preset, args.output_dir, storage=args.storage, device=args.device,
-                        progress=not args.no_progress)
-        if args.dry_run:
-            print(json.dumps(pipe.plan(), indent=2))
-            return 0
+                        progress=not args.no_progress and quiet_progress_bars())  # bars on a terminal only
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:
             raise MuPError(f"unknown stage(s) {unknown}: the stages are {', '.join(STAGES)}.")
+        pipe.check_inputs(stages)  # every stage's inputs, before the first starts (a dry run checks them too)
+        if args.dry_run:
+            print(json.dumps(pipe.plan(), indent=2))
+            return 0
         run_stages(pipe, stages)
     except MuPError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -565,6 +594,7 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
 
 def run_stages(pipe: Pipeline, stages: tuple[str, ...]) -> None:
     """Pretraining on every process (the Trainer shares the work); the other stages on the main process only."""
+    pipe.check_inputs(stages)  # all of them before the first starts (run() checks only its own)
     from accelerate import PartialState
 
     state = PartialState(cpu=pipe.device == "cpu")  # on CPU, processes join over gloo (else each runs alone)

@@ -64,22 +64,47 @@ def polarity_dir() -> Path:
     return Path(os.environ.get("HF_MUP_POLARITY", default))
 
 
+def check_task(task: str) -> None:
+    """Refuse, without reading it, a fine-tuning task whose data is not there: an unknown name, the sentence-polarity
+    folder missing (`HF_MUP_POLARITY`), WikiText-2 missing (nsp), `datasets` not installed (GLUE)."""
+    from . import data
+
+    if task == "polarity":
+        folder = polarity_dir()
+        missing = [f for f in ("train.tsv", "test.tsv") if not (folder / f).is_file()]
+        if missing:
+            raise MuPError(f"sentence-polarity data not found: {folder} has no {' or '.join(missing)}. Set "
+                           "HF_MUP_POLARITY to the folder holding train.tsv and test.tsv (columns sentence, label), "
+                           "or leave the task out (--tasks nsp).")
+    elif task == "nsp":
+        try:
+            folder = data.wikitext_dir()
+        except FileNotFoundError as e:
+            raise MuPError(str(e)) from None
+        if not (folder / "test.txt").is_file():
+            raise MuPError(f"the next-sentence task reads WikiText-2's test.txt, which {folder} does not hold: set "
+                           f"{data.DATA_ENV} to a folder holding valid.txt and test.txt.")
+    elif task in GLUE:
+        from .extras import require
+
+        require("train", "datasets", what=f"the GLUE task {task!r} (read from the Hub with datasets)")
+    else:
+        raise MuPError(f"unknown task {task!r}: use polarity or nsp (offline) or a GLUE task ({', '.join(GLUE)}; "
+                       "online).")
+
+
 def load_task(task: str) -> tuple[list[Example], list[Example]]:
     """(train, test) examples of a fine-tuning task: "polarity" (`polarity_dir()`), "nsp" (next sentence, from
     WikiText-2), or a GLUE name (online)."""
     from . import data
 
+    check_task(task)
     if task == "polarity":
         folder = polarity_dir()
-        if not (folder / "train.tsv").is_file():
-            raise MuPError(f"sentence-polarity data not found in {folder}: set HF_MUP_POLARITY to the folder "
-                           "holding train.tsv and test.tsv.")
         return load_tsv(folder / "train.tsv"), load_tsv(folder / "test.tsv")
     if task == "nsp":
         return split(next_sentence_pairs(data.wikitext_dir() / "test.txt", seed=0), 0.2)
-    if task in GLUE:
-        return load_glue(task)
-    raise MuPError(f"unknown task {task!r}: use polarity or nsp (offline) or a GLUE task ({', '.join(GLUE)}; online).")
+    return load_glue(task)
 
 
 def load_glue(task: str) -> tuple[list[Example], list[Example]]:
