@@ -19,6 +19,13 @@ import sys
 from dataclasses import dataclass, field
 from itertools import chain
 
+# hf_mup first: importing it filters the noise torchao prints when transformers imports it (CUDA kernels that fail to
+# load on a CPU-only torch, torch's _pytree Enum deprecation), which must be in place before that import.
+import hf_mup  # isort: skip
+from hf_mup.errors import MuPError  # isort: skip
+from hf_mup.extras import require  # isort: skip
+from hf_mup.logs import quiet_progress_bars  # isort: skip
+
 import torch
 from transformers import (
     AutoTokenizer,
@@ -28,7 +35,6 @@ from transformers import (
     TrainingArguments,
 )
 
-import hf_mup
 from hf_mup import data
 
 
@@ -88,12 +94,26 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
     if known.hparams:
         hparams = json.loads(open(known.hparams).read())
     parser.set_defaults(**{"output_dir": "gpt2_wikitext_out", "eval_strategy": "steps", "report_to": "none",
+                           # progress bars on a terminal only (the Trainer then prints its logs as lines); pinned
+                           # memory only where there is an accelerator to copy to
+                           "disable_tqdm": not quiet_progress_bars(), "dataloader_pin_memory": _accelerator(),
                            **preset["train"], **hparams.get("training_args", {})})
     recipe, training = parser.parse_args_into_dataclasses(argv)
     recipe.mup_defaults = {**preset["mup"], **hparams.get("mup", {})}
     # The proxy's tuned init scale (the rest of model_config is the target's shape, which the preset sets).
     recipe.init_overrides = {k: v for k, v in hparams.get("model_config", {}).items() if k == "initializer_range"}
+    target = hparams.get("model_config", {})
+    shape = {k: target[k] for k in ("n_embd", "n_layer", "n_head") if k in target and target[k] != preset["model"][k]}
+    if shape:
+        print(f"note: {known.hparams} was transferred to a target with "
+              + ", ".join(f"{k} {v}" for k, v in shape.items()) + f"; training --preset {known.preset}'s shape "
+              + ", ".join(f"{k} {preset['model'][k]}" for k in shape) + " (pick the preset of that target)",
+              file=sys.stderr)
     return recipe, training
+
+
+def _accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def load_text(recipe: RecipeArguments):
@@ -134,6 +154,10 @@ def blocks(dataset, tokenizer, block_size: int, training: TrainingArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    try:  # before any work: the Trainer needs accelerate, the text loading datasets
+        require("train", "accelerate", "datasets", what="recipes/gpt2_wikitext.py")
+    except MuPError as e:
+        sys.exit(f"gpt2_wikitext: error: {e}")
     recipe, training = parse_args(sys.argv[1:] if argv is None else argv)
     preset = PRESETS[recipe.preset]
     block_size = recipe.block_size or preset["block_size"]
@@ -144,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_ds = val_ds.select(range(min(len(val_ds), recipe.max_eval_blocks)))
 
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])},
                         **recipe.init_overrides)
     overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")
