@@ -247,8 +247,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"estimated seconds per trial: {est['seconds_per_trial']}; {n} trials: {total / 60:.1f} min")
         return 0
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    write = lambda st: sw.report(st, out, plot_name=None)  # noqa: E731 (CSV + JSON after every trial)
     progress = not args.no_progress and progress_enabled()  # bars on a terminal only, never in a log
+
+    def write(st):  # CSV + JSON after every trial; a line per trial where there are no bars (a log)
+        sw.report(st, out, plot_name=None)
+        if not progress:
+            print(sw.trial_line(st), flush=True)
+
     if args.mode == "grid":
         study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
         sw.run_grid(study, spec, points, data, device, progress, after_trial=write)

@@ -196,6 +196,9 @@ def plot(records: list[dict], path: str) -> None:
 
     Usage: `plot(records, "coord_check.png")`
     """
+    from .extras import require
+
+    require("sweep", "matplotlib", what="the coordinate-check plot")
     import matplotlib
 
     matplotlib.use("Agg")

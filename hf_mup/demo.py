@@ -168,6 +168,7 @@ def fmt_lr(lr: float, tex: bool = False) -> str:
 
 
 def plot(results: dict, path: Path, args: argparse.Namespace) -> None:
+    require("sweep", "matplotlib", what="the demo's plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -226,9 +226,19 @@ class Pipeline:
         for stage in STAGES:
             if stage in stages and not self.state().get(stage, {}).get("done"):
                 start = time.perf_counter()
+                self._log(f"{stage}: started")
                 info = getattr(self, stage)()
-                self._done(stage, {**info, "seconds": round(time.perf_counter() - start, 1)})  # of the last sitting
+                seconds = round(time.perf_counter() - start, 1)
+                self._done(stage, {**info, "seconds": seconds})  # of the last sitting
+                self._log(f"{stage}: done in {seconds:.0f} s" + "".join(
+                    f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
+                    for k, v in info.items() if isinstance(v, (int, float, str))))
         return self.state()
+
+    def _log(self, line: str) -> None:
+        """A progress line of the run (main process only): what a log shows besides the Trainer's own lines."""
+        if self.is_main:
+            print(f"[{self.preset.arch} {self.preset.name}] {line}", flush=True)
 
     # ------------------------------------------------------------------------------------------------- data
 
@@ -273,7 +283,8 @@ class Pipeline:
         spec["data_hash"] = sw.fingerprint(train, val)
         study = sw.open_study("proxy", self.storage or sw.default_storage(self.out), spec)
         study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
-        sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress)
+        sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress,
+                    after_trial=None if self.progress else lambda st: self._log(f"search: {sw.trial_line(st)}"))
         sw.report(study, self.out, plot_name=None)
         return {"trials": p.search_trials, "best_val_loss": study.best_value}
 
@@ -420,13 +431,16 @@ class Pipeline:
                             continue
                         config = AutoConfig.from_pretrained(folder, num_labels=1 + max(e[-1] for e in train))
                         torch.manual_seed(seed)
-                        if getattr(config, "mup", None):
-                            model = MuPModel.from_pretrained(folder, model_class="BertForSequenceClassification",
-                                                             config=config)
-                        else:
-                            model = AutoModelForSequenceClassification.from_pretrained(folder, config=config)
+                        with _load_report_off():  # the MLM head unused, a new classifier: expected, every run
+                            if getattr(config, "mup", None):
+                                model = MuPModel.from_pretrained(folder, model_class="BertForSequenceClassification",
+                                                                 config=config)
+                            else:
+                                model = AutoModelForSequenceClassification.from_pretrained(folder, config=config)
                         r = tasks.finetune(model, tok, train, test, lr=lr, epochs=p.finetune_epochs, seed=seed,
                                            max_length=p.seq_len, batch_size=p.finetune_batch)
+                        self._log(f"finetune {key}: " + ("diverged" if r["diverged"] else
+                                                         f"accuracy {r['accuracy']:.3f}"))
                         with open(log, "a") as f:
                             f.write(json.dumps({"key": key, "row": row, "task": task, "lr": lr, "seed": seed,
                                                 "accuracy": r["accuracy"], "diverged": r["diverged"]}) + "\n")
@@ -497,6 +511,22 @@ class Pipeline:
 BERT_SPECIAL_TOKENS = ("[MASK]", "[CLS]", "[SEP]", "[PAD]")
 
 
+class _load_report_off:
+    """transformers' load report (unexpected MLM-head and missing classifier tensors) silenced while a pretrained
+    masked LM opens as a classifier: expected for every fine-tuning run, and a table each in the log otherwise."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self.level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.level)
+
+
 def epochs(examples: list, n: int, seed: int) -> list:
     """The first `n` examples of a shuffled pass over `examples`, then another, ...: read in order, one batch per
     step, this is the batch sequence whatever the number of processes (accelerate gives each process its slice of
@@ -533,6 +563,9 @@ def regret_markdown(regret: dict | None) -> str:
 
 
 def plot_curves(pretrain: dict, path: Path) -> None:
+    from .extras import require
+
+    require("sweep", "matplotlib", what="the pipeline's report (pretrain_curves.png)")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -24,12 +24,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-import optuna
 import torch
-from optuna.trial import TrialState
 
-from . import data as hf_data
-from .errors import MuPError
+from .extras import require
+
+require("sweep", "optuna", "sqlalchemy", what="hf_mup.sweep (Optuna studies)")
+import optuna  # noqa: E402 (after the check that names the extra)
+from optuna.trial import TrialState  # noqa: E402
+
+from . import data as hf_data  # noqa: E402
+from .errors import MuPError  # noqa: E402
 from .lm import build_lm, evaluate, lm_config, train_lm
 
 ARCHS = ("gpt2", "bert", "llama")  # BERT trains as a masked LM, the others as causal LMs (hf_mup.lm.train_lm)
@@ -687,6 +691,28 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
+def trial_line(study) -> str:
+    """One line on the study's latest finished trial, for logs without progress bars.
+
+    Usage: `run_tune(..., progress=False, after_trial=lambda st: print(trial_line(st)))`
+    """
+    finished = [r for r in trial_rows(study) if r["state"] in ("COMPLETE", "FAIL")]
+    if not finished:
+        return f"study {study.study_name!r}: no finished trial yet"
+    r = max(finished, key=lambda r: r["number"])
+    done = sum(x["state"] == "COMPLETE" for x in finished)
+    point = f"{r['parametrization']} width {r['width']} seed {r['seed']}, log2 LR {r['log2_lr']:.2f}" \
+        if r["log2_lr"] is not None else f"width {r['width']}"
+    if r["state"] != "COMPLETE":
+        result = "failed"
+    elif r["diverged"]:
+        result = "diverged"
+    else:
+        result = f"train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f}"
+    seconds = f" ({r['seconds']:.0f} s)" if r["seconds"] is not None else ""
+    return f"trial {r['number']} ({point}): {result}{seconds}; {done} complete"
+
+
 def lr_optima(rows: list[dict], metric: str = "train_loss") -> dict:
     """Per parametrization: the seed-mean loss curve of each width, its argmin log2 LR, and the drift across widths."""
     out: dict[str, Any] = {}
@@ -773,6 +799,9 @@ def plot_width_curves(ax, optimum: dict, widths: list, cmap, label: str = "width
 
 def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_loss") -> None:
     """Figure 1 of Tensor Programs V: loss against log2 LR, one curve per width, μP and SP side by side."""
+    from .extras import require
+
+    require("sweep", "matplotlib", what="the LR-transfer plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -71,7 +71,9 @@ def test_readme_transfer_chain_runs_as_written_to_a_deeper_target(tmp_path, monk
     assert "--base-layers" in sweep  # depth-scaled, so a 12-layer target may follow a 2-layer proxy
     assert cli.main(sweep[1:] + SMALL_SWEEP) == 0
     out = capsys.readouterr()
-    assert "best trial 0" in out.out and not BAR.search(out.err)  # not a terminal: no progress bars
+    assert "best trial 0" in out.out and not BAR.search(out.err)  # not a terminal: no progress bars, but
+    assert re.search(r"^trial 0 \(mup width 64 seed 0, log2 LR -?[\d.]+\): train loss [\d.]+, val loss [\d.]+ "
+                     r"\(\d+ s\); 1 complete$", out.out, re.M)  # a line per trial
     # The README's one-liner that writes the target's config.json, shrunk from GPT-2 small to 128 wide, 2 layers.
     python = _command(lines, "python -c")
     code = python[2]
