@@ -131,7 +131,10 @@ class MuPTrainer(Trainer):
         # Schedulers that read optimizer.defaults["lr"] (polynomial's lr_end, cosine's min_lr) take it for the LR
         # every absolute value is relative to: make it η, whatever the optimizer was built with (torch's 1e-3 when
         # its groups carry their own LRs), so each group ends at the value × its lr_mult.
-        optimizer.defaults["lr"] = base_lr(optimizer)
+        inner = optimizer  # accelerate's and DeepSpeed's wrappers (a ZeRO optimizer has no defaults): torch's inside
+        while hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        inner.defaults["lr"] = base_lr(optimizer)
         if how == "floors":
             kwargs = dict(self.args.lr_scheduler_kwargs or {})
             cls = (torch.optim.lr_scheduler.ReduceLROnPlateau if name == "reduce_lr_on_plateau"
