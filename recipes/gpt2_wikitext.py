@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")
                  if getattr(recipe, k) is not None}
     model = hf_mup.MuPModel.from_config(config, **{**recipe.mup_defaults, **overrides})
+    model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss: the one transformers falls back to, unwarned
 
     trainer = hf_mup.MuPTrainer(
         model=model,

@@ -247,6 +247,6 @@ def test_a_recipe_log_has_no_noise(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "eval loss" in proc.stdout and "'loss'" in proc.stdout  # progress and results, as lines
-    for noise in ("Failed to load", "_pytree", "Enum subclass", "pin_memory"):
+    for noise in ("Failed to load", "_pytree", "Enum subclass", "pin_memory", "loss_type"):
         assert noise not in log, log[-3000:]
     assert not BAR.search(log), log[-3000:]
