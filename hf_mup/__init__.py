@@ -2,7 +2,7 @@
 
 Usage:
     model = hf_mup.MuPModel.from_config(config, base_hidden_size=256)
-    optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=3e-3, weight_decay=0.1))
+    optimizer = hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=3e-3, weight_decay=0.1)
 """
 import logging as _logging
 
@@ -17,7 +17,7 @@ from .errors import MuPError
 from .fold import fold
 from .lion import Lion
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
-from .optim import check_optimizer, mup_min_lrs, mup_param_groups
+from .optim import check_optimizer, mup_min_lrs, mup_optimizer, mup_param_groups
 from .rules import Kind, TensorRule, optimizer_family
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __all__ = [
     "is_mup",
     "mup_min_lrs",
     "mup_model_init",
+    "mup_optimizer",
     "mup_param_groups",
     "optimizer_family",
 ]

@@ -56,6 +56,10 @@ class MuPConfig:
       residual branch's output × (base_num_layers / num_layers)^depth_alpha, with the LR and Adam ε of the tensors
       inside the blocks scaled to match (`hf_mup.rules`). None (the default): μP across width only.
     - `depth_alpha`: the depth exponent α in [0.5, 1]; 1 is CompleteP, 0.5 the "lazy" depth-μP.
+    - `eps_width_scaling`: Adam's ε × 1/m_N (m_N = hidden / base hidden) on every tensor with a width dimension,
+      as CompleteP (Table 1, and its reference code) and Megatron-LM's μP recipe do: in μP the gradients, so Adam's
+      √v, shrink as 1/m_N, and a fixed ε would grow relative to them. False: ε is not scaled with width
+      (microsoft/mup). Depth scaling's ε factor applies either way.
     """
 
     base_hidden_size: int
@@ -73,6 +77,7 @@ class MuPConfig:
     trainable_norm_gains: bool = True
     base_num_layers: int | None = None
     depth_alpha: float = 1.0
+    eps_width_scaling: bool = True
 
     def __post_init__(self) -> None:
         for name in ("base_hidden_size", "base_intermediate_size", "base_num_attention_heads", "base_head_dim",
@@ -92,7 +97,7 @@ class MuPConfig:
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.5 <= alpha <= 1.0:
             raise MuPError(f"depth_alpha must be a number in [0.5, 1] (1: CompleteP, 0.5: depth-μP), got {alpha!r}.")
         object.__setattr__(self, "depth_alpha", float(alpha))
-        for name in ("zero_init_query", "zero_init_readout", "trainable_norm_gains"):
+        for name in ("zero_init_query", "zero_init_readout", "trainable_norm_gains", "eps_width_scaling"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise MuPError(f"{name} must be True or False, got {value!r}.")

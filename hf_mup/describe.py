@@ -9,6 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import MuPError
 from .model import get_plan, unwrap
+from .optim import scales_eps
 from .plan import meta_model, norm_gains
 from .rules import Kind
 
@@ -28,7 +29,7 @@ class ParamInfo:
     adam_lr_mult: float
     sgd_lr_mult: float
     trainable: bool = True  # False: a fixed norm gain (`trainable_norm_gains=False`)
-    adam_eps_mult: float = 1.0  # depth scaling's factor on Adam's ε
+    adam_eps_mult: float = 1.0  # μP's factor on Adam's ε (width: 1/m_N, depth: m_L^-α)
 
 
 class _RecordInit(TorchFunctionMode):
@@ -113,12 +114,12 @@ def describe(model: nn.Module) -> str:
     """
     plan = get_plan(model)
     rows = parameter_table(model)
-    depth = plan.depth_mult != 1.0
-    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×") + (("Adam ε ×",) if depth else ())
+    eps = scales_eps(plan, "adamw")
+    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×") + (("Adam ε ×",) if eps else ())
     cells = [header] + [
         (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std,
          *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}") if r.trainable else ("fixed", "fixed")),
-         *((f"{r.adam_eps_mult:g}",) if depth else ()))
+         *((f"{r.adam_eps_mult:g}",) if eps else ()))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -136,6 +137,9 @@ def describe(model: nn.Module) -> str:
         "architecture: " + ", ".join(f"{k}: {getattr(config, k)}" for k in ARCH_FIELDS if hasattr(config, k)),
         f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} {scale})",
         f"input_mult {mup.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}",
+        ("Adam ε: × 1/m_N = " + f"{mup.base_hidden_size / config.hidden_size:g}" + " on every tensor with a width "
+         "dimension (eps_width_scaling)" if mup.eps_width_scaling else "Adam ε: not scaled with width "
+         "(eps_width_scaling=False)"),
         (f"depth: {config.num_hidden_layers} layers, base {mup.base_num_layers} (m_L {plan.depth_mult:g}, α "
          f"{mup.depth_alpha:g}): residual branches × {plan.residual_scale:g} on {len(plan.residuals)} modules "
          f"({', '.join(plan.residuals[:2])}, ...); in-block tensors: Adam LR × m_L^(α-1) = "

@@ -98,7 +98,9 @@ def build_lm(config, parametrization: str, lr: float, base_width: int | None = N
         groups = mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                                   weight_decay_mode=weight_decay_mode)
     else:
-        groups = [{"params": list(model.parameters()), "lr": lr}]
+        groups = [{"params": list(model.parameters()), "lr": lr,
+                   # "mup_global_lr" is broken on purpose: hf_mup's first-step check would refuse it
+                   **({"mup_unchecked": True} if parametrization == "mup_global_lr" else {})}]
     if config.model_type != "bert":
         model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
     return model, groups

@@ -123,6 +123,9 @@ def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, stored_as: Mu
             apply_init(model, plan, only=fresh)
     apply_forward(model, plan)
     setattr(model.config, CONFIG_KEY, mup.to_dict())
+    from .optim import watch  # (optim imports this module)
+
+    watch(model)
     if mup.input_mult != 1.0 and plan.arch.embeddings_feed_norm:
         warnings.warn(f"input_mult={mup.input_mult:g} has no effect on {plan.arch.model_type}: its embeddings are summed "
                       "into a LayerNorm, which undoes any common factor.", stacklevel=3)

@@ -1,14 +1,18 @@
 """μP optimizer parameter groups, the check that an optimizer has them, and per-group LR floors for schedulers."""
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+import weakref
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .errors import MuPError
+from .apply import PLAN_ATTR
 from .model import get_plan, unwrap
 from .plan import canonical_name, is_norm
 from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group
@@ -61,9 +65,10 @@ def mup_param_groups(
     step is `weight_decay`, whatever the LR). `no_decay`: parameter names (substrings) or a predicate on the name;
     by default biases and norm weights. Trainable tensors with no μP rule (an adapter's) get a group of their own at
     the plain LR (`mup_kind` "unscaled"), with a warning naming them.
-    `eps`: Adam's ε (default 1e-8, torch's), needed with depth scaling only: then every group of an Adam-like
-    optimizer carries its own `eps` (ε × the tensor's depth factor, `eps_mult`), which overrides the optimizer's;
-    `check_optimizer` refuses an optimizer built with another `eps=`.
+    `eps`: Adam's ε (default 1e-8, torch's). Where μP scales ε (with width, `eps_width_scaling`, and with depth)
+    every group of an Adam-like optimizer carries its own `eps` (ε × the tensor's factor, `eps_mult`), which
+    overrides the optimizer's: give the optimizer the same `eps=`, or build both with `hf_mup.mup_optimizer`.
+    `check_optimizer` (run by hf_mup at every optimizer's first step) refuses an optimizer built with another ε.
     """
     family = optimizer_family(optimizer)
     plan = get_plan(model)
@@ -81,7 +86,7 @@ def mup_param_groups(
         )
     model = unwrap(model)
     skip_decay = _no_decay_predicate(model, no_decay)
-    per_group_eps = family == ADAM_LIKE and plan.depth_mult != 1.0  # depth scaling's ε factors
+    per_group_eps = scales_eps(plan, family)
     groups: dict[tuple, dict] = {}
     unscaled = []
     for name, p in model.named_parameters():
@@ -121,7 +126,39 @@ def mup_param_groups(
     return list(groups.values())
 
 
-def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def scales_eps(plan, family: str) -> bool:
+    """Whether μP's groups carry their own Adam ε for this plan and optimizer family (a factor ≠ 1 on some tensor)."""
+    return family == ADAM_LIKE and any(r.eps_mult(family) != 1.0 for r in plan.rules.values())
+
+
+def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
+                  weight_decay: float = 0.0, weight_decay_mode: str = "width_independent", no_decay: NoDecay = None,
+                  **optimizer_kwargs) -> torch.optim.Optimizer:
+    """A μP optimizer in one call: `mup_param_groups` and the optimizer built from the same LR and ε.
+
+    Usage: `opt = hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=3e-3, weight_decay=0.1, eps=1e-6, betas=(0.9, 0.95))`
+
+    `optimizer_kwargs` go to the optimizer class (`betas`, `eps`, ...); its default LR is η, so schedulers that read
+    `optimizer.defaults["lr"]` (absolute end LRs) see the LR every group is relative to.
+    """
+    eps = optimizer_kwargs.get("eps", default_eps(optimizer))
+    groups = mup_param_groups(model, lr, weight_decay, optimizer=optimizer, weight_decay_mode=weight_decay_mode,
+                              no_decay=no_decay, eps=eps)
+    built = optimizer(groups, lr=lr, **optimizer_kwargs)
+    check_optimizer(model, built)
+    return built
+
+
+def default_eps(optimizer_cls: type) -> float | None:
+    """The optimizer class's own default ε (Adagrad's is 1e-10, Adam's 1e-8), or None."""
+    try:
+        default = inspect.signature(optimizer_cls).parameters["eps"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, float) else None
+
+
+def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_all: bool = True) -> None:
     """Raise `MuPError` unless every trainable parameter of a μP model is in a group with its μP learning rate.
 
     Catches the commonest silent μP failures: `torch.optim.AdamW(model.parameters())`, groups built for another
@@ -143,7 +180,8 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     except MuPError:
         family = None  # a class hf_mup does not know: trust the family the groups were built for
     left_out = []
-    base_eps: set[float] = set()
+    eps_checks: list[tuple[str, dict, float]] = []
+    eps_scaled: dict[str, bool] = {}
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
@@ -155,8 +193,10 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if "lr_mult" not in group:
             raise MuPError(
                 f"The optimizer {type(optimizer).__name__} has no μP parameter groups (parameter {name!r} is in a "
-                "plain group), so every tensor would train at the same LR. Build it as "
-                f"torch.optim.{type(optimizer).__name__}(hf_mup.mup_param_groups(model, lr=...))."
+                "plain group), so every tensor would train at the same LR. Build it with "
+                f"hf_mup.mup_optimizer(model, torch.optim.{type(optimizer).__name__}, lr=...) (or "
+                f"torch.optim.{type(optimizer).__name__}(hf_mup.mup_param_groups(model, lr=...))); with the "
+                "transformers Trainer, use hf_mup.MuPTrainer in its place."
             )
         rules_for = group.get("mup_optimizer", family)
         if family is not None and rules_for != family:
@@ -171,16 +211,20 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}; "
                 "build the groups with hf_mup.mup_param_groups(model, ...) for this model."
             )
-        if rules_for == ADAM_LIKE and plan.depth_mult != 1.0:
-            base_eps.add(_check_eps(name, group, rule.eps_mult(rules_for)))
+        if rules_for not in eps_scaled:
+            eps_scaled[rules_for] = scales_eps(plan, rules_for)
+        if eps_scaled[rules_for]:
+            eps_checks.append((name, group, rule.eps_mult(rules_for)))
+    base_eps = {_check_eps(*check) for check in eps_checks}  # after every LR: a wrong LR is the first thing to name
     default_eps = optimizer.defaults.get("eps")
     if base_eps and isinstance(default_eps, float) and not all(math.isclose(e, default_eps, rel_tol=1e-6) for e in base_eps):
         raise MuPError(
-            f"The μP groups were built for Adam's ε = {min(base_eps):g} (each group's eps is that × its depth factor, "
-            f"and overrides the optimizer's), but the optimizer's eps is {default_eps:g}: give both the same ε, e.g. "
+            f"The μP groups were built for Adam's ε = {min(base_eps):g} (each group's eps is that × its width and "
+            f"depth factor, and overrides the optimizer's), but the optimizer's eps is {default_eps:g}: give both the "
+            f"same ε, e.g. hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=..., eps={default_eps:g}) or "
             f"torch.optim.AdamW(hf_mup.mup_param_groups(model, lr, eps={default_eps:g}), eps={default_eps:g})."
         )
-    if left_out:
+    if left_out and require_all:
         raise MuPError(
             f"{len(left_out)} trainable parameter(s) are in no optimizer group, e.g. {left_out[:4]}: they would never "
             "train. Build the optimizer from hf_mup.mup_param_groups(model, ...) after any change to the model, or "
@@ -189,13 +233,44 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
 
 
 def _check_eps(name: str, group: dict, eps_mult: float) -> float:
-    """The base ε of a depth-scaled group (its `eps` over its depth factor); a `MuPError` if the factor is not μP's."""
+    """The base ε of a group whose ε μP scales (its `eps` over its factor); a `MuPError` if the factor is not μP's."""
     if "eps_mult" not in group or not math.isclose(group["eps_mult"], eps_mult, rel_tol=1e-6):
         raise MuPError(
-            f"Parameter {name!r} is in a group without depth scaling's Adam ε factor {eps_mult:g} (depth scaling is on: "
-            "base_num_layers): build the groups with hf_mup.mup_param_groups(model, ...) for this model."
+            f"Parameter {name!r} is in a group without μP's Adam ε factor {eps_mult:g} (1/m_N with eps_width_scaling, "
+            "× m_L^-α with depth scaling): build the groups with hf_mup.mup_param_groups(model, ...) for this model."
         )
     return group["eps"] / group["eps_mult"]
+
+
+# ------------------------------------------------------------------------------------ the check at the first step
+
+_WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # the μP models converted in this process
+_CHECKED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+_STEP_HOOK: list = []
+
+
+def watch(model: nn.Module) -> None:
+    """Have every optimizer that holds `model`'s parameters checked at its first step (`check_optimizer`, tensors
+    left out allowed: they may train in another optimizer). A plain optimizer — a stock `transformers.Trainer`'s,
+    `AdamW(model.parameters())` — or groups whose ε disagrees with the optimizer's then raise a `MuPError` before
+    the first update, instead of training with one LR or the wrong ε. `convert` calls it; one global
+    `torch.optim` step pre-hook, a set lookup per step. Groups marked `"mup_unchecked": True` (a deliberately
+    non-μP ablation) are not checked."""
+    _WATCHED.add(model)
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(_check_at_first_step))
+
+
+def _check_at_first_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    if optimizer in _CHECKED:
+        return
+    groups = optimizer.param_groups
+    if not any(g.get("mup_unchecked") for g in groups):
+        held = {id(p) for g in groups for p in g["params"]}
+        for model in list(_WATCHED):
+            if PLAN_ATTR in model.__dict__ and any(id(p) in held for p in model.parameters()):
+                check_optimizer(model, optimizer, require_all=False)
+    _CHECKED.add(optimizer)
 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -328,6 +328,8 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
             rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
+        if mup.eps_width_scaling and rule.kind is not Kind.SCALAR:
+            rule = replace(rule, eps_width_mult=config.hidden_size / mup.base_hidden_size)
         in_block = arch.block_relative(name)
         if depth_mult != 1.0 and in_block is not None:
             rule = replace(rule, depth_mult=depth_mult, depth_alpha=mup.depth_alpha,

@@ -30,8 +30,13 @@ m_L^α more LR than Adam's); Lion takes Adam's rule (sign-based; the paper gives
 factor (Table 1: hidden λ·m_N), so "width_independent" divides by the width part of the LR multiplier only. A stock
 init that itself depends on depth (GPT-2's c_proj, σ/√(2L)) is held at the base depth, σ/√(2·L_base), as
 Megatron-LM's `depth_mup` recipe does (its output-projection init × m_L^0.5): at L = L_base the model is exactly the
-width-only μP model. Table 1's width factor on ε (m_N^-1) is not applied: hf_mup's width rules are microsoft/mup's,
-which leave ε alone.
+width-only μP model.
+
+Adam's ε (`MuPConfig.eps_width_scaling`, on by default): × 1/m_N, m_N = hidden / base hidden, on every tensor with a
+width dimension (all kinds but scalar), as CompleteP's Table 1 and reference code (which scales the one global ε by
+1/m_N · m_L^-α) and Megatron-LM's μP recipe do. Under μP every such tensor's gradient, hence Adam's √v, shrinks as
+1/m_N (benchmarks/adam_eps.py measures it), so a fixed ε would grow relative to the update with width. microsoft/mup
+leaves ε alone: `eps_width_scaling=False`.
 """
 from __future__ import annotations
 
@@ -126,6 +131,7 @@ class TensorRule:
     depth_mult: float = 1.0  # m_L for a tensor inside a block under depth scaling, else 1
     depth_alpha: float = 1.0
     stock_init_depth_power: float = 0.0  # the stock init std ∝ layers^-power (GPT-2's c_proj: 0.5)
+    eps_width_mult: float = 1.0  # m_N where Adam's ε scales as 1/m_N (`MuPConfig.eps_width_scaling`), else 1
 
     @property
     def width_mult(self) -> float:
@@ -153,8 +159,10 @@ class TensorRule:
         return self.width_lr_mult(optimizer) * depth
 
     def eps_mult(self, optimizer="adamw") -> float:
-        """Factor on Adam's ε for this tensor (1 for SGD, which has none)."""
-        return self.depth_mult**-self.depth_alpha if optimizer_family(optimizer) == ADAM_LIKE else 1.0
+        """Factor on Adam's ε for this tensor: 1/m_N (width) × m_L^-α (depth); 1 for SGD, which has none."""
+        if optimizer_family(optimizer) != ADAM_LIKE:
+            return 1.0
+        return 1.0 / self.eps_width_mult * self.depth_mult**-self.depth_alpha
 
 
 def classify(

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments
 from .config import MuPConfig
 from .model import MuPModel, is_mup, unwrap
 from .errors import MuPError
-from .optim import base_lr, check_optimizer, mup_param_groups
+from .optim import base_lr, check_optimizer, default_eps, mup_param_groups
 from .plan import canonical_name
 from .rules import optimizer_family
 
@@ -108,7 +108,7 @@ class MuPTrainer(Trainer):
             optimizer=family,
             weight_decay_mode=self.mup_weight_decay_mode,
             no_decay=lambda name: name not in decay,
-            eps=optimizer_kwargs.get("eps", _default_eps(optimizer_cls)),
+            eps=optimizer_kwargs.get("eps", default_eps(optimizer_cls)),
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)
@@ -165,15 +165,6 @@ def _decayed_names(model: torch.nn.Module, decay_names: list[str]) -> set[str]:
     decay = set(decay_names)
     inner = {id(p): canonical_name(n) for n, p in unwrap(model).named_parameters()}
     return {inner[id(p)] for n, p in model.named_parameters() if n in decay and id(p) in inner}
-
-
-def _default_eps(optimizer_cls: type) -> float | None:
-    """The optimizer class's own default ε (Adagrad's is 1e-10, Adam's 1e-8), or None."""
-    try:
-        default = inspect.signature(optimizer_cls).parameters["eps"].default
-    except (KeyError, TypeError, ValueError):
-        return None
-    return default if isinstance(default, float) else None
 
 
 def _loss_divides_by_items(model: torch.nn.Module) -> bool:

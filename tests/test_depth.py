@@ -17,19 +17,21 @@ from hf_mup.coord_check import depth_check, depth_slopes
 ETA, EPS, WD = 1e-3, 1e-8, 0.1
 
 
-def paper_reference(name: str, arch: str, m_n: float, m_l: float, alpha: float) -> dict:
+def paper_reference(name: str, arch: str, m_n: float, m_l: float, alpha: float, eps_width: bool = True) -> dict:
     """What CompleteP's Table 1 (Dey et al. 2025, arXiv 2505.01618; α column) gives a tensor, by hand from its name:
-    Adam LR, Adam ε and AdamW weight decay (hidden weights λ·m_N, no depth factor; none on biases and norms), and the
-    SGD LR (the reference code's toy-model rule, m_L^(2α-1), on top of μP's SGD rule: η for hidden weights, whose
-    fan-in and fan-out both grow m_N×, η·m_N for vectors and the readout), for η = ETA, ε = EPS, λ = WD."""
+    Adam LR, Adam ε (× m_N^-1 everywhere, as its reference code scales the one global ε, unless `eps_width` is off;
+    × m_L^-α in the blocks) and AdamW weight decay (hidden weights λ·m_N, no depth factor; none on biases and norms),
+    and the SGD LR (the reference code's toy-model rule, m_L^(2α-1), on top of μP's SGD rule: η for hidden weights,
+    whose fan-in and fan-out both grow m_N×, η·m_N for vectors and the readout), for η = ETA, ε = EPS, λ = WD."""
+    eps = EPS / m_n if eps_width else EPS
     in_block = re.search({"gpt2": r"\.h\.\d+\.", "llama": r"\.layers\.\d+\."}[arch], "." + name) is not None
     vector = name.endswith("bias") or re.search(r"(ln_\d|ln_f|layernorm|norm)\.weight$", name) is not None
     if not in_block:  # embeddings, final norm, unembedding: no depth factor anywhere
-        return {"adam_lr": ETA, "eps": EPS, "wd": 0.0 if vector else WD, "sgd_lr": ETA * m_n}
+        return {"adam_lr": ETA, "eps": eps, "wd": 0.0 if vector else WD, "sgd_lr": ETA * m_n}
     if vector:  # in-block biases and norm gains ("hidden bias", "pre-LN" rows)
-        return {"adam_lr": ETA * m_l ** (alpha - 1), "eps": EPS * m_l**-alpha, "wd": 0.0,
+        return {"adam_lr": ETA * m_l ** (alpha - 1), "eps": eps * m_l**-alpha, "wd": 0.0,
                 "sgd_lr": ETA * m_n * m_l ** (2 * alpha - 1)}
-    return {"adam_lr": ETA / m_n * m_l ** (alpha - 1), "eps": EPS * m_l**-alpha, "wd": WD * m_n,  # "hidden" rows
+    return {"adam_lr": ETA / m_n * m_l ** (alpha - 1), "eps": eps * m_l**-alpha, "wd": WD * m_n,  # "hidden" rows
             "sgd_lr": ETA * m_l ** (2 * alpha - 1)}
 
 
@@ -44,15 +46,15 @@ def _model(arch, width=64, layers=8, base_width=32, base_layers=2, alpha=1.0, **
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-@pytest.mark.parametrize("alpha", [1.0, 0.5])
-def test_groups_match_the_paper_table(arch, alpha):
-    model = _model(arch, alpha=alpha, zero_init_readout=False)
+@pytest.mark.parametrize("alpha, eps_width", [(1.0, True), (0.5, True), (1.0, False)])
+def test_groups_match_the_paper_table(arch, alpha, eps_width):
+    model = _model(arch, alpha=alpha, zero_init_readout=False, eps_width_scaling=eps_width)
     m_n, m_l = 64 / 32, 8 / 2
     adam = {n: g for g in hf_mup.mup_param_groups(model, lr=ETA, weight_decay=WD, eps=EPS) for n in g["param_names"]}
     sgd = {n: g for g in hf_mup.mup_param_groups(model, lr=ETA, optimizer="sgd") for n in g["param_names"]}
     assert set(adam) == {n for n, _ in model.named_parameters()}
     for name in adam:
-        ref = paper_reference(name, arch, m_n, m_l, alpha)
+        ref = paper_reference(name, arch, m_n, m_l, alpha, eps_width)
         assert math.isclose(adam[name]["lr"], ref["adam_lr"], rel_tol=1e-9), (name, adam[name]["lr"], ref)
         assert math.isclose(adam[name]["eps"], ref["eps"], rel_tol=1e-9), (name, adam[name]["eps"], ref)
         assert math.isclose(adam[name]["weight_decay"], ref["wd"], rel_tol=1e-9), (name, adam[name]["weight_decay"], ref)
@@ -163,9 +165,9 @@ def test_eps_through_the_trainer_its_scheduler_and_resume(tmp_path):
                              report_to=[], use_cpu=True, logging_steps=1, disable_tqdm=True)
     trainer = hf_mup.MuPTrainer(model=model, args=args, train_dataset=ds)
     trainer.train()
-    for g in trainer.optimizer.param_groups:  # args.adam_epsilon, × m_L^-1 = 1/2 inside the blocks, after the schedule
-        in_block = all(".h." in n for n in g["param_names"])
-        assert g["eps"] == pytest.approx(1e-6 * (0.5 if in_block else 1.0)) and g["eps_mult"] == (0.5 if in_block else 1.0)
+    for g in trainer.optimizer.param_groups:  # args.adam_epsilon × 1/m_N = 1/2, × m_L^-1 = 1/2 inside the blocks
+        factor = 0.5 * (0.5 if all(".h." in n for n in g["param_names"]) else 1.0)
+        assert g["eps"] == pytest.approx(1e-6 * factor) and g["eps_mult"] == factor
     resumed = hf_mup.MuPTrainer(model=_model("gpt2", width=64, layers=4, base_width=32, base_layers=2), args=args,
                                 train_dataset=ds)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
@@ -180,7 +182,7 @@ def test_check_optimizer_refuses_a_mismatched_eps():
     groups = hf_mup.mup_param_groups(model, lr=1e-3)
     for g in groups:
         g.pop("eps"), g.pop("eps_mult")
-    with pytest.raises(MuPError, match="depth scaling's Adam ε"):
+    with pytest.raises(MuPError, match="without μP's Adam ε factor 0.5 \(1/m_N"):
         hf_mup.check_optimizer(model, torch.optim.AdamW(groups))
 
 
@@ -249,7 +251,11 @@ def test_inspect_shows_the_depth_factors():
     text = hf_mup.describe(_model("gpt2", width=64, layers=8, base_width=32, base_layers=2))
     assert "Adam ε ×" in text.splitlines()[0]
     row = next(line.split() for line in text.splitlines() if line.startswith("transformer.h.7.mlp.c_fc.weight"))
-    assert row[-3:] == ["0.5", "4", "0.25"]  # Adam LR η/m_N · m_L^0, SGD LR m_L^(2α-1), ε m_L^-α
+    assert row[-3:] == ["0.5", "4", "0.125"]  # Adam LR η/m_N · m_L^0, SGD LR m_L^(2α-1), ε m_N^-1 · m_L^-α
     assert "depth: 8 layers, base 2 (m_L 4, α 1): residual branches × 0.25 on 16 modules" in text
-    plain = hf_mup.describe(hf_mup.MuPModel.from_config(_config("gpt2", 64, 8), base_hidden_size=32))
-    assert "Adam ε" not in plain and "no depth scaling" in plain
+    width_only = hf_mup.describe(hf_mup.MuPModel.from_config(_config("gpt2", 64, 8), base_hidden_size=32))
+    assert "Adam ε ×" in width_only.splitlines()[0] and "no depth scaling" in width_only
+    assert "Adam ε: × 1/m_N = 0.5 on every tensor with a width dimension" in width_only
+    plain = hf_mup.describe(hf_mup.MuPModel.from_config(_config("gpt2", 64, 8), base_hidden_size=32,
+                                                        eps_width_scaling=False))
+    assert "Adam ε ×" not in plain and "Adam ε: not scaled with width" in plain

@@ -111,8 +111,15 @@ def test_resume_is_exact(tmp_path):
     # Parameters agree to 1e-5: the unfolded weights differ from the uninterrupted run's in the last bit, and Adam
     # turns the rounding noise of gradients that are zero in exact arithmetic (the key bias: softmax ignores it)
     # into updates of its full step size, which differ (without changing any output).
+    # The key biases are such gradients (softmax ignores them), only more so with μP's smaller ε (ε/m_N): they agree
+    # to 1e-4, every other tensor to 1e-5.
     for name, p in resumed.model.named_parameters():
-        torch.testing.assert_close(p, full.model.get_parameter(name), rtol=0, atol=1e-5)
+        expected_p = full.model.get_parameter(name)
+        if name.endswith("c_attn.bias"):
+            keys = slice(WIDTH, 2 * WIDTH)
+            torch.testing.assert_close(p[keys], expected_p[keys], rtol=0, atol=1e-4)
+            p, expected_p = p[torch.arange(3 * WIDTH) // WIDTH != 1], expected_p[torch.arange(3 * WIDTH) // WIDTH != 1]
+        torch.testing.assert_close(p, expected_p, rtol=0, atol=1e-5)
 
 
 def test_optuna_search_over_mup_multipliers(tmp_path):
