@@ -250,3 +250,12 @@ def test_a_recipe_log_has_no_noise(tmp_path):
     for noise in ("Failed to load", "_pytree", "Enum subclass", "pin_memory", "loss_type"):
         assert noise not in log, log[-3000:]
     assert not BAR.search(log), log[-3000:]
+
+
+def test_recipe_says_when_hparams_were_made_for_another_shape(tmp_path, capsys):
+    hparams = tmp_path / "hparams.json"
+    hparams.write_text(json.dumps({"mup": {"base_hidden_size": 64}, "model_config": {"n_embd": 128, "n_layer": 12}}))
+    _recipe("gpt2_wikitext").parse_args(["--preset", "tiny", "--hparams", str(hparams), "--output_dir", str(tmp_path)])
+    assert capsys.readouterr().err.strip() == (
+        f"note: {hparams} was transferred to a target with n_layer 12; training --preset tiny's shape n_layer 2 "
+        "(pick the preset of that target)")
