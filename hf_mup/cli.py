@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="show what μP does to every parameter of a model")
-    p.add_argument("config", help="a config.json, a checkpoint folder, or a Hub model name")
+    p.add_argument("config", help="a config.json, a checkpoint folder, or a Hub model (owner/name)")
     p.add_argument("--base-hidden-size", type=int, help="the proxy's width (read from config.mup when omitted)")
     p.add_argument("--model-class", help="e.g. GPT2ForSequenceClassification (default: config.architectures[0])")
     p.add_argument("--size", action="store_true", help="also load the checkpoint and report its inference size "
