@@ -203,7 +203,7 @@ class Pipeline:
         done = self.state() if self.state_path.is_file() else {}
         todo = [s for s in stages if not done.get(s, {}).get("done")]
         needs = {"search": ("optuna", "sqlalchemy", "tqdm"), "transfer": ("optuna", "sqlalchemy"),
-                 "pretrain": ("accelerate",), "finetune": ("tqdm",), "report": ("matplotlib",)}
+                 "pretrain": ("accelerate",), "finetune": (), "report": ("matplotlib",)}
         modules = ["accelerate"] + [m for s in todo for m in needs[s]]  # accelerate: the stages' process handling
         require(("train", "sweep"), *dict.fromkeys(modules), what=f"the pipeline's {', '.join(todo) or 'stages'}")
         if {"search", "pretrain"} & set(todo):
