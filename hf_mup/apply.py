@@ -72,9 +72,9 @@ def adapter_of(model: nn.Module, name: str) -> nn.Module | None:
     return module if module is not None and "base_layer" in module._modules else None
 
 
-def lora_outputs(wrapper: nn.Module, where: str) -> dict[str, nn.Module | nn.Parameter]:
-    """The output side of each LoRA adapter in `wrapper` (`lora_B.<adapter>` modules, `lora_embedding_B.<adapter>`
-    tensors), by name relative to it: a factor on the wrapped layer's output must be on these too.
+def lora_outputs(wrapper: nn.Module, where: str) -> list[nn.Module | nn.Parameter]:
+    """The output side of each LoRA adapter in `wrapper` (its `lora_B` modules, `lora_embedding_B` tensors): a factor
+    on the wrapped layer's output must be on these too.
 
     A `MuPError` for adapters whose output is not `base(x) + B(A(x))·s` (DoRA and other LoRA variants, IA3, LoHa,
     ...): μP's factor on `where` cannot be carried into them by scaling B, so they are refused there.
@@ -87,12 +87,7 @@ def lora_outputs(wrapper: nn.Module, where: str) -> dict[str, nn.Module | nn.Par
             f"{kind} wraps {where}, whose output μP scales; hf_mup carries that factor into plain LoRA adapters "
             "only. Use a plain LoraConfig (no use_dora / variants) there, or leave that module out of target_modules."
         )
-    out: dict[str, nn.Module | nn.Parameter] = {}
-    for adapter, module in getattr(wrapper, "lora_B", {}).items():
-        out[f"lora_B.{adapter}"] = module
-    for adapter, tensor in getattr(wrapper, "lora_embedding_B", {}).items():
-        out[f"lora_embedding_B.{adapter}"] = tensor
-    return out
+    return [*getattr(wrapper, "lora_B", {}).values(), *getattr(wrapper, "lora_embedding_B", {}).values()]
 
 
 def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[object, float]]:
@@ -125,7 +120,7 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
         for name in plan.residuals:  # the branch's last projection, bias included, before the residual add
             readout_module(model, name).register_forward_hook(ScaleOutput(plan.residual_scale))
             wrapper = adapter_of(model, name)
-            for lora_b in ([] if wrapper is None else lora_outputs(wrapper, repr(name)).values()):
+            for lora_b in ([] if wrapper is None else lora_outputs(wrapper, repr(name))):
                 lora_b.register_forward_hook(ScaleOutput(plan.residual_scale))  # the adapter's share of the branch
     if not plan.mup.trainable_norm_gains:
         for gain in norm_gains(model):
@@ -227,9 +222,9 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
                         for p in readout_module(model, name).parameters(recurse=False) if id(p) in names]
     for name, (rows, factor) in _scaled_outputs(model, plan).items():
         wrapper = adapter_of(model, name)
-        for out_name, out in ([] if wrapper is None else lora_outputs(wrapper, repr(name)).items()):
-            tensors = out.named_parameters(recurse=False) if isinstance(out, nn.Module) else [("", out)]
-            entries += [(names[id(t)], rows, factor) for _, t in tensors if id(t) in names]
+        for out in ([] if wrapper is None else lora_outputs(wrapper, repr(name))):
+            tensors = out.parameters(recurse=False) if isinstance(out, nn.Module) else [out]
+            entries += [(names[id(t)], rows, factor) for t in tensors if id(t) in names]
     for name, scale in plan.readouts.items():
         if name not in plan.tied_readouts:
             if scale != 1.0:
@@ -342,7 +337,7 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
         if "base_layer" in module._modules:
             kind = "A LoRA adapter" if "lora_A" in module._modules else f"An adapter ({type(module).__name__})"
             raise MuPError(
-                f"{kind} wraps the readout {name!r}: its low-rank path reads the input without μP's readout "
+                f"{kind} wraps the readout {name!r}: its path reads the input without μP's readout "
                 "multiplier. Leave the readout out of target_modules (or use modules_to_save)."
             )
         if scale != 1.0 and not _has_hook(module._forward_pre_hooks, ScaleInput, scale):
@@ -369,7 +364,7 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
             if inner is None or not _has_hook(inner._forward_hooks, ScaleOutput, scale):
                 problems.append(f"the residual branch {name!r} was replaced (its depth multiplier is not applied)")
             elif module is not inner and not all(_has_hook(b._forward_hooks, ScaleOutput, scale)
-                                                 for b in lora_outputs(module, repr(name)).values()):
+                                                 for b in lora_outputs(module, repr(name))):
                 problems.append(f"{NEW_ADAPTER} on the residual branch {name!r} (its output gets the depth multiplier)")
     if full:
         expected = plan.attention_scale_factor

@@ -280,13 +280,13 @@ def _depth_mult(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) ->
 
 def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict) -> dict[str, object]:
     """Projection module (canonical name) -> the index of its output features that folding scales by the attention
-    factor (None: all of them); empty where folding puts that factor into a norm (Qwen3's q_norm)."""
+    factor (None: all of them); empty where folding puts that factor into a norm (Qwen3's q_norm), not a projection."""
     owners = {id(p): canonical_name(mname) for mname, m in model.named_modules()
               for pname, p in m.named_parameters(recurse=False) if pname == "weight"}
     out: dict[str, object] = {}
     for _, attn in arch.attention_modules(model):
         for p, index in (arch.query_fold_slices or arch.query_slices)(attn):
-            if id(p) not in owners:  # a bias: its weight's entry covers the module
+            if id(p) not in owners or len(param_shape(p)) != 2:  # a bias (its weight covers the module), a norm
                 continue
             fan_out = layouts[id(p)][1]
             index = index if isinstance(index, tuple) else (index,)
