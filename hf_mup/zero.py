@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO support: imported only where DeepSpeed is in use (never by `import hf_mup`).
 
 What ZeRO changes for μP, and what this module does about it:
-- Under ZeRO-3 a parameter is an empty (0,) tensor with its real shape in `ds_shape` (`shape` reads it, so planning
-  sees the real shapes), and the values live in per-rank partitions: rescaling the init or unfolding loaded weights
+- Under ZeRO-3 a parameter is an empty (0,) tensor with its real shape in `ds_shape` (planning reads it:
+  `hf_mup.plan.param_shape`), and the values live in per-rank partitions: rescaling the init or unfolding loaded weights
   gathers them first (`gathered`).
 - DeepSpeed consolidates ZeRO-3 weights itself (`engine._zero3_consolidated_16bit_state_dict`, behind
   `accelerator.get_state_dict`, `Trainer.save_model`, `save_16bit_model`), without the model's state-dict hooks:
@@ -26,14 +26,8 @@ import torch
 from torch import nn
 
 from .errors import MuPError
-from .plan import param_shape as shape  # noqa: F401  (a parameter's real shape, ZeRO-3's partitioned ones too)
 
 _INSTALLED = "_hf_mup_folds"
-
-
-def is_partitioned(params: Iterable[torch.Tensor]) -> bool:
-    """Whether any of `params` is a ZeRO-3 parameter (its values in per-rank partitions)."""
-    return any(hasattr(p, "ds_id") for p in params)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import hf_mup.zero  # noqa: E402
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
 parser.add_argument("--stage", type=int, choices=(2, 3), required=True)
-parser.add_argument("--runs", required=True, help="comma-separated: trainer-before, trainer-zinit, accelerate-..., refuse")
+parser.add_argument("--runs", required=True, help="comma-separated run names (see the docstring)")
 args = parser.parse_args()
 
 hf_mup.zero.disable_jit_ops()  # no C++ build of DeepSpeed's shm collectives at init (gloo does them)
@@ -138,6 +138,14 @@ def run_trainer(out, zinit):
     state_dict = trainer.accelerator.get_state_dict(engine)
     if rank == 0:
         torch.save(state_dict, os.path.join(out, "get_state_dict.pt"))
+    if zinit:  # the saved folder loaded under zero.Init: planned from the partitioned parameters' ds_shape
+        loaded = hf_mup.MuPModel.from_pretrained(os.path.join(out, "save_model"))
+        result["loaded_partitioned"] = is_partitioned(loaded)
+        result["loaded_planned"] = [[g["mup_kind"], g["lr_mult"], g["weight_decay"]]
+                                    for g in hf_mup.mup_param_groups(loaded, lr=LR, weight_decay=WD)]
+        loaded.eval()
+        with hf_mup.zero.gathered(loaded.parameters()), torch.no_grad():
+            result["loaded_logits"] = loaded(PROBE).logits.tolist()
     resumed, *_ = trainer_run(os.path.join(out, "resumed"), zinit, resume=os.path.join(out, "run", "checkpoint-2"))
     result["resumed_losses"] = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
     return result
@@ -185,7 +193,8 @@ def run_refuse(out):
     from hf_mup import MuPTrainer
 
     optimizer = {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}}
-    targs = TrainingArguments(out, max_steps=1, report_to=[], use_cpu=True, deepspeed=ds_config(args.stage, optimizer=optimizer),
+    targs = TrainingArguments(out, max_steps=1, report_to=[], use_cpu=True,
+                              deepspeed=ds_config(args.stage, optimizer=optimizer),
                               accelerator_config={"use_configured_state": True})
     try:
         MuPTrainer(model=model(), args=targs, train_dataset=[])
