@@ -83,6 +83,15 @@ def tokens() -> torch.Tensor:
     return torch.randint(1, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread while the test runs, restored after (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require_polarity():
     """The sentence-polarity folder (`hf_mup.tasks.polarity_dir`); the test skips, with the reason, where it is not."""
     from hf_mup.tasks import polarity_dir

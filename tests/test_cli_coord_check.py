@@ -2,19 +2,12 @@
 import csv
 
 import pytest
-import torch
 
 from hf_mup import cli
 
 SMALL = ["--widths", "32,64,128", "--steps", "2", "--seeds", "2", "--seq-len", "16", "--batch-size", "4"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_coord_check_cli_passes_and_writes(tmp_path, capsys):

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import hf_mup
 from hf_mup import MuPError, cli, data
@@ -22,12 +21,7 @@ RECIPES = ROOT / "recipes"
 BAR = re.compile(r"\d+%\|| \d+/\d+ \[|it/s\]|s/it\]")  # a tqdm progress bar
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(name: str):
