@@ -130,10 +130,21 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
         model.register_forward_pre_hook(Guard())
         model.register_state_dict_post_hook(fold_state_dict)
         model.register_load_state_dict_pre_hook(unfold_state_dict)
-    if "deepspeed" in sys.modules:  # DeepSpeed's ZeRO-3 consolidated state dict is folded too (hf_mup.zero)
+    fold_deepspeed_saves()
+
+
+_DEEPSPEED_SAVES_FOLDED: list[bool] = []
+
+
+def fold_deepspeed_saves() -> None:
+    """Once DeepSpeed is imported, have its ZeRO-3 consolidated state dict (which skips the model's state-dict
+    hooks) folded too (`hf_mup.zero.install`). Run at conversion and by the guard before each forward, so a model
+    built before deepspeed was imported is covered by the time it trains and saves: a dict lookup once installed."""
+    if not _DEEPSPEED_SAVES_FOLDED and "deepspeed" in sys.modules:
         from .zero import install
 
         install()
+        _DEEPSPEED_SAVES_FOLDED.append(True)
 
 
 def remove_hooks(model: nn.Module, keep_model_hooks: bool = False) -> None:
@@ -400,10 +411,14 @@ def sync(model: nn.Module, full: bool = True) -> MuPPlan:
 
 
 class Guard:
-    """Forward pre-hook on the model: a replaced readout or embedding (`resize_token_embeddings`, a new head) gets
-    μP's multiplier back before the forward runs. A few dict lookups; skipped while torch.compile traces."""
+    """Forward pre-hook on the model: a replaced readout or embedding (`resize_token_embeddings`, a new head) or a
+    new adapter gets μP's multiplier before the forward runs, and DeepSpeed's saves are folded once it is imported.
+    A few dict lookups; skipped while torch.compile traces."""
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling():
+            return
+        fold_deepspeed_saves()
         plan = module.__dict__.get(PLAN_ATTR)
-        if plan is not None and not torch.compiler.is_compiling() and diagnose(module, plan, full=False):
+        if plan is not None and diagnose(module, plan, full=False):
             sync(module, full=False)
