@@ -10,6 +10,9 @@ import logging as _logging
 # CUDA kernels fail to load (a warning each) and it registers enums torch calls deprecated. Drop just those lines.
 _logging.getLogger("torchao").addFilter(lambda r: not r.getMessage().startswith("Failed to load"))
 _logging.getLogger("torch.utils._pytree").addFilter(lambda r: "is an Enum subclass" not in r.getMessage())
+# DeepSpeed, where installed, is imported by transformers' and accelerate's availability checks and announces on a
+# CPU machine that it found no GPU, whether or not the run uses it.
+_logging.getLogger("DeepSpeed").addFilter(lambda r: not r.getMessage().startswith("Setting accelerator to CPU"))
 
 from .config import MuPConfig  # noqa: E402
 from .describe import describe
