@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 # The venv and torch 2.13.0 (CPU wheel); constraints.txt keeps every later install from replacing it.
 $(VENV)/.torch: constraints.txt
@@ -34,6 +34,10 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -rs
+
+# ruff, configured in pyproject.toml: pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check hf_mup tests recipes benchmarks
 
 clean:
 	rm -rf $(VENV) demo_out build dist

@@ -1,4 +1,4 @@
-"""Depth transfer (issue 11): does the best learning rate stay put as the model deepens 8×, at a fixed width?
+"""Depth transfer: does the best learning rate stay put as the model deepens 8×, at a fixed width?
 
 Four parametrizations side by side, each a `hf_mup.sweep` grid study per depth (resumable: rerun to continue):
 - `sp`: the stock model (GPT-2's own init, its c_proj at σ/√(2L)), one LR;
@@ -41,7 +41,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "depth_transfer"
 # name -> (sweep parametrization, depth exponent α or None for no depth scaling)
 PARAMETRIZATIONS = {"sp": ("sp", None), "mup": ("mup", None), "completep": ("mup", 1.0), "alpha_0.5": ("mup", 0.5)}
-GOAL_DRIFT = 0.5  # the issue's goal for CompleteP, log2 units across 8× depth
+GOAL_DRIFT = 0.5  # the goal for CompleteP: the best LR within 0.5 (log2) across 8× depth
 
 
 def settings(args: argparse.Namespace) -> dict:

@@ -42,7 +42,7 @@ from hf_mup import sweep as sw
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "lingle_ablations"
 
-# Lingle's published verdicts (the paper's table, as the issue lists them).
+# Lingle's published verdicts (the paper's table).
 LINGLE = {
     "baseline": "transfers", "projection_biases": "transfers", "zero_query_init": "transfers", "swiglu": "transfers",
     "squared_relu": "transfers", "multi_query": "transfers", "sp_unembedding_init": "transfers",

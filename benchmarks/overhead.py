@@ -39,19 +39,20 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config  # noqa: E402
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config
 
-import hf_mup  # noqa: E402
+import hf_mup
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_TIME_RATIO = 1.02
@@ -364,7 +365,7 @@ def run_case(model_name: str, width: int, args, device) -> dict[str, Any]:
     gc.collect()
     gc.disable()
     try:
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             order = rng.sample(variants, len(variants))
             orders.append("".join(str(variants.index(v)) for v in order))
             for v in order:

@@ -63,9 +63,9 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def make_spec(s: dict) -> dict:
-    return sw.make_spec("grid", TASKS[s.get("task", "lm")], layers=s["layers"], head_dim=16, seq_len=64, steps=s["base_steps"],
-                        batch_size=s["batch"], base_width=s["widths"][0], tokenizer="bpe", vocab_size=2048,
-                        train_chars=s["train_chars"], val_blocks=s["val_blocks"])
+    return sw.make_spec("grid", TASKS[s.get("task", "lm")], layers=s["layers"], head_dim=16, seq_len=64,
+                        steps=s["base_steps"], batch_size=s["batch"], base_width=s["widths"][0], tokenizer="bpe",
+                        vocab_size=2048, train_chars=s["train_chars"], val_blocks=s["val_blocks"])
 
 
 def n_params(spec: dict, width: int) -> int:

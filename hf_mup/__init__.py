@@ -14,7 +14,7 @@ _logging.getLogger("torch.utils._pytree").addFilter(lambda r: "is an Enum subcla
 # CPU machine that it found no GPU, whether or not the run uses it.
 _logging.getLogger("DeepSpeed").addFilter(lambda r: not r.getMessage().startswith("Setting accelerator to CPU"))
 
-from .config import MuPConfig  # noqa: E402
+from .config import MuPConfig
 from .describe import describe
 from .errors import MuPError
 from .fold import fold

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -295,7 +295,7 @@ def fold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_meta
         for key in keys.get(name, ()):
             if key in state_dict:
                 folded[key] = _scaled(folded.get(key, state_dict[key]), index, factor)
-    for name, key_list in keys.items():  # a tied weight: one tensor under each of its keys
+    for key_list in keys.values():  # a tied weight: one tensor under each of its keys
         present = [k for k in key_list if k in folded]
         for k in present[1:]:
             folded[k] = folded[present[0]]

@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import MuPError
 
@@ -117,7 +118,7 @@ class MuPConfig:
         return {**dataclasses.asdict(self), VERSION_KEY: FORMAT_VERSION}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MuPConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> MuPConfig:
         """Settings from `config.mup` or keyword arguments; the format version, if present, is checked and dropped."""
         data = dict(data)
         format_version(data)
@@ -133,10 +134,10 @@ class MuPConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json_string(cls, text: str) -> "MuPConfig":
+    def from_json_string(cls, text: str) -> MuPConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "MuPConfig":
+    def replace(self, **changes: Any) -> MuPConfig:
         return MuPConfig.from_dict({**dataclasses.asdict(self), **changes})
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,8 @@ from .lm import PARAMETRIZATIONS, build_lm, lm_config, mask_tokens  # noqa: F401
 # scores with a zero-initialised query; the readout at init). Measured slopes: tests/test_coord_check.py.
 DEFAULT_BAND = (-0.7, 0.25)
 # A verdict averages over seeds: the slopes of one seed vary (a correct μP model, widths 64-512, 3 steps: per-seed
-# s.d. up to 0.12 for GPT-2, 0.16 for BERT), and the band holds for t <= 2. Measured on 12 seeds with `hf-mup coord-check`'s shapes (the
-# correct μP model; number of seed sets failing DEFAULT_BAND):
+# s.d. up to 0.12 for GPT-2, 0.16 for BERT), and the band holds for t <= 2. Measured on 12 seeds with
+# `hf-mup coord-check`'s shapes (the correct μP model; number of seed sets failing DEFAULT_BAND):
 #   steps 3 (t <= 2):  1, 2, 3 seeds: GPT-2 0/12, 0/66, 0/220 (max slope +0.13, +0.13, +0.12);
 #                      BERT 0/12, 0/66, 0/220 (max +0.23, +0.22, +0.17)
 #   steps 4:           BERT 1 seed 3/12, 2 seeds 3/66, 3 seeds 1/220 (GPT-2 0)
@@ -45,8 +46,8 @@ def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_siz
     """One batch per step, fixed by `seed` only (so the same at every width): random rows of `data`, else one
     random token batch repeated at every step (the model fits it, so updates line up with the inputs, as with text).
 
-    Causal LMs learn the block itself; BERT batches are masked-LM batches by the training loop's rule (`hf_mup.lm.mask_tokens`: 15% targets, 80/10/10),
-    the mask token being the last id.
+    Causal LMs learn the block itself; BERT batches are masked-LM batches by the training loop's rule
+    (`hf_mup.lm.mask_tokens`: 15% targets, 80/10/10), the mask token being the last id.
     """
     g = torch.Generator().manual_seed(seed)
     fixed = torch.randint(vocab_size - 1, (batch_size, seq_len), generator=g)
@@ -272,7 +273,7 @@ def depth_check(
             last = next(m for n, m in model.named_modules() if n.split(".")[-2:] == [blocks, str(depth - 1)])
             seen: list[torch.Tensor] = []
             hook = last.register_forward_hook(
-                lambda m, a, out: seen.append((out[0] if isinstance(out, (tuple, list)) else out).detach()))
+                lambda m, a, out, seen=seen: seen.append((out[0] if isinstance(out, (tuple, list)) else out).detach()))
             model.train()
             for step in range(steps + 1):
                 loss = model(**batch).loss

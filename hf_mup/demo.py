@@ -239,7 +239,8 @@ def summary(results: dict) -> str:
                 "under SP the proxy's hyperparameters do not carry over to the wide model."
             )
         else:
-            parts.append(f"The stock (SP) wide model at the same learning rate did as well or better ({sp - wide:+.3f} nats).")
+            parts.append("The stock (SP) wide model at the same learning rate did as well or better "
+                         f"({sp - wide:+.3f} nats).")
     return " ".join(parts)
 
 

@@ -13,7 +13,6 @@ from .optim import scales_eps
 from .plan import meta_model, norm_gains
 from .rules import Kind
 
-
 # The config fields of the architecture knobs (Lingle's ablations that live in the transformers config).
 ARCH_FIELDS = ("num_attention_heads", "num_key_value_heads", "hidden_act", "activation_function", "attention_bias",
                "mlp_bias", "tie_word_embeddings")
@@ -146,6 +145,7 @@ def describe(model: nn.Module) -> str:
          f"{plan.depth_mult ** (mup.depth_alpha - 1):g}, SGD LR × m_L^(2α-1) = "
          f"{plan.depth_mult ** (2 * mup.depth_alpha - 1):g}, Adam ε × m_L^-α = {plan.residual_scale:g}"
          if mup.base_num_layers is not None else "depth: no depth scaling (base_num_layers unset)"),
-        "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "") for n, s in plan.readouts.items()) or "nothing"),
+        "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "")
+                                        for n, s in plan.readouts.items()) or "nothing"),
     ]
     return "\n".join(lines)

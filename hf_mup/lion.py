@@ -9,7 +9,7 @@ Lion's usual learning rate is 3-10x smaller than AdamW's and its weight decay 3-
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

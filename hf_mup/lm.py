@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
-
 
 ARCHS = ("gpt2", "bert", "llama")
 TASKS = ("causal_lm", "masked_lm")
@@ -131,7 +130,8 @@ def lm_task(config) -> str:
 
 
 def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator,
-                special_ids: Iterable[int] = (), mlm_probability: float = MLM_PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
+                special_ids: Iterable[int] = (),
+                mlm_probability: float = MLM_PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) of a masked-LM batch, by `DataCollatorForLanguageModeling.torch_mask_tokens`'s rule and
     draws: each position is a target with probability `mlm_probability` (never `mask_id` nor `special_ids`); a target
     becomes `mask_id` with probability 0.8, a uniform random id below `vocab_size` with 0.1, else stays. Labels are

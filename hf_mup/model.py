@@ -114,7 +114,8 @@ def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, stored_as: Mu
     if weights == "fresh":
         apply_init(model, plan)
     else:
-        loaded = None if fresh is None else {n for n in map(canonical_name, dict(model.named_parameters())) if n not in fresh}
+        loaded = None if fresh is None else {n for n in map(canonical_name, dict(model.named_parameters()))
+                                             if n not in fresh}
         if weights == "folded" or stored_as != mup:
             if weights == "mup":  # to the stock weights with the same outputs, then as "folded"
                 scale_parameters(model, _fold_entries_as_saved(model, plan, stored_as, saved_by), only=loaded)

@@ -5,14 +5,14 @@ import inspect
 import math
 import warnings
 import weakref
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .errors import MuPError
 from .apply import PLAN_ATTR
+from .errors import MuPError
 from .model import get_plan, unwrap
 from .plan import canonical_name, is_norm
 from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group

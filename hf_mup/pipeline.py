@@ -69,7 +69,7 @@ class Preset:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preset":
+    def from_dict(cls, d: dict) -> Preset:
         """The inverse of `to_dict` (e.g. of a run's `preset.json`)."""
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         baseline = {k: tuple(v) if isinstance(v, list) else v for k, v in d["baseline"].items()}
@@ -500,8 +500,8 @@ class Pipeline:
             "target": {**asdict(p.target), "params": target_n},
             "search": {"trials": p.search_trials, "steps_per_trial": p.search_steps, "tokens": search_tokens,
                        "flops": 6 * proxy_n * search_tokens},
-            "pretrain": {"rows": 2 + len(p.sp_grid_lrs), "steps": p.pretrain_steps, "batch": p.pretrain_batch, "tokens": pre_tokens,
-                         "flops_per_row": 6 * target_n * pre_tokens},
+            "pretrain": {"rows": 2 + len(p.sp_grid_lrs), "steps": p.pretrain_steps, "batch": p.pretrain_batch,
+                         "tokens": pre_tokens, "flops_per_row": 6 * target_n * pre_tokens},
             "finetune": {"tasks": list(p.tasks), "lrs": list(p.finetune_lrs), "seeds": p.finetune_seeds,
                          "runs": 2 * len(p.tasks) * len(p.finetune_lrs) * p.finetune_seeds},
             "search_fraction_of_pretraining": (6 * proxy_n * search_tokens) / (6 * target_n * pre_tokens),

@@ -323,7 +323,8 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             continue
         fan_in, fan_out = layouts[id(p)]
         rule = (TensorRule(Kind.SCALAR) if fan_out is None else
-                classify(tuple(param_shape(p)), tuple(base_params[name].shape), tuple(delta_params[name].shape), fan_in, fan_out))
+                classify(tuple(param_shape(p)), tuple(base_params[name].shape), tuple(delta_params[name].shape),
+                         fan_in, fan_out))
         if rule.kind is Kind.READOUT and in_attention(name):
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).

@@ -20,9 +20,10 @@ import math
 import time
 import warnings
 import weakref
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from . import data as hf_data  # noqa: E402
 from .errors import MuPError  # noqa: E402
-from .lm import build_lm, evaluate, lm_config, train_lm
+from .lm import build_lm, evaluate, lm_config, train_lm  # noqa: E402
 
 ARCHS = ("gpt2", "bert", "llama")  # BERT trains as a masked LM, the others as causal LMs (hf_mup.lm.train_lm)
 PARAMETRIZATIONS = ("mup", "sp")

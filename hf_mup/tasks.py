@@ -12,8 +12,8 @@ import csv
 import math
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -14,8 +14,8 @@ import transformers
 from transformers import Trainer, TrainingArguments
 
 from .config import MuPConfig
-from .model import MuPModel, is_mup, unwrap
 from .errors import MuPError
+from .model import MuPModel, is_mup, unwrap
 from .optim import base_lr, check_optimizer, default_eps, mup_param_groups
 from .plan import canonical_name
 from .rules import optimizer_family

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     val_ds = val_ds.select(range(min(len(val_ds), recipe.max_eval_blocks)))
 
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0,
                         **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])},
                         **recipe.init_overrides)
     overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")

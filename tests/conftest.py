@@ -4,9 +4,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import BertConfig, GPT2Config, TrainerCallback  # noqa: E402
+import pytest
+import torch
+from transformers import BertConfig, GPT2Config, TrainerCallback
 
 VOCAB = 128
 

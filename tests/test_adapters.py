@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig)
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config, LlamaConfig
 
 import hf_mup
 

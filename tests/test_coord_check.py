@@ -31,8 +31,8 @@ were 0.57..0.67 (t1) and 0.93..1.22 (t2) for GPT-2; μP's were -0.19..-0.05 / -0
 within [-0.51, +0.14], the broken setup's attention 0.94..1.00 (t1): SP > 0.4 is asserted at t1 only for BERT.
 Llama (`lm_config("llama")`: RMSNorm, SwiGLU, rotary, untied zero-init lm_head; causal batches as GPT-2's), seed
 pairs 0-7: SP logits 0.56..0.59 (t1) and 0.95..1.07 (t2), μP's -0.19..-0.01, every μP slope within [-0.48, +0.09]
-(the most negative: attention scores at t2, zero-initialised queries as GPT-2's): SP > 0.4 asserted at t1 and t2. The broken setup (μP model,
-plain AdamW) has attention / MLP output slopes of 0.75..0.95 at t1 and 1.2..2.5 at t2.
+(the most negative: attention scores at t2, zero-initialised queries as GPT-2's): SP > 0.4 asserted at t1 and t2. The
+broken setup (μP model, plain AdamW) has attention / MLP output slopes of 0.75..0.95 at t1 and 1.2..2.5 at t2.
 """
 import math
 import os

@@ -182,7 +182,7 @@ def test_check_optimizer_refuses_a_mismatched_eps():
     groups = hf_mup.mup_param_groups(model, lr=1e-3)
     for g in groups:
         g.pop("eps"), g.pop("eps_mult")
-    with pytest.raises(MuPError, match="without μP's Adam ε factor 0.5 \(1/m_N"):
+    with pytest.raises(MuPError, match=r"without μP's Adam ε factor 0.5 \(1/m_N"):
         hf_mup.check_optimizer(model, torch.optim.AdamW(groups))
 
 

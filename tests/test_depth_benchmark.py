@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import depth_transfer as dt  # noqa: E402
+import depth_transfer as dt
 
 
 def test_specs_scale_depth_only_where_asked():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import lingle_ablations as la  # noqa: E402
+import lingle_ablations as la
 
 
 def test_every_ablation_is_known_to_lingle_and_builds():

@@ -116,7 +116,7 @@ def _step(model, optimizer):
 
 
 def test_an_optimizer_eps_that_the_groups_override_is_refused_at_the_first_step():
-    """The issue's repro: depth scaling on, AdamW(groups, eps=1e-6) trained with the groups' 1e-8-based ε silently.
+    """Depth scaling on, AdamW(groups, eps=1e-6) used to train with the groups' 1e-8-based ε silently.
     Refused before the update; `mup_optimizer` builds both from one ε."""
     model = hf_mup.MuPModel.from_config(make_config("GPT2LMHeadModel", 128), base_hidden_size=64, base_num_layers=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -68,7 +68,8 @@ def test_lr_multipliers_when_intermediate_scales_differently():
     msmup.set_base_shapes(reference, base, delta=delta, rescale_params=False, do_assert=False)
     with torch.device("meta"):
         model = hf_mup.MuPModel.from_config(
-            make_config("BertForMaskedLM", 256, intermediate_size=1024), base_hidden_size=BASE, base_intermediate_size=2 * BASE
+            make_config("BertForMaskedLM", 256, intermediate_size=1024), base_hidden_size=BASE,
+            base_intermediate_size=2 * BASE
         )
     for optimizer, ref_cls in (("adamw", msmup.MuAdamW), ("sgd", msmup.MuSGD)):
         expected = _reference_lrs(reference, ref_cls, lr)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import free_port
+from safetensors.torch import load_file
 from test_pipeline import MINI
 
 from hf_mup.pipeline import Pipeline

@@ -1,4 +1,4 @@
-"""PostgreSQL storage (issue #9): one clear error line for every way a storage fails to open (no server needed), and
+"""PostgreSQL storage: one clear error line for every way a storage fails to open (no server needed), and
 many workers on one search for real: a throwaway PostgreSQL cluster that the tests start and remove themselves, two
 `hf-mup sweep` workers on one study, one SIGKILLed mid-trial, a worker run again, each grid point COMPLETE once.
 
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from optuna.trial import TrialState
 from conftest import free_port
+from optuna.trial import TrialState
 
 from hf_mup import MuPError, cli
 from hf_mup import sweep as sw

@@ -1,5 +1,5 @@
 """μP state that cannot go silently wrong: checkpoints opened by stock loaders, module surgery, wrappers, pretrained
-starts, settings. Each test reproduces a finding of issue #8 that failed before the plan/apply redesign."""
+starts, settings."""
 import copy
 import json
 import logging

@@ -8,9 +8,9 @@ import pytest
 from conftest import require_polarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import train_big_compress as tbc  # noqa: E402
+import train_big_compress as tbc
 
-from hf_mup import MuPError  # noqa: E402
+from hf_mup import MuPError
 
 pytest.importorskip("torchao")
 

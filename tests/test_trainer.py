@@ -62,7 +62,8 @@ def test_group_lrs_follow_mup_and_the_schedule(tmp_path, optim, family):
 
 def test_unscalable_optimizer_is_refused(tmp_path):
     trainer = MuPTrainer(model=_model(), args=_args(tmp_path, optim="adafactor"), train_dataset=_dataset())
-    with pytest.raises(hf_mup.MuPError, match=r"no μP rule for the optimizer optim='adafactor': Adafactor's relative step.*adamw_torch"):
+    with pytest.raises(hf_mup.MuPError,
+                       match=r"no μP rule for the optimizer optim='adafactor': Adafactor's relative step.*adamw_torch"):
         trainer.train()
 
 

@@ -1,4 +1,4 @@
-"""A newcomer's path (issue 18, item 8), tried as a user takes it: the README's μTransfer chain run as written (sizes
+"""A newcomer's path, tried as a user takes it: the README's μTransfer chain run as written (sizes
 shrunk by flags appended to its own commands) to a target of another depth; missing extras, missing task data and
 typos refused before any work with the line that fixes them; logs without torchao / _pytree noise or progress bars."""
 import importlib.util

@@ -9,9 +9,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import make_config  # noqa: E402
+from conftest import make_config
 
-import hf_mup  # noqa: E402
+import hf_mup
 
 torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=0, world_size=1)
 options = {"base_hidden_size": 64, "output_mult": 3.0, "attn_mult": 1.5, "input_mult": 2.0}
