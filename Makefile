@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 # The venv and torch 2.13.0 (CPU wheel); constraints.txt keeps every later install from replacing it.
 $(VENV)/.torch: constraints.txt
@@ -34,6 +34,10 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -rs
+
+# The quick tests only (markers in setup.cfg): what a change to the core needs first, in under a minute.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -m "not slow and not multiprocess and not server"
 
 # ruff, configured in pyproject.toml: pyflakes, pycodestyle, import order, bugbear, pyupgrade.
 lint: $(VENV)/.installed

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+pytestmark = pytest.mark.multiprocess  # `accelerate launch` / torch.distributed.run with 2 processes
+
 SCRIPT = Path(__file__).parent / "scripts" / "accelerate_train.py"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

@@ -36,6 +36,7 @@ def _logits(model, tokens):
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_lora_keeps_mup_through_merge_save_and_stock_load(case, tmp_path):
     config, targets, auto = CASES[case]
     torch.manual_seed(0)

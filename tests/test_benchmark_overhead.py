@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
@@ -18,6 +20,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_overhead_quick_tiny(tmp_path):
     out = tmp_path / "overhead_cpu.json"
     results = load_script().main([

@@ -10,6 +10,7 @@ SMALL = ["--widths", "32,64,128", "--steps", "2", "--seeds", "2", "--seq-len", "
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_coord_check_cli_passes_and_writes(tmp_path, capsys):
     assert cli.main(["coord-check", *SMALL, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -20,6 +21,7 @@ def test_coord_check_cli_passes_and_writes(tmp_path, capsys):
     assert (tmp_path / "coord_check.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_coord_check_cli_fails_outside_band(tmp_path, capsys):
     # A band no real run fits in: the exit code must say so (users put this command in their CI).
     code = cli.main(["coord-check", *SMALL, "--parametrization", "mup", "--low", "-0.001", "--high", "0.001",
@@ -27,6 +29,7 @@ def test_coord_check_cli_fails_outside_band(tmp_path, capsys):
     assert code == 1 and "FAIL" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_one_seed_without_verdict(tmp_path, capsys):
     # a plot of SP alone has no verdict: one seed is enough
     assert cli.main(["coord-check", *SMALL, "--seeds", "1", "--parametrization", "sp", "--out", str(tmp_path)]) == 0
@@ -36,6 +39,7 @@ def test_one_seed_without_verdict(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arch, first_seed", [("gpt2", 100), ("gpt2", 200), ("bert", 300)])
+@pytest.mark.slow
 def test_default_command_passes_a_correct_model(arch, first_seed, tmp_path, capsys):
     """The default settings (widths 64-512, 3 steps, 3 seeds) are a CI gate: a correct μP model passes whatever
     the seeds (seeds 0-35 measured; see hf_mup/coord_check.py). SP is left out: it has no say in the verdict."""

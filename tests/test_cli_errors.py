@@ -66,6 +66,7 @@ def test_inspect_bad_config_file(text, message, tmp_path, capsys):
     assert message in line and str(path) in line
 
 
+@pytest.mark.slow
 def test_inspect_missing_file_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hf_mup", "inspect", "missing.json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -8,6 +8,7 @@ import hf_mup
 from hf_mup import MuPTrainer
 
 
+@pytest.mark.slow
 def test_compile_same_logits_and_grads(tokens):
     model = _model(output_mult=4.0, input_mult=2.0, attn_mult=1.5)
     with torch.no_grad():
@@ -23,6 +24,7 @@ def test_compile_same_logits_and_grads(tokens):
     assert hf_mup.get_plan(compiled) is hf_mup.get_plan(model)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_larger_batch(tmp_path):
     big = MuPTrainer(model=_model(), args=_args(tmp_path / "big", per_device_train_batch_size=8, max_steps=4),
                      train_dataset=_dataset())
@@ -48,6 +50,7 @@ def test_bf16_autocast(tokens):
     torch.testing.assert_close(bf16.float(), fp32, rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.slow
 def test_bf16_trainer_and_bf16_weights(tmp_path):
     trainer = MuPTrainer(model=_model(), args=_args(tmp_path, bf16=True, max_steps=3), train_dataset=_dataset())
     trainer.train()

@@ -86,6 +86,7 @@ def _describe(rows):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])
+@pytest.mark.slow
 def test_mup_is_flat_sp_logits_grow(arch, request):
     records = request.getfixturevalue(f"{arch}_records")
     assert {r["step"] for r in records} == {0, 1, 2}
@@ -117,6 +118,7 @@ def test_mup_is_flat_sp_logits_grow(arch, request):
     assert verdict(slopes(records), parametrization="sp"), "SP must fail the coordinate check"
 
 
+@pytest.mark.slow
 def test_plain_optimizer_on_mup_model_is_flagged(gpt2_records):
     """A μP model trained with `torch.optim.AdamW(model.parameters())` (no per-tensor LRs) must fail."""
     bad = verdict(slopes(gpt2_records), parametrization="mup_global_lr")
@@ -139,6 +141,7 @@ def test_slopes_and_verdict_on_synthetic_records():
     assert {r["module"] for r in verdict(slopes(recs), threshold=0.6)} == {"shrinks", "diverged"}
 
 
+@pytest.mark.slow
 def test_plot(gpt2_records, tmp_path):
     path = tmp_path / "coord.png"
     plot([r for r in gpt2_records if r["parametrization"] != "mup_global_lr"], str(path))

@@ -20,6 +20,8 @@ deepspeed = pytest.importorskip("deepspeed")
 import hf_mup  # noqa: E402
 import hf_mup.zero  # noqa: E402
 
+pytestmark = pytest.mark.multiprocess  # `accelerate launch` / torch.distributed.run with 2 processes
+
 SCRIPT = Path(__file__).parent / "scripts" / "deepspeed_train.py"
 STEPS, BATCH, LR, WD = 4, 4, 1e-2, 0.1
 MULTS = {"output_mult": 3.0, "attn_mult": 1.5, "input_mult": 2.0}

@@ -57,6 +57,7 @@ def test_token_blocks(tokenizer):
     assert torch.equal(blocks.flatten(), flat[: 10 * 32])
 
 
+@pytest.mark.slow
 def test_demo_smoke(tmp_path):
     out = tmp_path / "demo"
     argv = [

@@ -154,6 +154,7 @@ class _nothing:
         return False
 
 
+@pytest.mark.slow
 def test_eps_through_the_trainer_its_scheduler_and_resume(tmp_path):
     from datasets import Dataset
 
@@ -198,6 +199,7 @@ def test_bad_depth_settings():
 
 
 @pytest.mark.parametrize("arch,lr", [("gpt2", 1e-2), ("llama", 1e-3)])
+@pytest.mark.slow
 def test_depth_coordinate_check(arch, lr):
     """How far the last block's output moves in 3-4 AdamW steps, at depths 2-8: flat under CompleteP (α = 1),
     growing about ∝ depth under μP without depth scaling. Measured at depths 2-16 (seeds 0-3; GPT-2 lr 1e-2, steps
@@ -214,6 +216,7 @@ def test_depth_coordinate_check(arch, lr):
     assert all(plain[t] > 0.6 for t in measured), plain
 
 
+@pytest.mark.slow
 def test_transfer_across_depth(tmp_path, capsys):
     """A proxy tuned with depth scaling (`hf-mup sweep --base-layers`) transfers to a deeper target; without it the
     depth change is refused, naming the fix, unless allowed explicitly."""

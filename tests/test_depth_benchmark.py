@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import depth_transfer as dt
 
@@ -27,6 +29,7 @@ def test_summary_drift_and_deeper_never_worse():
     assert dt.summarize("x", per)["deeper_never_worse"] is False
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_table(tmp_path):
     assert dt.main(["--quick", "--only", "mup,completep", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "depth_transfer_quick.json").read_text())

@@ -34,6 +34,7 @@ def test_verdict_is_lingles_rule():
     assert la.verdict({"16": {"log2_lr": -6.0}}, [16, 64, 256])["verdict"] is None  # a study not finished yet
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_table(tmp_path):
     assert la.main(["--quick", "--only", "baseline,multi_query,standard_parametrization", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "lingle_ablations_quick.json").read_text())

@@ -125,6 +125,7 @@ def _dataset():
     return [{"input_ids": r, "labels": r} for r in x]
 
 
+@pytest.mark.slow
 def test_trainer_with_lion(tmp_path):
     # Given as optimizer_cls_and_kwargs: MuPTrainer builds the μP groups for Lion.
     trainer = MuPTrainer(model=_model(), args=_trainer_args(tmp_path), train_dataset=_dataset(),

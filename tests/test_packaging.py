@@ -67,6 +67,7 @@ def env(built):
     return e
 
 
+@pytest.mark.slow
 def test_wheel_contents(built):
     sdist, wheel, _ = built
     with zipfile.ZipFile(wheel) as z:
@@ -91,6 +92,7 @@ def test_wheel_contents(built):
         assert any(n.endswith(f"{DATA}/ATTRIBUTION.md") for n in t.getnames())
 
 
+@pytest.mark.slow
 def test_installed_data_and_demo(built, env, tmp_path):
     """From the wheel: `data.wikitext_dir()` is the shipped copy, its error names HF_MUP_DATA, and
     `python -m hf_mup.demo` (tiny, about 7 s) trains on it. One subprocess: importing hf_mup takes seconds."""
@@ -129,6 +131,7 @@ def test_installed_data_and_demo(built, env, tmp_path):
     assert all(math.isfinite(m["final_val_loss"]) for m in results["models"].values())
 
 
+@pytest.mark.slow
 def test_installed_cli_sweep_default_data(built, env, tmp_path):
     """`hf-mup sweep` (the installed console script) on its default data: one 2-step trial, about 10 s."""
     script = built[2] / "bin" / "hf-mup"

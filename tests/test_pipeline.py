@@ -28,6 +28,7 @@ def finished(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_all_stages_write_their_results(finished):
     state = json.loads((finished / "stages.json").read_text())
     assert all(state[s]["done"] for s in ("search", "transfer", "pretrain", "finetune", "report"))
@@ -50,6 +51,7 @@ def test_all_stages_write_their_results(finished):
     assert "mup" not in json.loads((finished / "pretrain" / "megatron" / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_finished_stages_are_skipped_and_lost_work_is_redone(finished, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished, out)
@@ -66,6 +68,7 @@ def test_finished_stages_are_skipped_and_lost_work_is_redone(finished, tmp_path)
     assert (out / "pretrain" / "mutransfer" / "final_metrics.json").read_text() == before  # pretraining skipped
 
 
+@pytest.mark.slow
 def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     """A pretraining run killed after step 5's checkpoint continues from it to the uninterrupted run's loss."""
     preset = replace(MINI, pretrain_steps=10)
@@ -81,6 +84,7 @@ def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     assert resumed["eval_loss"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_gpt2_pipeline_reports_the_regret(tmp_path):
     mini = Preset("mini", "gpt2", proxy=Shape(32, 1, 16), target=Shape(64, 1, 16), seq_len=32, vocab_size=320,
                   search_trials=2, search_steps=4, search_batch=8, pretrain_steps=4, pretrain_batch=8,
@@ -96,6 +100,7 @@ def test_gpt2_pipeline_reports_the_regret(tmp_path):
     assert not (tmp_path / "finetune.jsonl").exists()  # no tasks for a causal LM
 
 
+@pytest.mark.slow
 def test_recipes_run_as_scripts(tmp_path):
     import subprocess
 

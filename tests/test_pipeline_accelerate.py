@@ -16,6 +16,8 @@ from test_pipeline import MINI
 
 from hf_mup.pipeline import Pipeline
 
+pytestmark = pytest.mark.multiprocess  # `accelerate launch` / torch.distributed.run with 2 processes
+
 SCRIPT = Path(__file__).parent / "scripts" / "pipeline_stages.py"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 PRESET = replace(MINI, pretrain_steps=6, pretrain_batch=8, tasks=())

@@ -186,6 +186,7 @@ def _new_database(cluster: Cluster, name: str) -> str:
     return cluster.url(database=name)
 
 
+@pytest.mark.server
 def test_wrong_password_and_missing_database_are_clear_errors(cluster):
     with pytest.raises(MuPError) as e:
         sw.open_study("s", cluster.url(password="wrong-pw"), {"mode": "grid"})
@@ -232,6 +233,7 @@ def _connected(conn) -> set[str]:
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.server
 def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tmp_path):
     """Workers A and B on one study; when both are mid-trial, A is SIGKILLed; C runs the same command again.
 

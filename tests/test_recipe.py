@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import hf_mup
@@ -22,6 +23,7 @@ def _recipe():
     return module
 
 
+@pytest.mark.slow
 def test_tiny_preset_trains_saves_and_resumes(tmp_path):
     hparams = tmp_path / "hparams.json"
     hparams.write_text(json.dumps({"mup": {"output_mult": 2.0}, "training_args": {"learning_rate": 0.004},
@@ -43,6 +45,7 @@ def test_tiny_preset_trains_saves_and_resumes(tmp_path):
     assert state["global_step"] == 4 and math.isfinite(metrics["eval_loss"])
 
 
+@pytest.mark.slow
 def test_process_group_is_destroyed_at_the_end(tmp_path):
     """Under `accelerate launch` the recipe must destroy the process group before exit (a rank exiting with gloo's
     threads alive can abort: "terminate called without an active exception"). Here a one-process gloo group."""

@@ -155,6 +155,7 @@ def test_get_plan_restores_a_changed_attention_scale():
     assert attn.scaling == good
 
 
+@pytest.mark.slow
 def test_torch_compile_and_gradient_checkpointing_keep_mup(tokens):
     model = _trained_like("GPT2LMHeadModel")
     expected = logits(model, tokens)
@@ -314,6 +315,7 @@ def test_input_mult_on_bert_warns():
         hf_mup.MuPModel.from_config(make_config("BertForMaskedLM", 128), base_hidden_size=64, input_mult=2.0)
 
 
+@pytest.mark.slow
 def test_fsdp2_full_state_dict_is_folded_and_loads_back():
     """accelerate / torch.distributed.checkpoint gather FSDP2's DTensors through the same fold hook."""
     import subprocess

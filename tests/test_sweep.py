@@ -38,6 +38,7 @@ def by_point(study):
     return out
 
 
+@pytest.mark.slow
 def test_grid_cli_writes_csv_json_png(tmp_path, capsys):
     assert cli.main(["sweep", *TINY, "--log2-lrs=-8:-7:1", "--out", str(tmp_path)]) == 0
     rows = (tmp_path / "results.csv").read_text().strip().splitlines()
@@ -69,6 +70,7 @@ def test_grid_cli_writes_csv_json_png(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.slow
 def test_resume_after_kill_runs_each_point_once(tmp_path, data):
     spec = tiny_spec()
     points = sw.grid_points([32, 64], [-8.0, -7.0], ["mup"], seeds=1)
@@ -106,6 +108,7 @@ def test_resume_after_kill_runs_each_point_once(tmp_path, data):
     assert len(study.trials) == n  # nothing left to run
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_completes_each_point_once(tmp_path):
     args = ["sweep", *TINY, "--steps", "20", "--parametrization", "mup", "--log2-lrs=-8:-7:1", "--heartbeat", "1",
             "--out", str(tmp_path)]
@@ -143,6 +146,7 @@ def test_spec_mismatch_is_a_clear_error(tmp_path):
     sw.open_study("s", url, tiny_spec())  # the same spec reopens
 
 
+@pytest.mark.slow
 def test_tune_three_trials_and_transfer(tmp_path, data, capsys):
     spec = tiny_spec(mode="tune", proxy_width=32)
     url = sw.default_storage(tmp_path)
@@ -177,6 +181,7 @@ def test_tune_three_trials_and_transfer(tmp_path, data, capsys):
     assert cost["target_tokens"] == 20 * cost["target_params"]
 
 
+@pytest.mark.slow
 def test_bert_grid_cli_writes_finite_mlm_losses(tmp_path, capsys):
     assert cli.main(["sweep", "--arch", "bert", *TINY, "--log2-lrs=-8:-7:1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
@@ -190,6 +195,7 @@ def test_bert_grid_cli_writes_finite_mlm_losses(tmp_path, capsys):
     assert "drift" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bert_tune_two_trials_and_transfer_to_a_wider_bert(tmp_path, capsys):
     argv = ["sweep", "--arch", "bert", "--mode", "tune", *TINY, "--widths", "32", "--n-trials", "2",
             "--sampler", "random", "--log2-lrs=-10:-6", "--out", str(tmp_path)]

@@ -61,6 +61,7 @@ def test_accuracy_counts_held_out_predictions():
     assert tasks.accuracy(Fixed(), tok, examples) == expected
 
 
+@pytest.mark.slow
 def test_finetune_learns_an_easy_task():
     """A μP BERT classifier learns "does the sentence contain 'the'" well above chance on held-out sentences."""
     tok = _tokenizer()

@@ -41,6 +41,7 @@ def test_pareto_front():
     assert [r["bytes"] for r in tbc.pareto(rows)] == [10, 20, 40]
 
 
+@pytest.mark.slow
 def test_quick_run(tmp_path):
     argv = ["--quick", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
     assert tbc.main(argv) == 0
@@ -57,6 +58,7 @@ def test_quick_run(tmp_path):
     assert (tmp_path / "work_quick" / "evaluations.json").read_text() == evaluations
 
 
+@pytest.mark.slow
 def test_quick_polarity_run(tmp_path):
     """BERT pretrained for the same FLOPs per width, fine-tuned on sentence polarity (the base width's LR copied),
     then compressed: accuracies in [0, 1] against inference bytes."""
@@ -69,6 +71,7 @@ def test_quick_polarity_run(tmp_path):
     assert (tmp_path / "work_polarity_quick" / "width64" / "finetuned" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_quick_wallclock_run(tmp_path):
     """--budget seconds: steps from the measured seconds per step, kept in the work folder so a rerun trains the same."""
     argv = ["--quick", "--budget", "seconds", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]

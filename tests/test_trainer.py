@@ -81,6 +81,7 @@ def _losses(trainer):
     return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     # Multipliers that are not powers of two: the checkpoint's folded weights (× 3/m, × 1.5) do not round-trip to
     # the bit, and resuming must still give the same run.
@@ -123,6 +124,7 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(p, expected_p, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_optuna_search_over_mup_multipliers(tmp_path):
     optuna = pytest.importorskip("optuna")
     built = []
@@ -158,6 +160,7 @@ def test_optuna_search_over_mup_multipliers(tmp_path):
 
 
 @pytest.mark.parametrize("model_class", ["BertForMaskedLM", "BertForSequenceClassification"])
+@pytest.mark.slow
 def test_gradient_accumulation_trains_as_the_whole_batch(model_class, tmp_path):
     """BERT's heads average their own loss and ignore num_items_in_batch: 2 accumulated micro-batches of 4 must
     train as one batch of 8 (MLM: the loss summed over the targets of both / their count; a classifier's mean / 2)."""

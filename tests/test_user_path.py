@@ -58,6 +58,7 @@ SMALL_SWEEP = ["--widths", "64", "--head-dim", "16", "--layers", "1", "--base-la
                "--vocab-size", "300"]
 
 
+@pytest.mark.slow
 def test_readme_transfer_chain_runs_as_written_to_a_deeper_target(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     lines = _readme_chain()
@@ -227,6 +228,7 @@ def test_pipeline_checks_every_stage_input_before_the_first(tmp_path, monkeypatc
     assert json.loads(capsys.readouterr().out)["finetune"]["tasks"] == ["nsp"]
 
 
+@pytest.mark.slow
 def test_a_recipe_log_has_no_noise(tmp_path):
     """torchao's failed CUDA-kernel loads, torch's _pytree Enum deprecation and progress bars are not in a log file."""
     text = tmp_path / "text.txt"
