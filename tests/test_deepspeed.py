@@ -23,8 +23,10 @@ import hf_mup.zero  # noqa: E402
 pytestmark = pytest.mark.multiprocess  # `accelerate launch` / torch.distributed.run with 2 processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "deepspeed_train.py"
-STEPS, BATCH, LR, WD = 4, 4, 1e-2, 0.1
-MULTS = {"output_mult": 3.0, "attn_mult": 1.5, "input_mult": 2.0}
+sys.path.insert(0, str(SCRIPT.parent))
+import tiny_gpt2  # noqa: E402 (the workers' model, data and settings)
+from tiny_gpt2 import BATCH, LR, STEPS, WD  # noqa: E402
+
 RUNS = {2: ["accelerate-before", "refuse", "trainer-before"],  # accelerate's runs first: a Trainer's state lingers
         3: ["accelerate-zinit", "trainer-before", "trainer-zinit"]}
 # Measured: 2 processes under ZeRO vs one process on the doubled batch differ by at most 4.8e-7 in the loss.
@@ -64,22 +66,9 @@ def run(request, stage2, stage3):
     return stage, name, folder, result
 
 
-def _model():
-    from transformers import GPT2Config
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=128, n_head=8, n_layer=2, vocab_size=128, n_positions=32, bos_token_id=0,
-                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return hf_mup.MuPModel.from_config(config, base_hidden_size=64, **MULTS)
-
-
-def _tokens():
-    return torch.randint(1, 128, (STEPS * BATCH * 2, 16), generator=torch.Generator().manual_seed(0))
-
-
 def _from_initial(folder: Path):
     """A one-process μP model holding the run's initial (unfolded) parameters."""
-    model = _model()
+    model = tiny_gpt2.model()
     initial = torch.load(folder / "initial.pt")
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -93,7 +82,7 @@ def _one_process_losses(name: str, folder: Path, tmp_path) -> list[float]:
     if name.startswith("accelerate"):
         optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=LR, weight_decay=WD))
         losses = []
-        for batch in _tokens().split(2 * BATCH):
+        for batch in tiny_gpt2.tokens().split(2 * BATCH):
             loss = model(batch, labels=batch).loss
             loss.backward()
             optimizer.step()
@@ -105,7 +94,7 @@ def _one_process_losses(name: str, folder: Path, tmp_path) -> list[float]:
     args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2 * BATCH, max_steps=STEPS, learning_rate=LR,
                              warmup_steps=1, lr_scheduler_type="linear", weight_decay=WD, logging_steps=1, report_to=[],
                              save_strategy="no", seed=0, data_seed=0, disable_tqdm=True, use_cpu=True)
-    train = [{"input_ids": r, "labels": r} for r in _tokens()]
+    train = [{"input_ids": r, "labels": r} for r in tiny_gpt2.tokens()]
     trainer = hf_mup.MuPTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -129,7 +118,7 @@ def test_groups_losses_and_init(run, tmp_path):
     # The initial weights are μP's, also when zero.Init partitioned the model before hf_mup rescaled it: every
     # tensor's spread is the unpartitioned μP model's (zero-init query and readout included).
     _, initial = _from_initial(folder)
-    reference = dict(_model().named_parameters())
+    reference = dict(tiny_gpt2.model().named_parameters())
     for n, p in initial.items():
         if p.numel() >= 4096:
             assert p.std().item() == pytest.approx(reference[n].std().item(), rel=0.05), n

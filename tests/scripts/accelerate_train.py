@@ -10,10 +10,10 @@ faulthandler.enable(all_threads=True)  # should a rank still abort, its log says
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import tiny_gpt2  # noqa: E402 (beside this script)
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from transformers import GPT2Config  # noqa: E402
 
 import hf_mup  # noqa: E402
 
@@ -25,10 +25,7 @@ parser.add_argument("--fsdp", action="store_true", help="shard the model with FS
 args = parser.parse_args()
 
 accelerator = Accelerator(cpu=True)
-torch.manual_seed(0)
-config = GPT2Config(n_embd=128, n_head=8, n_layer=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-model = hf_mup.MuPModel.from_config(config, base_hidden_size=64, output_mult=4.0)
+model = tiny_gpt2.model(output_mult=4.0)
 data = torch.randint(0, 128, (args.steps * args.batch_size * accelerator.num_processes, 16),
                      generator=torch.Generator().manual_seed(1))
 loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
@@ -46,13 +43,7 @@ else:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 hf_mup.check_optimizer(model, optimizer)  # the groups survived wrapping
 
-losses = []
-for batch in loader:
-    loss = model(batch, labels=batch).loss
-    accelerator.backward(loss)
-    optimizer.step()
-    optimizer.zero_grad()
-    losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+losses = tiny_gpt2.train(accelerator, model, optimizer, loader)
 
 def without_key_biases(name: str, t: torch.Tensor) -> torch.Tensor:
     """GPT-2's key biases (the middle third of c_attn.bias) have a zero gradient in exact arithmetic (softmax ignores a

@@ -33,11 +33,10 @@ hf_mup.zero.disable_jit_ops()  # no C++ build of DeepSpeed's shm collectives at 
 
 from accelerate import PartialState  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
-from transformers import GPT2Config, TrainerCallback, TrainingArguments  # noqa: E402
+from tiny_gpt2 import BATCH, LR, STEPS, WD, model, tokens, train  # noqa: E402 (beside this script)
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
 
-STEPS, BATCH, LR, WD = 4, 4, 1e-2, 0.1
-MULTS = {"output_mult": 3.0, "attn_mult": 1.5, "input_mult": 2.0}  # not powers of two: folding rounds
 state = PartialState(backend="gloo")  # with no GPU accelerate would pick no backend (each rank alone)
 rank = state.process_index
 PROBE = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(3))
@@ -49,17 +48,6 @@ def ds_config(stage: int, **extra) -> dict:
                                   "stage3_gather_16bit_weights_on_model_save": True},
             "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
             "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": 10**9, **extra}
-
-
-def model():
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=128, n_head=8, n_layer=2, vocab_size=128, n_positions=32, bos_token_id=0,
-                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return hf_mup.MuPModel.from_config(config, base_hidden_size=64, **MULTS)
-
-
-def tokens():
-    return torch.randint(1, 128, (STEPS * BATCH * 2, 16), generator=torch.Generator().manual_seed(0))
 
 
 def initial_state(m) -> dict | None:
@@ -170,13 +158,7 @@ def run_accelerate(out, zinit):
     loader = torch.utils.data.DataLoader(tokens(), batch_size=BATCH)
     engine, optimizer, loader = accelerator.prepare(m, optimizer, loader)
     hf_mup.check_optimizer(engine, optimizer)  # the ZeRO optimizer's groups are μP's
-    losses = []
-    for batch in loader:
-        loss = engine(batch, labels=batch).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+    losses = train(accelerator, engine, optimizer, loader)
     result = {"built_partitioned": built_partitioned, "trained_partitioned": is_partitioned(engine.module),
               "losses": losses, "lrs": groups(optimizer), "logits": probe_logits(engine),
               "planned": [[g["mup_kind"], g["lr_mult"], g["weight_decay"]]
