@@ -25,6 +25,7 @@ from .errors import MuPError
 from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"
+WATCH_ATTR = "_mup_watched"  # what the guard compares before each forward (`_watched`)
 # (canonical parameter name, index or None for the whole tensor, factor): the folded weight is `w[index] * factor`.
 FoldEntry = tuple[str, object, float]
 
@@ -126,6 +127,7 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
         for gain in norm_gains(model):
             gain.requires_grad_(False)  # fixed: no gradient, so no optimizer slot (mup_param_groups skips it)
     model.__dict__[PLAN_ATTR] = plan  # in __dict__: wrappers that forward attributes (PEFT, FSDP1) do not hold it
+    model.__dict__.pop(WATCH_ATTR, None)  # the guard takes a new look at the next forward
     if not any(isinstance(h, Guard) for h in model._forward_pre_hooks.values()):
         model.register_forward_pre_hook(Guard())
         model.register_state_dict_post_hook(fold_state_dict)
@@ -410,15 +412,47 @@ def sync(model: nn.Module, full: bool = True) -> MuPPlan:
     return plan
 
 
+Watched = list[tuple[nn.Module, str, "nn.Module | None", "int | None"]]
+
+
+def _lora_count(module: nn.Module | None) -> int | None:
+    """How many LoRA adapters an adapter wrapper holds (None for a module that is not one)."""
+    if module is None or "base_layer" not in module._modules:
+        return None
+    return sum(len(module._modules.get(k) or ()) for k in ("lora_B", "lora_embedding_B"))
+
+
+def _watched(model: nn.Module, plan: MuPPlan) -> Watched:
+    """(parent, attribute, the module there, its adapter count) for each module μP puts a multiplier on or folds
+    through: if none of them was replaced, wrapped or given another adapter, `diagnose(full=False)` has nothing to
+    find, so the guard compares these alone (identity and a count: about a microsecond a module)."""
+    watched: Watched = []
+    for name in {*plan.readouts, *plan.embeddings, *plan.residuals, *_scaled_outputs(model, plan)}:
+        parent_name, _, attr = name.rpartition(".")
+        parent = _child(model, parent_name) if parent_name else model
+        if parent is not None:
+            child = parent._modules.get(attr)
+            watched.append((parent, attr, child, _lora_count(child)))
+    return watched
+
+
 class Guard:
     """Forward pre-hook on the model: a replaced readout or embedding (`resize_token_embeddings`, a new head) or a
     new adapter gets μP's multiplier before the forward runs, and DeepSpeed's saves are folded once it is imported.
-    A few dict lookups; skipped while torch.compile traces."""
+    While the watched modules are the same objects (`_watched`), an identity check each; skipped while
+    torch.compile traces."""
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         if torch.compiler.is_compiling():
             return
         fold_deepspeed_saves()
         plan = module.__dict__.get(PLAN_ATTR)
-        if plan is not None and diagnose(module, plan, full=False):
+        watched = module.__dict__.get(WATCH_ATTR)
+        if plan is None or watched is not None and all(
+                parent._modules.get(attr) is child and (count is None or _lora_count(child) == count)
+                for parent, attr, child, count in watched):
+            return
+        if diagnose(module, plan, full=False):
             sync(module, full=False)
+        plan = module.__dict__[PLAN_ATTR]
+        module.__dict__[WATCH_ATTR] = _watched(module, plan)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from .apply import PLAN_ATTR, fold_entries, remove_hooks, scale_parameters
+from .apply import PLAN_ATTR, WATCH_ATTR, fold_entries, remove_hooks, scale_parameters
 from .errors import MuPError
 from .model import CONFIG_KEY, get_plan, unwrap
 
@@ -29,6 +29,7 @@ def fold(model: PreTrainedModel) -> PreTrainedModel:
         del attn.mup_stock_scaling
     remove_hooks(model)
     del model.__dict__[PLAN_ATTR]
+    model.__dict__.pop(WATCH_ATTR, None)
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
     return model

@@ -98,3 +98,20 @@ def test_dora_is_fine_where_mup_scales_nothing():
     model = hf_mup.MuPModel.from_config(config, **MUP)
     dora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["up_proj"], use_dora=True))
     dora(torch.randint(0, 96, (1, 8)))
+
+
+def test_a_second_adapter_on_the_same_layers_gets_the_factor_too():
+    """PEFT's add_adapter puts a second lora_B into the wrappers the first made (the same module objects): the guard
+    notices by their adapter count, and the second adapter's output carries the depth multiplier too."""
+    config, _, _ = CASES["llama"]
+    torch.manual_seed(0)
+    model = hf_mup.MuPModel.from_config(config, **MUP)
+    targets = ["o_proj", "down_proj"]
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    tokens = torch.randint(0, 96, (2, 16))
+    _logits(lora, tokens)  # the first adapter's hooks are on
+    lora.add_adapter("second", peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    lora.set_adapter("second")
+    with_second = _logits(lora, tokens)
+    merged = copy.deepcopy(lora).merge_and_unload()
+    torch.testing.assert_close(_logits(merged, tokens), with_second, rtol=0, atol=1e-5)
