@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .apply import PLAN_ATTR
+from .apply import PLAN_ATTR, fold_deepspeed_saves
 from .errors import MuPError
 from .model import get_plan, unwrap
 from .plan import canonical_name, is_norm
@@ -171,9 +171,9 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     if type(optimizer).__module__.startswith("deepspeed."):  # a ZeRO optimizer: its groups hold flat partitions
-        from .zero import install, param_group_of
+        from .zero import param_group_of
 
-        install()
+        fold_deepspeed_saves()
         group_of, optimizer = param_group_of(optimizer), getattr(optimizer, "optimizer", optimizer)  # (torch's inside)
     try:
         family = optimizer_family(optimizer)

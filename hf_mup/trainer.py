@@ -51,10 +51,11 @@ class MuPTrainer(Trainer):
         self.mup_weight_decay_mode = mup_weight_decay_mode
         super().__init__(*args, **kwargs)
         if getattr(self, "is_deepspeed_enabled", False):  # refuse an optimizer DeepSpeed builds; fold ZeRO-3 saves
-            from .zero import check_config, install
+            from .apply import fold_deepspeed_saves
+            from .zero import check_config
 
             check_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
-            install()
+            fold_deepspeed_saves()
         if self.optimizer is not None and self.model is not None:
             check_optimizer(self.model, self.optimizer)
         self._model_divides_by_items = self.model is None or _loss_divides_by_items(self.model)
