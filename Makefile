@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint typecheck docs install clean
 
 # The venv and torch 2.13.0 (CPU wheel); constraints.txt keeps every later install from replacing it.
 $(VENV)/.torch: constraints.txt
@@ -30,18 +30,28 @@ $(VENV)/.installed: $(VENV)/.torch setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed-demo
-	$(VENV)/bin/python -m hf_mup.demo --out demo_out
+	$(VENV)/bin/python -m hf_mup.lab.demo --out demo_out
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -rs
 
-# The quick tests only (markers in setup.cfg): what a change to the core needs first, in under a minute.
+# The core's quick tests only (tests/core, markers in setup.cfg): what a change to the core needs first, in under a
+# minute. tests/lab and tests/integration mirror the lab and the doors users take; `make test` runs all three.
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -m "not slow and not multiprocess and not server"
+	$(VENV)/bin/python -m pytest -q tests/core -m "not slow and not multiprocess and not server"
 
 # ruff, configured in pyproject.toml: pyflakes, pycodestyle, import order, bugbear, pyupgrade.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check hf_mup tests recipes benchmarks
+
+# mypy, configured in pyproject.toml: strict on the core's public API.
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+# The documentation site (mkdocs.yml, docs/): MkDocs Material, the API reference by mkdocstrings. --strict: a broken
+# link or a missing reference fails the build.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf $(VENV) demo_out build dist

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from hf_mup import mup_param_groups
-from hf_mup.coord_check import loglog_slope, make_batches
-from hf_mup.data import token_blocks, train_tokenizer, wikitext_dir
-from hf_mup.lm import build_lm, gpt2_config
+from hf_mup.lab.coord_check import loglog_slope, make_batches
+from hf_mup.lab.data import token_blocks, train_tokenizer, wikitext_dir
+from hf_mup.lab.lm import build_lm, gpt2_config
 from hf_mup.model import get_plan
 from hf_mup.plan import canonical_name, is_norm
 

@@ -1,6 +1,6 @@
 """Depth transfer: does the best learning rate stay put as the model deepens 8×, at a fixed width?
 
-Four parametrizations side by side, each a `hf_mup.sweep` grid study per depth (resumable: rerun to continue):
+Four parametrizations side by side, each a `hf_mup.lab.sweep` grid study per depth (resumable: rerun to continue):
 - `sp`: the stock model (GPT-2's own init, its c_proj at σ/√(2L)), one LR;
 - `mup`: μP without depth scaling (at the base width it is the stock model with μP's zero inits and per-tensor LRs);
 - `completep`: μP with depth scaling α = 1 (CompleteP, Dey et al. 2025), base depth the shallowest;
@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import grid_cli
 import torch
 
-from hf_mup import sweep as sw
+from hf_mup.lab import sweep as sw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "depth_transfer"

@@ -1,6 +1,6 @@
 """Lingle (2024, "A Large-Scale Exploration of μ-Transfer", arXiv 2404.05728) at CPU scale: for each design choice he
 ablated, does the best learning rate stay put as the model widens 16×? A Llama-shaped decoder in μP (pre-norm RMSNorm
-without gains, 1/d attention, untied readout), one `hf_mup.sweep` grid study per ablation: widths × an LR grid of
+without gains, 1/d attention, untied readout), one `hf_mup.lab.sweep` grid study per ablation: widths × an LR grid of
 powers of 2 (Lingle's 2^-10…2^-2, ×4 steps) × seeds, validation loss on WikiText-2 with the project's local BPE.
 
 Usage:
@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import grid_cli
 import torch
 
-from hf_mup import sweep as sw
+from hf_mup.lab import sweep as sw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "lingle_ablations"
@@ -51,7 +51,7 @@ LINGLE = {
     "standard_parametrization": "fails",
 }
 
-# What each ablation changes from the baseline: `hf_mup.sweep.make_spec` options (merged into the baseline's), the
+# What each ablation changes from the baseline: `hf_mup.lab.sweep.make_spec` options (merged into the baseline's), the
 # spec's batch/steps, the attention multiplier, or the parametrization.
 ABLATIONS = {
     "baseline": {},

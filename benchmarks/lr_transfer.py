@@ -8,7 +8,7 @@ Usage:
     python benchmarks/lr_transfer.py --quick           # 2 widths, 3 LRs, 1 seed, 20 steps: minutes
     python benchmarks/lr_transfer.py --width-1024      # add width 1024 to the same study (for a GPU)
 
-Writes benchmarks/results/lr_transfer.{json,csv,png} (the quick run: lr_transfer_quick.*). It is an `hf_mup.sweep`
+Writes benchmarks/results/lr_transfer.{json,csv,png} (the quick run: lr_transfer_quick.*). It is an `hf_mup.lab.sweep`
 grid study in benchmarks/results/lr_transfer.db: a killed run resumes where it stopped, and `--workers N` (or the
 same command in another shell, or on another machine with --storage) shares the remaining points.
 Goal: the μP optimum drifts by at most 0.5 (log2) across widths; SP's drift is reported beside it.
@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from hf_mup import sweep as sw
+from hf_mup.lab import sweep as sw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_DRIFT = 0.5

@@ -1,6 +1,6 @@
 """Train big, then compress (Li et al. 2020, arXiv 2002.11794) at CPU scale, with μP so that no size is retuned.
 
-1. proxy: an LR grid at the base width (a resumable `hf_mup.sweep` study), trained for the base width's share of
+1. proxy: an LR grid at the base width (a resumable `hf_mup.lab.sweep` study), trained for the base width's share of
    the budget; its best LR goes to every size unchanged (μTransfer).
 2. train: μP models of several widths, each for the same training FLOPs (6 · parameters · tokens: wider models
    take fewer steps), or with `--budget seconds` for the same wall-clock on this machine (seconds per step measured
@@ -39,8 +39,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 import hf_mup
-from hf_mup import MuPError, compress, lm
-from hf_mup import sweep as sw
+from hf_mup import MuPError, compress
+from hf_mup.lab import lm
+from hf_mup.lab import sweep as sw
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_big_compress"
 WORK = Path(__file__).resolve().parents[1] / "out" / "train_big_compress"  # trained models, the proxy study
@@ -151,11 +152,11 @@ def finetune(s: dict, widths: list[int], tok, work: Path) -> dict:
     accuracy at the base width, copied to the others. Saved to `width*/finetuned`; skipped when done."""
     from transformers import AutoConfig
 
-    from hf_mup import tasks
+    from hf_mup.lab import tasks
 
     f = s["finetune"]
     if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # id 0: BERT's pad_token_id in hf_mup.lm's configs, never a masking target
+        tok.pad_token = tok.eos_token  # id 0: BERT's pad_token_id in hf_mup.lab.lm's configs, never a masking target
     path = work / "finetune.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     train_ex, test_ex = tasks.load_task("polarity")
@@ -185,7 +186,7 @@ def finetune(s: dict, widths: list[int], tok, work: Path) -> dict:
 
 def compressed_metric(model_dir: Path, sparsity: float, fmt: str, val, tok=None, test=None) -> dict:
     """The metric (validation loss, or accuracy with `test`) and inference bytes of one (sparsity, storage format)."""
-    from hf_mup import tasks
+    from hf_mup.lab import tasks
 
     model = compress.load(model_dir)
     if sparsity:

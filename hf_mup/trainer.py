@@ -24,7 +24,7 @@ KINDS = ("hidden", "input", "readout")
 # How each of transformers' `lr_scheduler_type`s keeps μP's per-group LR ratios under MuPTrainer. "relative": it
 # multiplies every group's initial LR by one factor (LambdaLR); "default_lr": the same, with an absolute end value
 # read against optimizer.defaults["lr"], which MuPTrainer sets to η; "floors": per-group absolute floors and ceilings,
-# which MuPTrainer gives as value × lr_mult. A type not listed here is refused (tests/test_schedulers.py enumerates
+# which MuPTrainer gives as value × lr_mult. A type not listed here is refused (tests/core/test_schedulers.py enumerates
 # transformers' SchedulerType, so a new one fails until it is added).
 SCHEDULERS = {
     "linear": "relative", "cosine": "relative", "cosine_with_restarts": "relative", "constant": "relative",

@@ -13,11 +13,11 @@ pretraining runs on every process; the other stages run on the main process whil
 Presets: `tiny` (CPU-sized: widths 64 → 256), `base` (768 × 12) and `large` (1024 × 24), both tuned on the 10-layer,
 width-256 proxy of the paper. Offline tasks: sentence polarity (../shared/data/sentence-polarity, or HF_MUP_POLARITY)
 and next-sentence prediction derived from WikiText-2. Results: OUT/table6.{json,md}, OUT/pretrain_curves.png,
-OUT/cost.json. The stages live in `hf_mup.pipeline`, shared with recipes/gpt2_transfer.py.
+OUT/cost.json. The stages live in `hf_mup.lab.pipeline`, shared with recipes/gpt2_transfer.py.
 """
 import sys
 
-from hf_mup.pipeline import BERT_PRESETS, main
+from hf_mup.lab.pipeline import BERT_PRESETS, main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], BERT_PRESETS, "bert_large"))

@@ -8,12 +8,12 @@ Usage:
     accelerate launch recipes/gpt2_transfer.py --preset small --output_dir out/gpt2_small
 
 Stages as in recipes/bert_large.py (search, transfer, pretrain, report; no fine-tuning tasks): the same code,
-`hf_mup.pipeline`, with GPT-2 presets. Results: OUT/table6.{json,md} (with the regret), OUT/pretrain_curves.png,
+`hf_mup.lab.pipeline`, with GPT-2 presets. Results: OUT/table6.{json,md} (with the regret), OUT/pretrain_curves.png,
 OUT/cost.json.
 """
 import sys
 
-from hf_mup.pipeline import GPT2_PRESETS, main
+from hf_mup.lab.pipeline import GPT2_PRESETS, main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], GPT2_PRESETS, "gpt2_transfer"))

@@ -35,7 +35,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_mup import data
+from hf_mup.lab import data
 
 
 def _gpu_preset(width: int, layers: int, max_steps: int, batch: int) -> dict:

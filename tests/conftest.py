@@ -93,8 +93,8 @@ def one_thread():
 
 
 def require_polarity():
-    """The sentence-polarity folder (`hf_mup.tasks.polarity_dir`); the test skips, with the reason, where it is not."""
-    from hf_mup.tasks import polarity_dir
+    """The sentence-polarity folder (`hf_mup.lab.tasks.polarity_dir`); the test skips, with the reason, where it is not."""
+    from hf_mup.lab.tasks import polarity_dir
 
     folder = polarity_dir()
     if not folder.is_dir():

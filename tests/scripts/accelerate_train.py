@@ -1,4 +1,4 @@
-"""Trains a tiny μP GPT-2 with a plain accelerate loop; run by tests/test_accelerate.py, alone or under
+"""Trains a tiny μP GPT-2 with a plain accelerate loop; run by tests/integration/test_accelerate.py, alone or under
 `accelerate launch --cpu --num_processes 2`. Writes the losses and a parameter checksum to --out (rank 0)."""
 import argparse
 import faulthandler

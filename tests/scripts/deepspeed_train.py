@@ -1,4 +1,4 @@
-"""Trains a tiny μP GPT-2 under DeepSpeed ZeRO on CPU (gloo); run by tests/test_deepspeed.py as 2 processes
+"""Trains a tiny μP GPT-2 under DeepSpeed ZeRO on CPU (gloo); run by tests/integration/test_deepspeed.py as 2 processes
 (`python -m torch.distributed.run --nproc_per_node 2`). For each run named in --runs, rank 0 writes
 OUT/<run>/results.json beside the folders the run saved.
 

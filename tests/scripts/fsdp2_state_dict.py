@@ -1,5 +1,5 @@
 """FSDP2 (fully_shard) μP model: its gathered full state dict is the folded one, and loads back into a μP model.
-Run by tests/test_state.py in a fresh process (a 1-process gloo group); prints a JSON line of the differences."""
+Run by tests/core/test_state.py in a fresh process (a 1-process gloo group); prints a JSON line of the differences."""
 import json
 import os
 import sys

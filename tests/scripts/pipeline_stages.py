@@ -1,5 +1,5 @@
-"""Runs pipeline stages through the recipes' command line (`hf_mup.pipeline.main`) for a preset given as JSON;
-run by tests/test_pipeline_accelerate.py under `accelerate launch --num_processes 2`."""
+"""Runs pipeline stages through the recipes' command line (`hf_mup.lab.pipeline.main`) for a preset given as JSON;
+run by tests/integration/test_pipeline_accelerate.py under `accelerate launch --num_processes 2`."""
 import faulthandler
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 faulthandler.enable(all_threads=True)  # should a rank abort, its log says where
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hf_mup.pipeline import Preset, main  # noqa: E402
+from hf_mup.lab.pipeline import Preset, main  # noqa: E402
 
 preset_file, *argv = sys.argv[1:]
 preset = Preset.from_dict(json.load(open(preset_file)))

@@ -1,0 +1,140 @@
+"""The μTransfer pipeline (recipes/bert_large.py): every stage end to end on a seconds-scale BERT, stage skipping,
+resume, the dry-run plan against known parameter counts, and the errors that name the fix."""
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import StopAfter, require_polarity
+
+from hf_mup import MuPError
+from hf_mup.lab.pipeline import BERT_PRESETS, GPT2_PRESETS, GPT3_SMALL, MEGATRON_BERT, Pipeline, Preset, Shape, main
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+MINI = Preset("mini", "bert", proxy=Shape(32, 1, 16), target=Shape(64, 2, 16), seq_len=32, vocab_size=320,
+              search_trials=2, search_steps=4, search_batch=8, pretrain_steps=6, pretrain_batch=8,
+              baseline=MEGATRON_BERT, finetune_lrs=(1e-3,), finetune_seeds=1, finetune_epochs=1, finetune_examples=48,
+              tasks=("polarity", "nsp"), eval_blocks=8, train_chars=60_000, log2_lr_range=(-9.0, -6.0))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    require_polarity()
+    out = tmp_path_factory.mktemp("bert_mini")
+    Pipeline(MINI, out, progress=False).run()
+    return out
+
+
+@pytest.mark.slow
+def test_all_stages_write_their_results(finished):
+    state = json.loads((finished / "stages.json").read_text())
+    assert all(state[s]["done"] for s in ("search", "transfer", "pretrain", "finetune", "report"))
+    hparams = json.loads((finished / "hparams.json").read_text())
+    assert hparams["mup"]["base_hidden_size"] == 32 and "input_mult" not in hparams["source"].get("tuned", [])
+    table = json.loads((finished / "table6.json").read_text())["rows"]
+    assert [r["hyperparameters"] for r in table] == ["mutransfer", "megatron"]
+    for row in table:
+        assert 0 < row["pretrain_val_loss"] < 10
+        for task in ("polarity", "nsp"):
+            assert 0 <= row[task]["accuracy"] <= 1 and row[task]["seeds"] == 1
+    assert "| bert-mini | mutransfer |" in (finished / "table6.md").read_text()
+    assert (finished / "pretrain_curves.png").stat().st_size > 1000
+    cost = json.loads((finished / "cost.json").read_text())
+    assert 0 < cost["fraction"] and cost["trials"] == 2
+    lines = (finished / "finetune.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2  # rows × tasks × LRs × seeds
+    # The μP row's checkpoint is a μP model; the baseline's a stock one.
+    assert json.loads((finished / "pretrain" / "mutransfer" / "config.json").read_text())["mup"]["output_mult"] > 0
+    assert "mup" not in json.loads((finished / "pretrain" / "megatron" / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_finished_stages_are_skipped_and_lost_work_is_redone(finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    log = out / "finetune.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n")  # as if killed before the last fine-tuning run finished
+    state = json.loads((out / "stages.json").read_text())
+    for stage in ("finetune", "report"):
+        del state[stage]
+    (out / "stages.json").write_text(json.dumps(state))
+    before = (out / "pretrain" / "mutransfer" / "final_metrics.json").read_text()
+    Pipeline(MINI, out, progress=False).run()
+    assert len(log.read_text().splitlines()) == len(lines)  # only the missing run ran again
+    assert (out / "pretrain" / "mutransfer" / "final_metrics.json").read_text() == before  # pretraining skipped
+
+
+@pytest.mark.slow
+def test_pretraining_resumes_from_its_checkpoint(tmp_path):
+    """A pretraining run killed after step 5's checkpoint continues from it to the uninterrupted run's loss."""
+    preset = replace(MINI, pretrain_steps=10)
+    whole = Pipeline(preset, tmp_path / "whole", progress=False)
+    whole.run(("search", "transfer"))
+    row = whole.rows()["mutransfer"]
+    expected = whole._pretrain_row("mutransfer", row)["eval_loss"]
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut", ignore=shutil.ignore_patterns("pretrain"))
+    cut = Pipeline(preset, tmp_path / "cut", progress=False)
+    assert cut._pretrain_row("mutransfer", row, callbacks=(StopAfter(5),)) == {"stopped_at": 5}
+    assert [c.name for c in (tmp_path / "cut" / "pretrain" / "mutransfer").glob("checkpoint-*")] == ["checkpoint-5"]
+    resumed = cut._pretrain_row("mutransfer", row)
+    assert resumed["eval_loss"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_gpt2_pipeline_reports_the_regret(tmp_path):
+    mini = Preset("mini", "gpt2", proxy=Shape(32, 1, 16), target=Shape(64, 1, 16), seq_len=32, vocab_size=320,
+                  search_trials=2, search_steps=4, search_batch=8, pretrain_steps=4, pretrain_batch=8,
+                  baseline=GPT3_SMALL, eval_blocks=8, train_chars=60_000, sp_grid_lrs=(2**-10, 2**-8),
+                  log2_lr_range=(-9.0, -6.0))
+    report = Pipeline(mini, tmp_path, progress=False).run()["report"]
+    regret = report["regret"]
+    assert regret["best_sp_grid_row"] in ("sp_lr0.000976562", "sp_lr0.00390625")
+    assert regret["regret"] == pytest.approx(regret["mutransfer_loss"] - regret["best_sp_grid_loss"])
+    assert [r["hyperparameters"] for r in report["rows"]] == ["mutransfer", "published", "sp_lr0.000976562",
+                                                              "sp_lr0.00390625"]
+    assert "Regret of μTransfer" in (tmp_path / "table6.md").read_text()
+    assert not (tmp_path / "finetune.jsonl").exists()  # no tasks for a causal LM
+
+
+@pytest.mark.slow
+def test_recipes_run_as_scripts(tmp_path):
+    import subprocess
+
+    for recipe, params in (("bert_large.py", 335e6), ("gpt2_transfer.py", 124e6)):
+        preset = "large" if recipe == "bert_large.py" else "small"
+        out = subprocess.run([sys.executable, str(RECIPES / recipe), "--preset", preset, "--output_dir",
+                              str(tmp_path / recipe), "--dry_run"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout)["target"]["params"] == pytest.approx(params, rel=0.01)
+    assert GPT2_PRESETS["small"].target.width == 768
+
+
+def test_dry_run_counts(capsys):
+    assert main(["--preset", "large", "--output_dir", "unused", "--dry_run"], BERT_PRESETS, "bert_large") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["target"]["params"] == pytest.approx(335e6, rel=0.01)  # BERT-large
+    assert plan["proxy"]["width"] == 256 and plan["proxy"]["layers"] == 10
+    base = Pipeline(BERT_PRESETS["base"], "unused").plan()
+    assert base["target"]["params"] == pytest.approx(110e6, rel=0.02)  # BERT-base
+    search, pretrain = base["search"], base["pretrain"]
+    assert base["search_fraction_of_pretraining"] == pytest.approx(search["flops"] / pretrain["flops_per_row"])
+    assert not Path("unused").exists()  # a dry run writes nothing
+
+
+def test_bad_input(tmp_path, capsys):
+    assert main(["--preset", "huge", "--output_dir", str(tmp_path)], BERT_PRESETS, "bert_large") == 2
+    assert "unknown preset 'huge': use one of tiny, base, large" in capsys.readouterr().err
+    assert main(["--preset", "tiny", "--output_dir", str(tmp_path), "--stages", "train"], BERT_PRESETS,
+                "bert_large") == 2
+    assert "unknown stage(s) ['train']" in capsys.readouterr().err
+    with pytest.raises(MuPError, match="wider than the target"):
+        Pipeline(replace(MINI, proxy=Shape(128, 1, 16)), tmp_path)
+    Pipeline(MINI, tmp_path / "a")._check_recipe()
+    with pytest.raises(MuPError, match=r"holds a run of another recipe or preset \(differs in \['search_steps'\]\)"):
+        Pipeline(replace(MINI, search_steps=9), tmp_path / "a")._check_recipe()
+    with pytest.raises(MuPError, match=r"unknown task 'mnlii': use polarity or nsp \(offline\) or a GLUE task"):
+        Pipeline(MINI, tmp_path / "b").task_data("mnlii")
