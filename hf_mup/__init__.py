@@ -5,6 +5,7 @@ Usage:
     optimizer = hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=3e-3, weight_decay=0.1)
 """
 import logging as _logging
+import typing as _typing
 
 # With torchao installed (the [compress] extra), importing a transformers model imports it; on a CPU-only torch its
 # CUDA kernels fail to load (a warning each) and it registers enums torch calls deprecated. Drop just those lines.
@@ -25,8 +26,11 @@ from .rules import Kind, TensorRule, optimizer_family
 
 __version__ = "0.1.0"
 
+if _typing.TYPE_CHECKING:  # for type checkers; at run time `__getattr__` imports them on first use
+    from .trainer import MuPTrainer, mup_model_init
 
-def __getattr__(name: str):
+
+def __getattr__(name: str) -> _typing.Any:
     # The Trainer pulls in much of transformers and accelerate: import it only when asked for.
     if name in ("MuPTrainer", "mup_model_init"):
         from . import trainer

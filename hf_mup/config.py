@@ -14,9 +14,9 @@ import json
 import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .errors import MuPError
 
@@ -94,8 +94,8 @@ class MuPConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise MuPError(f"{name} must be a positive finite number, got {value!r}.")
             object.__setattr__(self, name, float(value))
-        alpha = self.depth_alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.5 <= alpha <= 1.0:
+        alpha: object = self.depth_alpha  # checked as given, whatever its type (the cast: typeshed's Real has no >=)
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.5 <= cast(float, alpha) <= 1.0:
             raise MuPError(f"depth_alpha must be a number in [0.5, 1] (1: CompleteP, 0.5: depth-μP), got {alpha!r}.")
         object.__setattr__(self, "depth_alpha", float(alpha))
         for name in ("zero_init_query", "zero_init_readout", "trainable_norm_gains", "eps_width_scaling"):
@@ -141,11 +141,11 @@ class MuPConfig:
         return MuPConfig.from_dict({**dataclasses.asdict(self), **changes})
 
 
-def _named_settings_only(init):
+def _named_settings_only(init: Callable[..., None]) -> Callable[..., None]:
     """MuPConfig's dataclass __init__, refusing an unknown keyword with a MuPError that suggests the setting meant
     (a bare TypeError otherwise); dataclasses.replace / asdict and the fields are unchanged."""
     @functools.wraps(init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: MuPConfig, *args: Any, **kwargs: Any) -> None:
         fields = MuPConfig.field_names()
         unknown = [k for k in kwargs if k not in fields]
         if unknown:
@@ -158,7 +158,7 @@ def _named_settings_only(init):
     return __init__
 
 
-MuPConfig.__init__ = _named_settings_only(MuPConfig.__init__)
+MuPConfig.__init__ = _named_settings_only(MuPConfig.__init__)  # type: ignore[method-assign]  # on purpose
 
 
 def format_version(stored: Mapping[str, Any]) -> int:

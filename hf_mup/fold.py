@@ -1,6 +1,8 @@
 """`fold`: bake every μP multiplier into the weights, leaving a stock transformers model with the same logits."""
 from __future__ import annotations
 
+from typing import cast
+
 from transformers import PreTrainedModel
 
 from .apply import PLAN_ATTR, WATCH_ATTR, fold_entries, remove_hooks, scale_parameters
@@ -21,7 +23,7 @@ def fold(model: PreTrainedModel) -> PreTrainedModel:
     plan = get_plan(model)
     if plan is None:
         raise MuPError("fold needs a μP model; this one has no μP settings.")
-    model = unwrap(model)
+    model = cast(PreTrainedModel, unwrap(model))  # the transformers model that carries the plan
     scale_parameters(model, fold_entries(model, plan))
     for name in plan.attention:
         attn = model.get_submodule(name)

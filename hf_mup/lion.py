@@ -10,8 +10,10 @@ Lion's usual learning rate is 3-10x smaller than AdamW's and its weight decay 3-
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import overload
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 
 class Lion(torch.optim.Optimizer):
@@ -23,7 +25,8 @@ class Lion(torch.optim.Optimizer):
     Parameters without a gradient are skipped. Extra group keys (μP's `lr_mult`, `mup_kind`, ...) are kept as they are.
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+    def __init__(self, params: ParamsT, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not all(0.0 <= beta <= 1.0 for beta in betas):
@@ -32,8 +35,14 @@ class Lion(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay: {weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

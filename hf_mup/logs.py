@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TextIO
 
 
-def _tty(stream) -> bool:
+def _tty(stream: TextIO | None) -> bool:
     try:
         return bool(stream is not None and stream.isatty())
     except (AttributeError, ValueError):  # replaced or closed streams
@@ -32,7 +33,7 @@ def quiet_progress_bars() -> bool:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     if "datasets" in sys.modules:  # imported already: its config has read the environment
         try:
             sys.modules["datasets"].disable_progress_bars()

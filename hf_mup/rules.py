@@ -85,7 +85,7 @@ def _class_key(name: str) -> str:
     return key
 
 
-def optimizer_family(optimizer) -> str:
+def optimizer_family(optimizer: object) -> str:
     """The μP rule family (`"adamw"` or `"sgd"`) of an optimizer class, instance, or name; a `MuPError` otherwise.
 
     Usage: `optimizer_family(torch.optim.Adamax)`, `optimizer_family("adamw_torch_fused")`, `optimizer_family(opt)`
@@ -142,9 +142,10 @@ class TensorRule:
     def init_scale(self) -> float:
         """Factor on the stock HF init std (zero-inits are decided by the model, not here)."""
         width = self.fanin_mult**-0.5 if self.kind is Kind.HIDDEN else 1.0
-        return width * self.depth_mult**self.stock_init_depth_power
+        depth: float = self.depth_mult**self.stock_init_depth_power  # (float ** float is typed Any: complex if < 0)
+        return width * depth
 
-    def width_lr_mult(self, optimizer="adamw") -> float:
+    def width_lr_mult(self, optimizer: object = "adamw") -> float:
         """The width part of `lr_mult` (what weight decay's "width_independent" mode divides by)."""
         if optimizer_family(optimizer) == ADAM_LIKE:
             return 1.0 / self.fanin_mult if self.kind is Kind.HIDDEN else 1.0
@@ -152,17 +153,18 @@ class TensorRule:
             return self.fanout_mult / self.fanin_mult
         return 1.0 if self.kind is Kind.SCALAR else self.width_mult
 
-    def lr_mult(self, optimizer="adamw") -> float:
+    def lr_mult(self, optimizer: object = "adamw") -> float:
         """Factor on the user's learning rate for this tensor, for an optimizer family, name or class."""
         adam = optimizer_family(optimizer) == ADAM_LIKE
-        depth = self.depth_mult ** (self.depth_alpha - 1 if adam else 2 * self.depth_alpha - 1)
+        depth: float = self.depth_mult ** (self.depth_alpha - 1 if adam else 2 * self.depth_alpha - 1)
         return self.width_lr_mult(optimizer) * depth
 
-    def eps_mult(self, optimizer="adamw") -> float:
+    def eps_mult(self, optimizer: object = "adamw") -> float:
         """Factor on Adam's ε for this tensor: 1/m_N (width) × m_L^-α (depth); 1 for SGD, which has none."""
         if optimizer_family(optimizer) != ADAM_LIKE:
             return 1.0
-        return 1.0 / self.eps_width_mult * self.depth_mult**-self.depth_alpha
+        depth: float = self.depth_mult**-self.depth_alpha
+        return 1.0 / self.eps_width_mult * depth
 
 
 def classify(

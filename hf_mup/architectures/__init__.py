@@ -15,7 +15,7 @@ def supported_classes() -> list[str]:
     return [cls for arch in ARCHITECTURES.values() for cls in arch.model_classes]
 
 
-def get_architecture(config) -> Architecture:
+def get_architecture(config: object) -> Architecture:
     """The `Architecture` for a transformers config, or a `MuPError` listing what is supported."""
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:

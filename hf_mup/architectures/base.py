@@ -4,12 +4,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
+# An index into a tensor (`t[index]`): a slice of its first dimension, or one slice per dimension.
+Index: TypeAlias = slice | tuple[slice, ...]
 # (parameter, index) pairs: `param[index]` is the query projection's part of that parameter.
-QuerySlices = list[tuple[nn.Parameter, "slice | tuple[slice, ...]"]]
+QuerySlices: TypeAlias = list[tuple[nn.Parameter, Index]]
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,23 @@
 """BERT: separate q/k/v Linears; the MLM decoder is tied to the word embeddings."""
-from .base import Architecture
+from typing import Any, cast
+
+import torch
+
+from .base import Architecture, QuerySlices
+
+# `attn` and `config` are transformers modules and configs whose attributes are set per model class: typed `Any`.
 
 
-def _query_slices(attn):
+def _query_slices(attn: Any) -> QuerySlices:
     return [(attn.query.weight, slice(None))] + ([(attn.query.bias, slice(None))] if attn.query.bias is not None else [])
 
 
-def _query_key(attn, hidden):
+def _query_key(attn: Any, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return attn.query.forward(hidden), attn.key.forward(hidden)  # `.forward`: no hooks fire
 
 
-def _intermediate_size(config):
-    return config.intermediate_size
+def _intermediate_size(config: Any) -> int:
+    return cast(int, config.intermediate_size)
 
 
 BERT = Architecture(

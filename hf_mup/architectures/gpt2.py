@@ -1,22 +1,28 @@
 """GPT-2: fused q/k/v in `c_attn` (a Conv1D, weight stored (in, out)); the query is its first third."""
-from .base import Architecture
+from typing import Any, cast
+
+import torch
+
+from .base import Architecture, QuerySlices
+
+# `attn` and `config` are transformers modules and configs whose attributes are set per model class: typed `Any`.
 
 
-def _query_slices(attn):
+def _query_slices(attn: Any) -> QuerySlices:
     if attn.is_cross_attention:  # queries come from their own projection
         return [(attn.q_attn.weight, slice(None)), (attn.q_attn.bias, slice(None))]
     d = attn.embed_dim
     return [(attn.c_attn.weight, (slice(None), slice(0, d))), (attn.c_attn.bias, slice(0, d))]
 
 
-def _query_key(attn, hidden):
+def _query_key(attn: Any, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # `.forward`: no hooks fire, so a coordinate check does not record the projection twice.
     q, k, _ = attn.c_attn.forward(hidden).split(attn.embed_dim, dim=-1)
     return q, k
 
 
-def _intermediate_size(config):
-    return config.n_inner if config.n_inner is not None else 4 * config.hidden_size
+def _intermediate_size(config: Any) -> int:
+    return cast(int, config.n_inner if config.n_inner is not None else 4 * config.hidden_size)
 
 
 GPT2 = Architecture(

@@ -2,21 +2,27 @@
 Linears with `num_key_value_heads` key/value heads (grouped-query attention), a gated MLP, RMSNorm, an untied
 `lm_head` by default (tied: the final `model.norm` feeds it). Qwen3 normalises each query and key head (`q_norm`,
 `k_norm`: vectors of the head size, not width-scaled when the head size is fixed)."""
-from .base import Architecture
+from typing import Any, cast
+
+import torch
+
+from .base import Architecture, QuerySlices
+
+# `attn` and `config` are transformers modules and configs whose attributes are set per model class: typed `Any`.
 
 
-def _query_slices(attn):
+def _query_slices(attn: Any) -> QuerySlices:
     q = attn.q_proj
     return [(q.weight, slice(None))] + ([(q.bias, slice(None))] if q.bias is not None else [])
 
 
-def _query_fold_slices(attn):
+def _query_fold_slices(attn: Any) -> QuerySlices:
     if hasattr(attn, "q_norm"):  # Qwen3: the per-head norm after q_proj would undo a scale folded into it
         return [(attn.q_norm.weight, slice(None))]
     return _query_slices(attn)
 
 
-def _query_key(attn, hidden):
+def _query_key(attn: Any, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head queries and keys as the attention sees them before rotary positions: (..., heads, head_dim)."""
     shape = (*hidden.shape[:-1], -1, attn.head_dim)
     q, k = attn.q_proj.forward(hidden).view(shape), attn.k_proj.forward(hidden).view(shape)  # `.forward`: no hooks
@@ -25,8 +31,8 @@ def _query_key(attn, hidden):
     return q.flatten(-2), k.flatten(-2)
 
 
-def _intermediate_size(config):
-    return config.intermediate_size
+def _intermediate_size(config: Any) -> int:
+    return cast(int, config.intermediate_size)
 
 
 def llama_like(model_type: str, prefix: str) -> Architecture:
