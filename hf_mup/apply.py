@@ -16,18 +16,22 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sized
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import torch
 from torch import nn
 
+from .architectures.base import Index
 from .errors import MuPError
 from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"
 WATCH_ATTR = "_mup_watched"  # what the guard compares before each forward (`_watched`)
 # (canonical parameter name, index or None for the whole tensor, factor): the folded weight is `w[index] * factor`.
-FoldEntry = tuple[str, object, float]
+FoldEntry = tuple[str, Index | None, float]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 # ---------------------------------------------------------------------------------------- forward multipliers
@@ -36,20 +40,20 @@ FoldEntry = tuple[str, object, float]
 class ScaleInput:
     """Forward pre-hook: the readout reads `scale` × its input (its bias stays unscaled)."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float) -> None:
         self.scale = scale
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0] * self.scale, *args[1:])
 
 
 class ScaleOutput:
     """Forward hook: an embedding's output times `scale`."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float) -> None:
         self.scale = scale
 
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         return output * self.scale
 
 
@@ -57,7 +61,7 @@ def stock_attention_scaling(module: nn.Module) -> float:
     """The scale the stock module was built with, remembered the first time hf_mup touches it."""
     if not hasattr(module, "mup_stock_scaling"):
         module.mup_stock_scaling = module.scaling
-    return module.mup_stock_scaling
+    return cast(float, module.mup_stock_scaling)  # the attention module's float `scaling`, as it was built
 
 
 def readout_module(model: nn.Module, name: str) -> nn.Module:
@@ -91,11 +95,11 @@ def lora_outputs(wrapper: nn.Module, where: str) -> list[nn.Module | nn.Paramete
     return [*getattr(wrapper, "lora_B", {}).values(), *getattr(wrapper, "lora_embedding_B", {}).values()]
 
 
-def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[object, float]]:
+def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[Index | None, float]]:
     """Module -> (index of its output features, factor) for every module whose output μP scales by a factor that
     folding puts into its weights: the query projection (attention factor), each residual branch (depth
     multiplier), the embeddings (`input_mult`)."""
-    out: dict[str, tuple[object, float]] = {}
+    out: dict[str, tuple[Index | None, float]] = {}
     if plan.attention_scale_factor != 1.0:
         out.update({name: (rows, plan.attention_scale_factor) for name, rows in plan.query_outputs.items()})
     if plan.residual_scale != 1.0:
@@ -109,7 +113,7 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     """Set the μP attention scale, the multiplier hooks and the model-level guards; idempotent."""
     remove_hooks(model, keep_model_hooks=True)
     for name in plan.attention:
-        attn = model.get_submodule(name)
+        attn: Any = model.get_submodule(name)  # a transformers attention module: `scaling` is a float attribute
         attn.scaling = stock_attention_scaling(attn) * plan.attention_scale_factor
     if plan.mup.input_mult != 1.0:
         for name in plan.embeddings:
@@ -122,7 +126,8 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
             readout_module(model, name).register_forward_hook(ScaleOutput(plan.residual_scale))
             wrapper = adapter_of(model, name)
             for lora_b in ([] if wrapper is None else lora_outputs(wrapper, repr(name))):
-                lora_b.register_forward_hook(ScaleOutput(plan.residual_scale))  # the adapter's share of the branch
+                # the adapter's share of the branch (a projection's LoRA: `lora_B` modules, no embedding tensors)
+                cast(nn.Module, lora_b).register_forward_hook(ScaleOutput(plan.residual_scale))
     if not plan.mup.trainable_norm_gains:
         for gain in norm_gains(model):
             gain.requires_grad_(False)  # fixed: no gradient, so no optimizer slot (mup_param_groups skips it)
@@ -130,8 +135,8 @@ def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     model.__dict__.pop(WATCH_ATTR, None)  # the guard takes a new look at the next forward
     if not any(isinstance(h, Guard) for h in model._forward_pre_hooks.values()):
         model.register_forward_pre_hook(Guard())
-        model.register_state_dict_post_hook(fold_state_dict)
-        model.register_load_state_dict_pre_hook(unfold_state_dict)
+        model.register_state_dict_post_hook(fold_state_dict)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+        model.register_load_state_dict_pre_hook(unfold_state_dict)  # type: ignore[no-untyped-call]  # (idem)
     fold_deepspeed_saves()
 
 
@@ -165,12 +170,12 @@ def remove_hooks(model: nn.Module, keep_model_hooks: bool = False) -> None:
 # ------------------------------------------------------------------------------------------------------- init
 
 
-def _gathering(fn):
+def _gathering(fn: Callable[Concatenate[nn.Module, _P], _R]) -> Callable[Concatenate[nn.Module, _P], _R]:
     """For a function that changes `model`'s parameter values: under DeepSpeed ZeRO-3 it runs on the gathered
     parameters (`hf_mup.zero.gathered`; every rank calls it), elsewhere as it is."""
 
     @functools.wraps(fn)
-    def run(model: nn.Module, *args, **kwargs):
+    def run(model: nn.Module, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if not any(hasattr(p, "ds_id") for p in model.parameters()):
             return fn(model, *args, **kwargs)
         from .zero import gathered
@@ -199,7 +204,7 @@ def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = Non
             p.mul_(plan.rules[name].init_scale)
     for name, scale in plan.readout_init_scale.items():
         if is_fresh(f"{name}.weight"):
-            weight = readout_module(model, name).weight
+            weight = cast(torch.Tensor, readout_module(model, name).weight)  # a Linear's
             weight.zero_() if plan.mup.zero_init_readout else weight.mul_(scale)
     if plan.mup.zero_init_query:
         names = {id(p): n for n, p in params.items()}
@@ -256,7 +261,7 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     return entries
 
 
-def _scaled(tensor: torch.Tensor, index, factor: float) -> torch.Tensor:
+def _scaled(tensor: torch.Tensor, index: Index | None, factor: float) -> torch.Tensor:
     if index is None or tensor.numel() == 0:  # (an empty tensor: a ZeRO-3 partitioned parameter's placeholder)
         return tensor * factor
     out = tensor.clone()
@@ -286,7 +291,7 @@ def _state_dict_keys(model: nn.Module, prefix: str) -> dict[str, list[str]]:
     return keys
 
 
-def fold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+def fold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]) -> None:
     """State-dict post-hook: a μP model's state dict holds its folded (stock-exact) weights."""
     plan = module.__dict__.get(PLAN_ATTR)
     if plan is None:
@@ -304,8 +309,8 @@ def fold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_meta
     state_dict.update(folded)
 
 
-def unfold_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                      missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+def unfold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                      strict: bool, missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
     """Load-state-dict pre-hook: the incoming weights are folded (what `state_dict()` gave): unfold them."""
     plan = module.__dict__.get(PLAN_ATTR)
     if plan is None:
@@ -324,13 +329,14 @@ def _child(model: nn.Module, name: str) -> nn.Module | None:
     """`model.get_submodule(name)` through `_modules` dicts: a few lookups, no exceptions (run before every forward)."""
     module = model
     for part in name.split("."):
-        module = module._modules.get(part)
-        if module is None:
+        child = module._modules.get(part)
+        if child is None:
             return None
+        module = child
     return module
 
 
-def _has_hook(hooks: dict, hook_type: type, scale: float) -> bool:
+def _has_hook(hooks: Mapping[int, object], hook_type: type[ScaleInput] | type[ScaleOutput], scale: float) -> bool:
     return any(type(h) is hook_type and h.scale == scale for h in hooks.values())
 
 
@@ -376,13 +382,14 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
             inner = None if module is None else module._modules.get("base_layer") or module
             if inner is None or not _has_hook(inner._forward_hooks, ScaleOutput, scale):
                 problems.append(f"the residual branch {name!r} was replaced (its depth multiplier is not applied)")
-            elif module is not inner and not all(_has_hook(b._forward_hooks, ScaleOutput, scale)
-                                                 for b in lora_outputs(module, repr(name))):
+            elif module is not None and module is not inner and not all(
+                    _has_hook(cast(nn.Module, b)._forward_hooks, ScaleOutput, scale)  # a projection's LoRA: modules
+                    for b in lora_outputs(module, repr(name))):
                 problems.append(f"{NEW_ADAPTER} on the residual branch {name!r} (its output gets the depth multiplier)")
     if full:
         expected = plan.attention_scale_factor
         for name in plan.attention:
-            attn = model.get_submodule(name)
+            attn: Any = model.get_submodule(name)  # a transformers attention module (float `scaling`)
             if getattr(attn, "mup_stock_scaling", None) is None or attn.scaling != attn.mup_stock_scaling * expected:
                 problems.append(f"the attention module {name!r} does not have the μP scale")
     return problems
@@ -419,7 +426,8 @@ def _lora_count(module: nn.Module | None) -> int | None:
     """How many LoRA adapters an adapter wrapper holds (None for a module that is not one)."""
     if module is None or "base_layer" not in module._modules:
         return None
-    return sum(len(module._modules.get(k) or ()) for k in ("lora_B", "lora_embedding_B"))
+    # lora_B: a ModuleDict, lora_embedding_B: a ParameterDict
+    return sum(len(cast(Sized, module._modules.get(k) or ())) for k in ("lora_B", "lora_embedding_B"))
 
 
 def _watched(model: nn.Module, plan: MuPPlan) -> Watched:
@@ -442,7 +450,7 @@ class Guard:
     While the watched modules are the same objects (`_watched`), an identity check each; skipped while
     torch.compile traces."""
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if torch.compiler.is_compiling():
             return
         fold_deepspeed_saves()

@@ -11,13 +11,13 @@ import copy
 import difflib
 import inspect
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import transformers
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
-from .apply import PLAN_ATTR, apply_forward, apply_init, fold_entries, scale_parameters, sync
+from .apply import PLAN_ATTR, FoldEntry, apply_forward, apply_init, fold_entries, scale_parameters, sync
 from .architectures import Architecture, get_architecture, supported_classes
 from .config import FORMAT_VERSION, MuPConfig, format_version, resolve
 from .errors import MuPError
@@ -40,10 +40,10 @@ def unwrap(model: nn.Module) -> nn.Module:
         if PLAN_ATTR in module.__dict__:
             return module
     while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
+        if isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
+            model = inner
+        elif isinstance(inner := getattr(model, "module", None), nn.Module):
+            model = inner
         else:
             return model
 
@@ -88,12 +88,13 @@ def _translate(names: list[str], source_prefix: str, target: nn.Module) -> dict[
 
 
 def _fold_entries_as_saved(model: PreTrainedModel, plan: MuPPlan, settings: MuPConfig,
-                           saved_by: str | None) -> list:
+                           saved_by: str | None) -> list[FoldEntry]:
     """What folding with `settings` multiplies in `model`, as the class that saved the weights folds them (`saved_by`:
     a model of another class folds differently, e.g. a masked LM's tied readout into a norm this model lacks)."""
     if saved_by not in plan.arch.model_classes or saved_by == plan.model_class:  # (a user subclass: the same)
         return fold_entries(model, plan if settings == plan.mup else make_plan(model, settings, plan.arch))
-    source = meta_model(getattr(transformers, saved_by), model.config)
+    source_class: type[PreTrainedModel] = getattr(transformers, saved_by)
+    source = meta_model(source_class, model.config)
     entries = fold_entries(source, make_plan(source, settings, plan.arch))
     names = _translate([e[0] for e in entries], source.base_model_prefix, model)
     return [(names[n], index, factor) for n, index, factor in entries if n in names]
@@ -118,6 +119,7 @@ def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, stored_as: Mu
                                              if n not in fresh}
         if weights == "folded" or stored_as != mup:
             if weights == "mup":  # to the stock weights with the same outputs, then as "folded"
+                assert stored_as is not None  # (given with weights="mup")
                 scale_parameters(model, _fold_entries_as_saved(model, plan, stored_as, saved_by), only=loaded)
             scale_parameters(model, _fold_entries_as_saved(model, plan, mup, saved_by), inverse=True, only=loaded)
         if fresh:
@@ -138,10 +140,10 @@ def _reinitialize(model: PreTrainedModel) -> None:
     for t in [*model.modules(), *model.parameters(), *model.buffers()]:
         if hasattr(t, "_is_hf_initialized"):
             del t._is_hf_initialized
-    model.init_weights()
+    model.init_weights()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
 
 
-def _stored(config: PretrainedConfig) -> dict | None:
+def _stored(config: PretrainedConfig) -> dict[str, Any] | None:
     stored = getattr(config, CONFIG_KEY, None)
     if stored is not None and not isinstance(stored, dict):
         raise MuPError(f"config.mup must be a dict of μP settings, got {type(stored).__name__}.")
@@ -188,7 +190,8 @@ def _check_mup_keywords(options: dict[str, Any], where: str, others: tuple[str, 
         )
 
 
-def _split_kwargs(kwargs: dict[str, Any], model_class: type, where: str) -> tuple[dict, dict]:
+def _split_kwargs(kwargs: dict[str, Any], model_class: type[PreTrainedModel],
+                  where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(μP settings, transformers keywords); anything else is a `MuPError` listing the valid names."""
     fields = set(MuPConfig.field_names())
     hf_names = HF_FROM_CONFIG_KWARGS + tuple(
@@ -200,7 +203,7 @@ def _split_kwargs(kwargs: dict[str, Any], model_class: type, where: str) -> tupl
     return mup, hf
 
 
-def _model_class(config: PretrainedConfig, model_class: type | str | None, arch: Architecture) -> type:
+def _model_class(config: PretrainedConfig, model_class: type | str | None, arch: Architecture) -> type[PreTrainedModel]:
     if model_class is None:
         archs = getattr(config, "architectures", None) or [arch.model_classes[0]]
         model_class = next((a for a in archs if a in arch.model_classes), arch.model_classes[0])
@@ -208,8 +211,9 @@ def _model_class(config: PretrainedConfig, model_class: type | str | None, arch:
         if model_class not in arch.model_classes:
             raise MuPError(f"hf_mup does not support {model_class}. Supported classes: {', '.join(supported_classes())}.")
         model_class = getattr(transformers, model_class)
-    supported_class_name(model_class, config, arch)
-    return model_class
+    cls = cast("type[PreTrainedModel]", model_class)  # a transformers model class: checked next
+    supported_class_name(cls, config, arch)
+    return cls
 
 
 class MuPModel:
@@ -218,7 +222,7 @@ class MuPModel:
     Usage: `model = hf_mup.MuPModel.from_config(GPT2Config(n_embd=1024, n_head=16), base_hidden_size=256)`
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("Use MuPModel.from_config(...) or MuPModel.from_pretrained(...).")
 
     @staticmethod
@@ -241,7 +245,8 @@ class MuPModel:
         mup_kwargs, hf_kwargs = _split_kwargs(kwargs, cls, "MuPModel.from_config")
         mup = resolve(_stored(config), {"base_hidden_size": base_hidden_size, **mup_kwargs})
         plan = make_plan(meta_model(cls, config), mup, arch)  # planned (and refused if bad) before allocating the model
-        return _convert(cls._from_config(config, **hf_kwargs), mup, "fresh", plan=plan)
+        model = cls._from_config(config, **hf_kwargs)  # type: ignore[no-untyped-call]  # unannotated in transformers
+        return _convert(model, mup, "fresh", plan=plan)
 
     @staticmethod
     def from_pretrained(path: str, model_class: type | str | None = None, base_hidden_size: int | None = None,
@@ -271,7 +276,9 @@ class MuPModel:
         saved_by = (getattr(config, "architectures", None) or [None])[0] if stored else None
         arch = get_architecture(config)
         cls = _model_class(config, model_class, arch)
-        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+        # (model, loading info) with output_loading_info=True, which transformers' return annotation leaves out
+        model, info = cast("tuple[PreTrainedModel, dict[str, Any]]",
+                           cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs))
         fresh = {canonical_name(k) for k in info.get("missing_keys", ())}
         version = format_version(stored) if stored else FORMAT_VERSION
         stored_as = MuPConfig.from_dict(stored) if stored else mup

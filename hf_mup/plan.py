@@ -12,6 +12,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import TypeAlias, TypeVar, cast
 
 import torch
 from torch import nn
@@ -22,6 +23,10 @@ from .architectures import Architecture, get_architecture, supported_classes
 from .config import MuPConfig
 from .errors import MuPError
 from .rules import Kind, TensorRule, attention_scale_factor, classify
+
+_M = TypeVar("_M", bound=nn.Module)
+# (fan-in dim, fan-out dim) of a parameter; None: it has none (a vector has only a fan-out, a scalar neither).
+Layout: TypeAlias = tuple[int | None, int | None]
 
 # Segments that wrappers insert into parameter and module names: FSDP1, activation checkpointing, torch.compile,
 # and PEFT's adapter layers (`<layer>.base_layer.weight` is the stock `<layer>.weight`).
@@ -57,12 +62,13 @@ class MuPPlan:
     residuals: list[str] = field(default_factory=list)  # modules whose output is a residual branch's (depth scaling)
     # projection module -> the index of its outputs that are queries (None: all), where folding puts the attention
     # factor: an adapter's output on those rows must be folded alike
-    query_outputs: dict[str, object] = field(default_factory=dict)
+    query_outputs: dict[str, slice | None] = field(default_factory=dict)
 
     @property
     def residual_scale(self) -> float:
         """The multiplier on each residual branch's output: m_L^-α (1 without depth scaling)."""
-        return self.depth_mult**-self.mup.depth_alpha
+        scale: float = self.depth_mult**-self.mup.depth_alpha  # (float ** float is typed Any: complex if < 0)
+        return scale
 
     @property
     def attention_scale_factor(self) -> float:
@@ -132,6 +138,7 @@ def _head_dims(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) -> 
                 f"!= base_hidden_size {base}; give only one of the two."
             )
         base_head_dim = base // base_heads
+    assert base_head_dim is not None  # set by one of the two branches above
     if base % base_head_dim:
         raise MuPError(
             f"base_hidden_size {base} is not a multiple of the head size {base_head_dim}: the base model cannot "
@@ -219,7 +226,7 @@ def is_norm(module: nn.Module) -> bool:
 
 def norm_gains(model: nn.Module) -> list[nn.Parameter]:
     """The gains (`weight`) of every normalisation layer."""
-    return [m.weight for m in model.modules() if is_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    return [w for m in model.modules() if is_norm(m) and isinstance(w := getattr(m, "weight", None), nn.Parameter)]
 
 
 def param_shape(p: torch.Tensor) -> torch.Size:
@@ -229,7 +236,7 @@ def param_shape(p: torch.Tensor) -> torch.Size:
     return p.shape if ds_shape is None else ds_shape
 
 
-def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
+def meta_model(model_class: type[_M], config: PretrainedConfig) -> _M:
     """`model_class(config)` on the meta device: shapes without memory. The RNG is left as it was."""
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         return model_class(config)
@@ -238,12 +245,13 @@ def meta_model(model_class: type, config: PretrainedConfig) -> nn.Module:
 # ------------------------------------------------------------------------------------------------- planning
 
 
-def _layouts(model: nn.Module) -> dict[int, tuple[int | None, int | None]]:
+def _layouts(model: nn.Module) -> dict[int, Layout]:
     """(fan-in dim, fan-out dim) of each parameter, by id, from the module that owns it."""
-    layouts: dict[int, tuple[int | None, int | None]] = {}
+    layouts: dict[int, Layout] = {}
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             ndim = len(param_shape(p))
+            layout: Layout
             if ndim == 0:
                 layout = (None, None)
             elif ndim == 1:
@@ -275,15 +283,16 @@ def _depth_mult(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) ->
     if not arch.pre_norm and mup.base_num_layers != config.num_hidden_layers:
         warnings.warn(f"Depth scaling (CompleteP) is derived for pre-norm transformers; {arch.model_type} normalises "
                       "after each residual add (post-norm), where its depth transfer is untested.", stacklevel=4)
-    return config.num_hidden_layers / mup.base_num_layers
+    mult: float = config.num_hidden_layers / mup.base_num_layers
+    return mult
 
 
-def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict) -> dict[str, object]:
+def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict[int, Layout]) -> dict[str, slice | None]:
     """Projection module (canonical name) -> the index of its output features that folding scales by the attention
     factor (None: all of them); empty where folding puts that factor into a norm (Qwen3's q_norm), not a projection."""
     owners = {id(p): canonical_name(mname) for mname, m in model.named_modules()
               for pname, p in m.named_parameters(recurse=False) if pname == "weight"}
-    out: dict[str, object] = {}
+    out: dict[str, slice | None] = {}
     for _, attn in arch.attention_modules(model):
         for p, index in (arch.query_fold_slices or arch.query_slices)(attn):
             if id(p) not in owners or len(param_shape(p)) != 2:  # a bias (its weight covers the module), a norm
@@ -301,7 +310,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
     Parameters the stock model of this config does not have (adapters a wrapper added, e.g. PEFT's LoRA) get no rule.
     `arch`: the model's `Architecture`, if the caller has looked it up already (it is looked up once per conversion).
     """
-    config = model.config
+    config = cast(PretrainedConfig, model.config)  # a transformers model's
     arch = arch or get_architecture(config)
     class_name = supported_class_name(type(model), config, arch)
     head_dim, base_head_dim, _ = _head_dims(config, mup, arch)
@@ -354,8 +363,9 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
         elif isinstance(stock, nn.Linear):
             # Judge the Linear from its own (out, in) view: a tied weight is listed under its embedding's name.
             as_linear = classify(
-                tuple(param_shape(module.weight)), tuple(base.get_submodule(name).weight.shape),
-                tuple(delta.get_submodule(name).weight.shape), 1, 0,
+                tuple(param_shape(cast(torch.Tensor, module.weight))),
+                tuple(cast(torch.Tensor, base.get_submodule(name).weight).shape),
+                tuple(cast(torch.Tensor, delta.get_submodule(name).weight).shape), 1, 0,
             )
             if as_linear.kind is Kind.READOUT and not in_attention(name):
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult

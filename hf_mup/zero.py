@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -58,7 +59,11 @@ def disable_jit_ops() -> None:
 # ------------------------------------------------------------------------------------------------------ saving
 
 
-def _fold_consolidated(engine, state_dict: dict | None) -> dict | None:
+# DeepSpeed has no type information (no py.typed, no stubs): its engine and ZeRO optimizers are typed `Any` here.
+StateDict: TypeAlias = dict[str, torch.Tensor]
+
+
+def _fold_consolidated(engine: Any, state_dict: StateDict | None) -> StateDict | None:
     from .apply import PLAN_ATTR, fold_state_dict
     from .model import unwrap
 
@@ -78,14 +83,14 @@ def install() -> None:
         return
 
     @functools.wraps(consolidate)
-    def folded(self, *args, **kwargs):
+    def folded(self: Any, *args: Any, **kwargs: Any) -> StateDict | None:
         return _fold_consolidated(self, consolidate(self, *args, **kwargs))
 
     setattr(folded, _INSTALLED, True)
     DeepSpeedEngine._zero3_consolidated_16bit_state_dict = folded
 
 
-def fp32_state_dict(checkpoint_dir: str, tag: str | None = None, model: nn.Module | None = None) -> dict:
+def fp32_state_dict(checkpoint_dir: str, tag: str | None = None, model: nn.Module | None = None) -> StateDict:
     """The fp32 weights of a ZeRO checkpoint, consolidated *and folded*: a stock model with them (and `config.mup`)
     computes the μP model's outputs, and `MuPModel.from_pretrained` / `load_state_dict` on a μP model unfold them.
 
@@ -99,7 +104,7 @@ def fp32_state_dict(checkpoint_dir: str, tag: str | None = None, model: nn.Modul
     from .apply import PLAN_ATTR, fold_state_dict
     from .model import unwrap
 
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+    state_dict: StateDict = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
     if model is None:
         model = _meta_mup_model(checkpoint_dir)
     module = unwrap(model)
@@ -132,12 +137,12 @@ def _meta_mup_model(folder: str) -> nn.Module:
 # --------------------------------------------------------------------------------------------- the optimizer
 
 
-def is_zero_optimizer(optimizer) -> bool:
+def is_zero_optimizer(optimizer: object) -> bool:
     return type(optimizer).__module__.startswith("deepspeed.") and (
         hasattr(optimizer, "bit16_groups") or hasattr(optimizer, "fp16_groups"))
 
 
-def param_group_of(optimizer) -> dict[int, dict]:
+def param_group_of(optimizer: Any) -> dict[int, dict[str, Any]]:
     """id(model parameter) -> its group dict, for a ZeRO optimizer (whose groups hold flat partitions)."""
     groups = optimizer.param_groups
     if not is_zero_optimizer(optimizer):
@@ -148,7 +153,7 @@ def param_group_of(optimizer) -> dict[int, dict]:
     return {id(p): groups[owner.get(j, j)] for j, params in enumerate(optimizer.fp16_groups) for p in params}
 
 
-def check_config(config: dict) -> None:
+def check_config(config: Mapping[str, Any]) -> None:
     """Refuse DeepSpeed settings under which a μP model would not train as μP."""
     if config.get("optimizer"):
         raise MuPError(
