@@ -18,11 +18,16 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
+
+if TYPE_CHECKING:
+    from transformers import TorchAoConfig
 
 from .errors import MuPError
 
@@ -77,22 +82,23 @@ def _check_sparsity(sparsity: float) -> float:
 def _prune_step(targets: list[tuple[str, nn.Module]], sparsity: float, scope: str) -> None:
     """Bring the masks to `sparsity` (of each weight, or of all together): prune exactly round(sparsity · n) entries,
     counting those pruned already (torch's masks prune an absolute count among the still-unpruned entries)."""
-    def pruned(module):
-        return int((module.weight_mask == 0).sum()) if hasattr(module, "weight_mask") else 0
+    def pruned(module: nn.Module) -> int:
+        return int((cast(torch.Tensor, module.weight_mask) == 0).sum()) if hasattr(module, "weight_mask") else 0
 
     if scope == "global":
-        total = sum(m.weight.numel() for _, m in targets)
+        total = sum(cast(torch.Tensor, m.weight).numel() for _, m in targets)  # (`prunable`: Parameters)
         amount = round(sparsity * total) - sum(pruned(m) for _, m in targets)
         torch_prune.global_unstructured([(m, "weight") for _, m in targets], torch_prune.L1Unstructured,
                                         amount=max(0, amount))
     else:
         for _, module in targets:
-            amount = round(sparsity * module.weight.numel()) - pruned(module)
-            torch_prune.l1_unstructured(module, "weight", amount=max(0, amount))
+            amount = round(sparsity * cast(torch.Tensor, module.weight).numel()) - pruned(module)
+            # (torch leaves l1_unstructured unannotated)
+            torch_prune.l1_unstructured(module, "weight", amount=max(0, amount))  # type: ignore[no-untyped-call]
 
 
 def prune(model: nn.Module, sparsity: float, scope: str = "global", include_embeddings: bool = False,
-          steps: int = 1, finetune: Callable[[nn.Module, int], None] | None = None) -> dict:
+          steps: int = 1, finetune: Callable[[nn.Module, int], None] | None = None) -> dict[str, Any]:
     """Unstructured magnitude pruning of a stock model, in place and permanent; returns `size_report(model)`.
 
     Usage: `prune(model, 0.9)`, `prune(model, 0.9, scope="layer")`,
@@ -118,7 +124,8 @@ def prune(model: nn.Module, sparsity: float, scope: str = "global", include_embe
         if finetune is not None and k < steps:
             finetune(model, k)
     for _, module in targets:
-        torch_prune.remove(module, "weight")  # permanent: the zeros are in `weight`, the mask and hook are gone
+        # permanent: the zeros are in `weight`, the mask and hook are gone (torch leaves `remove` unannotated)
+        torch_prune.remove(module, "weight")  # type: ignore[no-untyped-call]
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, MARK, {**getattr(config, MARK, {}), "sparsity": sparsity, "scope": scope,
@@ -129,7 +136,7 @@ def prune(model: nn.Module, sparsity: float, scope: str = "global", include_embe
 # ------------------------------------------------------------------------------------------------ quantization
 
 
-def quantization_config(bits: int):
+def quantization_config(bits: int) -> TorchAoConfig:
     """transformers' `TorchAoConfig` for weight-only int8 (per output channel) or int4 (groups of 32), symmetric, so
     that a pruned zero stays an exact zero."""
     if bits not in BITS:
@@ -142,11 +149,13 @@ def quantization_config(bits: int):
     from transformers import TorchAoConfig
 
     granularity = PerAxis(0) if bits == 8 else PerGroup(INT4_GROUP_SIZE)
-    return TorchAoConfig(IntxWeightOnlyConfig(weight_dtype=torch.int8 if bits == 8 else torch.int4,
+    # (torch.int4 exists at run time, torch >= 2.6, but not in torch's type stubs)
+    weight_dtype = torch.int8 if bits == 8 else torch.int4  # type: ignore[attr-defined]
+    return TorchAoConfig(IntxWeightOnlyConfig(weight_dtype=weight_dtype,
                                               granularity=granularity, mapping_type=MappingType.SYMMETRIC))
 
 
-def quantized_layers(model: nn.Module, qconfig=None) -> list[tuple[str, nn.Linear]]:
+def quantized_layers(model: nn.Module, qconfig: TorchAoConfig | None = None) -> list[tuple[str, nn.Linear]]:
     """(name, module) of the layers transformers' torchao loader quantizes: its `nn.Linear` layers, less those it
     keeps in full precision (the output embeddings, tied weights, the last module: `get_modules_to_not_convert`)."""
     skips: list[str] = []
@@ -155,8 +164,9 @@ def quantized_layers(model: nn.Module, qconfig=None) -> list[tuple[str, nn.Linea
         from transformers.quantizers.base import HfQuantizer
         from transformers.quantizers.quantizers_utils import should_convert_module
 
-        skips = HfQuantizer.get_modules_to_not_convert(
-            model, getattr(qconfig, "modules_to_not_convert", None), getattr(model, "_keep_in_fp32_modules", None))
+        skips = HfQuantizer.get_modules_to_not_convert(  # (a module it cannot read: the except below)
+            cast(PreTrainedModel, model), getattr(qconfig, "modules_to_not_convert", None),
+            getattr(model, "_keep_in_fp32_modules", None))
         convert = should_convert_module
     except (ImportError, AttributeError, TypeError):  # another transformers: check every Linear (stricter)
         pass
@@ -189,7 +199,8 @@ def check_quantizable(model: nn.Module, bits: int) -> None:
             )
 
 
-def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, **save_kwargs) -> dict:
+def save_compressed(model: PreTrainedModel, out: str | Path, bits: int | None = None,
+                    **save_kwargs: Any) -> dict[str, Any]:
     """Save a (pruned) stock model, quantized to `bits` if given, as a transformers checkpoint that
     `AutoModel*.from_pretrained(out)` loads as it is (quantized weights as torchao tensors); returns the saved
     model's `size_report`, also written to `out/compression.json`.
@@ -225,7 +236,7 @@ def save_compressed(model: nn.Module, out: str | Path, bits: int | None = None, 
     return report
 
 
-def _config_and_class(path: str | Path, local: bool = True):
+def _config_and_class(path: str | Path, local: bool = True) -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     """(config without μP settings, its transformers class) of a checkpoint (`local`: a folder here), weights
     untouched."""
     import transformers
@@ -265,7 +276,7 @@ def check_checkpoint(path: str | Path, sparsity: float = 0.0, bits: int | None =
         check_quantizable(skeleton, bits)
 
 
-def load(path: str | Path) -> nn.Module:
+def load(path: str | Path) -> PreTrainedModel:
     """The stock transformers model of a checkpoint (its `config.architectures[0]` class): a folded μP checkpoint, a
     stock one or a compressed one. μP settings are dropped: compression works on the folded weights."""
     config, cls = _config_and_class(path, local=Path(path).exists())
@@ -280,10 +291,13 @@ def _bits_of(t: torch.Tensor) -> int | None:
     if not hasattr(t, "qdata"):
         return None
     target = getattr(t, "target_dtype", None) or t.qdata.dtype
-    return {torch.int8: 8, torch.uint8: 8, torch.int4: 4, torch.uint4: 4}.get(target, t.qdata.element_size() * 8)
+    # (torch.int4 / uint4 exist at run time, torch >= 2.6, but not in torch's type stubs)
+    bits: int = {torch.int8: 8, torch.uint8: 8, torch.int4: 4, torch.uint4: 4}.get(  # type: ignore[attr-defined]
+        target, t.qdata.element_size() * 8)
+    return bits
 
 
-def tensor_size(t: torch.Tensor) -> dict:
+def tensor_size(t: torch.Tensor) -> dict[str, Any]:
     """Params, nonzeros, bits and bytes of one tensor as an inference format stores it:
     - dense float: numel × its element size;
     - sparse (when smaller): nonzero values plus a bitmask of numel bits;
@@ -301,6 +315,7 @@ def tensor_size(t: torch.Tensor) -> dict:
         extra = 0
         stored = numel * t.element_size()
     else:
+        assert hasattr(t, "qdata")  # (`_bits_of` found it: a torchao tensor)
         value_bits = bits
         extra = sum(getattr(t, a).numel() * getattr(t, a).element_size()
                     for a in ("scale", "zero_point") if isinstance(getattr(t, a, None), torch.Tensor))
@@ -312,12 +327,13 @@ def tensor_size(t: torch.Tensor) -> dict:
             "bytes": min(dense, sparse) + extra, "stored_bytes": stored}
 
 
-def size_report(model: nn.Module) -> dict:
+def size_report(model: nn.Module) -> dict[str, Any]:
     """Per-tensor and total inference size of a model (shared tensors counted once), embeddings and readout included.
 
     Usage: `hf_mup.compress.size_report(model)["total"]["bytes"]`
     """
-    tensors, seen = {}, set()
+    tensors: dict[str, dict[str, Any]] = {}
+    seen: set[int] = set()
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if id(t) in seen:
             continue  # a tied weight
@@ -330,7 +346,7 @@ def size_report(model: nn.Module) -> dict:
     return {"total": total, "compression": dict(getattr(config, MARK, {}) or {}), "tensors": tensors}
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """A short text summary of `size_report` (for `hf-mup inspect` / `hf-mup compress`)."""
     t = report["total"]
     formats: dict[str, int] = {}

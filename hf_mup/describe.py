@@ -1,11 +1,14 @@
 """`describe`: a table of what hf_mup decided for every parameter."""
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from transformers import PretrainedConfig, PreTrainedModel
 
 from .errors import MuPError
 from .model import get_plan, unwrap
@@ -39,11 +42,12 @@ class _RecordInit(TorchFunctionMode):
              "constant_": "const", "uniform_": "uniform", "trunc_normal_": "normal", "xavier_uniform_": "xavier_uniform",
              "xavier_normal_": "xavier_normal", "kaiming_uniform_": "kaiming_uniform", "kaiming_normal_": "kaiming_normal"}
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.record: dict[int, tuple[str, float]] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Collection[type], args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = dict(kwargs or {})
         how = self.FILLS.get(getattr(func, "__name__", ""))
         if how is not None and not args and isinstance(kwargs.get("tensor"), torch.Tensor):
@@ -70,12 +74,12 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
     plan = get_plan(model)
     if plan is None:
         raise MuPError("describe needs a μP model: build it with hf_mup.MuPModel.from_config(...).")
-    model = unwrap(model)
+    model = cast(PreTrainedModel, unwrap(model))  # the transformers model that carries the plan
     twin = meta_model(type(model), model.config)  # HF's init, recorded on a data-less copy
     for t in [*twin.modules(), *twin.parameters()]:
         t.__dict__.pop("_is_hf_initialized", None)
     with _RecordInit() as recorder:
-        twin.initialize_weights()
+        twin.initialize_weights()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     record = recorder.record
     zeroed = set()
     if plan.mup.zero_init_readout:
@@ -113,6 +117,7 @@ def describe(model: nn.Module) -> str:
     """
     plan = get_plan(model)
     rows = parameter_table(model)
+    assert plan is not None  # (parameter_table refused a stock model)
     eps = scales_eps(plan, "adamw")
     header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×") + (("Adam ε ×",) if eps else ())
     cells = [header] + [
@@ -126,7 +131,7 @@ def describe(model: nn.Module) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts = {k.value: sum(r.kind == k.value for r in rows) for k in Kind}
     mup = plan.mup
-    config = unwrap(model).config
+    config = cast(PretrainedConfig, unwrap(model).config)  # a transformers model's
     scale = "· √(d_base/d)" if mup.attention_scale == "1/d" else "(1/sqrt(d))"
     lines += [
         "",

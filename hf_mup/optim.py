@@ -6,15 +6,17 @@ import math
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from .apply import PLAN_ATTR, fold_deepspeed_saves
 from .errors import MuPError
 from .model import get_plan, unwrap
-from .plan import canonical_name, is_norm
+from .plan import MuPPlan, canonical_name, is_norm
 from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
@@ -48,11 +50,11 @@ def mup_param_groups(
     model: nn.Module,
     lr: float,
     weight_decay: float = 0.0,
-    optimizer="adamw",
+    optimizer: object = "adamw",
     weight_decay_mode: str = "width_independent",
     no_decay: NoDecay = None,
     eps: float | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Parameter groups for `torch.optim.*` with μP's per-tensor learning rates and weight decay.
 
     Usage: `torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=3e-3, weight_decay=0.1))`
@@ -87,8 +89,8 @@ def mup_param_groups(
     model = unwrap(model)
     skip_decay = _no_decay_predicate(model, no_decay)
     per_group_eps = scales_eps(plan, family)
-    groups: dict[tuple, dict] = {}
-    unscaled = []
+    groups: dict[tuple[str, float, float, float], dict[str, Any]] = {}
+    unscaled: list[str] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -126,14 +128,14 @@ def mup_param_groups(
     return list(groups.values())
 
 
-def scales_eps(plan, family: str) -> bool:
+def scales_eps(plan: MuPPlan, family: str) -> bool:
     """Whether μP's groups carry their own Adam ε for this plan and optimizer family (a factor ≠ 1 on some tensor)."""
     return family == ADAM_LIKE and any(r.eps_mult(family) != 1.0 for r in plan.rules.values())
 
 
 def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
                   weight_decay: float = 0.0, weight_decay_mode: str = "width_independent", no_decay: NoDecay = None,
-                  **optimizer_kwargs) -> torch.optim.Optimizer:
+                  **optimizer_kwargs: Any) -> torch.optim.Optimizer:
     """A μP optimizer in one call: `mup_param_groups` and the optimizer built from the same LR and ε.
 
     Usage: `opt = hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=3e-3, weight_decay=0.1, eps=1e-6, betas=(0.9, 0.95))`
@@ -144,7 +146,8 @@ def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = tor
     eps = optimizer_kwargs.get("eps", default_eps(optimizer))
     groups = mup_param_groups(model, lr, weight_decay, optimizer=optimizer, weight_decay_mode=weight_decay_mode,
                               no_decay=no_decay, eps=eps)
-    built = optimizer(groups, lr=lr, **optimizer_kwargs)
+    # (a torch.optim class takes `lr`: the base class's __init__, which the annotation gives, does not)
+    built = cast(Callable[..., torch.optim.Optimizer], optimizer)(groups, lr=lr, **optimizer_kwargs)
     check_optimizer(model, built)
     return built
 
@@ -180,7 +183,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
     except MuPError:
         family = None  # a class hf_mup does not know: trust the family the groups were built for
     left_out = []
-    eps_checks: list[tuple[str, dict, float]] = []
+    eps_checks: list[tuple[str, dict[str, Any], float]] = []
     eps_scaled: dict[str, bool] = {}
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
@@ -206,6 +209,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
             )
         rule = plan.rules.get(name, NO_RULE)
         expected = rule.lr_mult(rules_for)
+        assert rules_for is not None  # (lr_mult raised a MuPError for None: no rules for an optimizer "NoneType")
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):
             raise MuPError(
                 f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}; "
@@ -232,21 +236,22 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
         )
 
 
-def _check_eps(name: str, group: dict, eps_mult: float) -> float:
+def _check_eps(name: str, group: dict[str, Any], eps_mult: float) -> float:
     """The base ε of a group whose ε μP scales (its `eps` over its factor); a `MuPError` if the factor is not μP's."""
     if "eps_mult" not in group or not math.isclose(group["eps_mult"], eps_mult, rel_tol=1e-6):
         raise MuPError(
             f"Parameter {name!r} is in a group without μP's Adam ε factor {eps_mult:g} (1/m_N with eps_width_scaling, "
             "× m_L^-α with depth scaling): build the groups with hf_mup.mup_param_groups(model, ...) for this model."
         )
-    return group["eps"] / group["eps_mult"]
+    base_eps: float = group["eps"] / group["eps_mult"]
+    return base_eps
 
 
 # ------------------------------------------------------------------------------------ the check at the first step
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # the μP models converted in this process
 _CHECKED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-_STEP_HOOK: list = []
+_STEP_HOOK: list[RemovableHandle] = []
 
 
 def watch(model: nn.Module) -> None:
@@ -261,7 +266,7 @@ def watch(model: nn.Module) -> None:
         _STEP_HOOK.append(register_optimizer_step_pre_hook(_check_at_first_step))
 
 
-def _check_at_first_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+def _check_at_first_step(optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     if optimizer in _CHECKED:
         return
     groups = optimizer.param_groups
@@ -279,7 +284,7 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
     Usage: `scheduler_min_lr = 0.1 * hf_mup.optim.base_lr(optimizer)`
     """
     optimizer = getattr(optimizer, "optimizer", optimizer)
-    etas = [g.get("initial_lr", g["lr"]) / g["lr_mult"] for g in optimizer.param_groups if g.get("lr_mult")]
+    etas: list[float] = [g.get("initial_lr", g["lr"]) / g["lr_mult"] for g in optimizer.param_groups if g.get("lr_mult")]
     if not etas:
         raise MuPError("The optimizer has no μP parameter groups: build it from hf_mup.mup_param_groups(model, lr=...).")
     if not all(math.isclose(e, etas[0], rel_tol=1e-6) for e in etas):

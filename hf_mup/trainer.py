@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import transformers
-from transformers import Trainer, TrainingArguments
+from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from .config import MuPConfig
 from .errors import MuPError
@@ -47,7 +49,7 @@ class MuPTrainer(Trainer):
     A stock (non-μP) model is trained exactly as `Trainer` would, so SP baselines can share the script.
     """
 
-    def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent", **kwargs: Any):
+    def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent", **kwargs: Any) -> None:
         self.mup_weight_decay_mode = mup_weight_decay_mode
         super().__init__(*args, **kwargs)
         if getattr(self, "is_deepspeed_enabled", False):  # refuse an optimizer DeepSpeed builds; fold ZeRO-3 saves
@@ -60,14 +62,18 @@ class MuPTrainer(Trainer):
             check_optimizer(self.model, self.optimizer)
         self._model_divides_by_items = self.model is None or _loss_divides_by_items(self.model)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
-        if trial is not None and self.hp_search_backend is not None and hasattr(trial, "suggest_float"):
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> TrainOutput:
+        # (transformers types `hp_search_backend` by its initial None: the cast keeps mypy from calling the test dead)
+        if trial is not None and cast(object, self.hp_search_backend) is not None and hasattr(trial, "suggest_float"):
             # transformers 5 calls model_init(trial) before sampling hp_space: sample first so the μP model is
             # built with the trial's multipliers (optuna returns the same value when asked again).
             self.hp_space(trial)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor | Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The Trainer's loss, except for models whose forward ignores `num_items_in_batch` (BERT's and RoBERTa's
         heads compute a plain mean): the Trainer would still multiply their loss by the number of processes,
         training on that multiple (and clipping at a fraction of max_grad_norm). A token-level loss (masked LM) is
@@ -93,14 +99,16 @@ class MuPTrainer(Trainer):
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
-        if self.optimizer is not None or not is_mup(opt_model):
+        if self.optimizer is not None or opt_model is None or not is_mup(opt_model):
             return super().create_optimizer(model)
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
             family = optimizer_family(optimizer_cls)
         else:
             family = optimizer_family(self.args.optim)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            # (transformers annotates PreTrainedModel; its own create_optimizer passes any nn.Module model here)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(
+                self.args, opt_model)  # type: ignore[arg-type]
         decay = _decayed_names(opt_model, self.get_decay_parameter_names(opt_model))
         groups = mup_param_groups(
             opt_model,
@@ -115,12 +123,14 @@ class MuPTrainer(Trainer):
         check_optimizer(opt_model, self.optimizer)
         return self.optimizer
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+    def create_scheduler(self, num_training_steps: int,
+                         optimizer: torch.optim.Optimizer | None = None) -> torch.optim.lr_scheduler.LRScheduler:
         """The Trainer's scheduler, made to keep μP's per-group LR ratios (`SCHEDULERS` says how, for each type)."""
         optimizer = self.optimizer if optimizer is None else optimizer
         groups = getattr(optimizer, "param_groups", None) or [{}]
         if self.lr_scheduler is not None or "lr_mult" not in groups[0]:
             return super().create_scheduler(num_training_steps, optimizer)
+        assert optimizer is not None  # (None has no μP groups: handed to the Trainer above)
         name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
         how = SCHEDULERS.get(name)
         if how is None:
@@ -137,7 +147,8 @@ class MuPTrainer(Trainer):
             inner = inner.optimizer
         inner.defaults["lr"] = base_lr(optimizer)
         if how == "floors":
-            kwargs = dict(self.args.lr_scheduler_kwargs or {})
+            # (a str: a JSON dict, parsed by TrainingArguments)
+            kwargs = dict(cast("dict[str, Any]", self.args.lr_scheduler_kwargs or {}))
             cls = (torch.optim.lr_scheduler.ReduceLROnPlateau if name == "reduce_lr_on_plateau"
                    else transformers.optimization.GreedyLR)
             for key in ("min_lr", "max_lr"):
@@ -145,7 +156,8 @@ class MuPTrainer(Trainer):
                 value = kwargs.get(key, default.default if default is not None else None)
                 if isinstance(value, (int, float)):  # one floor or ceiling on η: one per group, × its lr_mult
                     kwargs[key] = [value * g["lr_mult"] for g in optimizer.param_groups]
-            self.lr_scheduler = cls(optimizer, **kwargs)
+            # (transformers annotates LambdaLR: it holds any scheduler, these two among them)
+            self.lr_scheduler = cls(optimizer, **kwargs)  # type: ignore[assignment]
         return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -176,7 +188,8 @@ def _loss_divides_by_items(model: torch.nn.Module) -> bool:
         return True  # source unavailable: trust transformers' own introspection
 
 
-def mup_model_init(config, base_hidden_size: int, model_class: type | str | None = None, **fixed: Any):
+def mup_model_init(config: PretrainedConfig, base_hidden_size: int, model_class: type | str | None = None,
+                   **fixed: Any) -> Callable[..., PreTrainedModel]:
     """A `model_init` for `Trainer.hyperparameter_search` that builds μP models from the trial's parameters.
 
     Usage: `MuPTrainer(model_init=mup_model_init(config, base_hidden_size=256), ...).hyperparameter_search(...)`
@@ -188,7 +201,7 @@ def mup_model_init(config, base_hidden_size: int, model_class: type | str | None
     mup_fields = {f.name for f in dataclasses.fields(MuPConfig)}
     trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
 
-    def model_init(trial=None):
+    def model_init(trial: Any = None) -> PreTrainedModel:
         params = _trial_params(trial)
         cfg = copy.deepcopy(config)
         for key, value in params.items():
@@ -200,7 +213,7 @@ def mup_model_init(config, base_hidden_size: int, model_class: type | str | None
     return model_init
 
 
-def _trial_params(trial) -> dict[str, Any]:
+def _trial_params(trial: Any) -> dict[str, Any]:
     if trial is None:
         return {}
     if isinstance(trial, dict):  # ray / wandb pass a dict
