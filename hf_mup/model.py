@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import os
 import warnings
 from typing import Any, cast
 
@@ -249,8 +250,8 @@ class MuPModel:
         return _convert(model, mup, "fresh", plan=plan)
 
     @staticmethod
-    def from_pretrained(path: str, model_class: type | str | None = None, base_hidden_size: int | None = None,
-                        **kwargs: Any) -> PreTrainedModel:
+    def from_pretrained(path: str | os.PathLike[str], model_class: type | str | None = None,
+                        base_hidden_size: int | None = None, **kwargs: Any) -> PreTrainedModel:
         """Load a μP checkpoint (or convert a stock one, given `base_hidden_size`), with the same outputs.
 
         Usage: `model = hf_mup.MuPModel.from_pretrained("ckpt")`,
