@@ -158,7 +158,8 @@ def _named_settings_only(init: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-MuPConfig.__init__ = _named_settings_only(MuPConfig.__init__)  # type: ignore[method-assign]  # on purpose
+# (mypy refuses assigning to a method: replacing the dataclass __init__ with its checked wrapper is the point)
+MuPConfig.__init__ = _named_settings_only(MuPConfig.__init__)  # type: ignore[method-assign]
 
 
 def format_version(stored: Mapping[str, Any]) -> int:
