@@ -36,6 +36,9 @@ import grid_cli
 import torch
 
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.data import Corpus
+from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.results import _json_safe, lr_optima, plot_width_curves, trial_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "depth_transfer"
@@ -53,19 +56,20 @@ def settings(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "train_chars": None, "val_blocks": args.val_blocks}
 
 
-def spec_for(name: str, depth: int, s: dict, head_dim: int) -> dict:
-    """The grid spec of one (parametrization, depth) study: the depth is the spec's `layers`, the base depth the
+def spec_for(name: str, depth: int, s: dict, head_dim: int) -> sw.SweepSpec:
+    """The grid spec of one (parametrization, depth) study: the depth is the recipe's `layers`, the base depth the
     shallowest of the benchmark."""
     _, alpha = PARAMETRIZATIONS[name]
-    options = {"mup": {"base_num_layers": min(s["depths"]), "depth_alpha": alpha}} if alpha is not None else None
-    return sw.make_spec("grid", s["arch"], layers=depth, head_dim=head_dim, seq_len=64, steps=s["steps"],
-                        batch_size=s["batch"], base_width=s["width"], tokenizer="bpe", vocab_size=2048,
-                        train_chars=s["train_chars"], val_blocks=s["val_blocks"], options=options)
+    mup = {"base_num_layers": min(s["depths"]), "depth_alpha": alpha} if alpha is not None else {}
+    recipe = Recipe(arch=s["arch"], width=s["width"], layers=depth, head_dim=head_dim, seq_len=64, vocab_size=2048,
+                    base_width=s["width"], mup=mup, steps=s["steps"], batch_size=s["batch"])
+    return sw.SweepSpec("grid", recipe, Corpus(tokenizer="bpe", vocab_size=2048, train_chars=s["train_chars"],
+                                               val_blocks=s["val_blocks"]))
 
 
 def optimum(study, parametrization: str) -> dict | None:
     """The depth's seed-mean curve and argmin (`sweep.lr_optima` of its one width)."""
-    per = sw.lr_optima(sw.trial_rows(study), "val_loss").get(parametrization, {}).get("optimum", {})
+    per = lr_optima(trial_rows(study), "val_loss").get(parametrization, {}).get("optimum", {})
     return next(iter(per.values()), None)
 
 
@@ -109,7 +113,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, (name, r) in zip(axes[0], results.items()):
         optimum_by_depth = {int(d): {"log2_lr": r["argmin_log2_lr"][d], "loss": r["best_loss"][d], "curve": c}
                             for d, c in r["curves"].items()}
-        sw.plot_width_curves(ax, optimum_by_depth, sorted(optimum_by_depth), cmap, label="L", star=10)
+        plot_width_curves(ax, optimum_by_depth, sorted(optimum_by_depth), cmap, label="L", star=10)
         drift = "–" if r["drift"] is None else f"{r['drift']:g}"
         ax.set_title(f"{name}: drift {drift}", fontsize=9)
         ax.grid(alpha=0.3)
@@ -140,13 +144,13 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
             key = f"{name}/L{depth}"
             if key in done["val_loss"]:
                 continue
-            spec = {**spec_for(name, depth, s, head_dim), "steps": steps}
-            data = data or sw.load_data(spec)
-            parametrization = PARAMETRIZATIONS[name][0]
-            hp = sw.grid_hparams(spec, parametrization, log2_lr)
-            r = sw.run_trial(spec, data, s["width"], parametrization, hp, 0, device, progress=True, desc=key)
+            spec = spec_for(name, depth, s, head_dim)
+            data = data or spec.load_data()
+            point = {"parametrization": PARAMETRIZATIONS[name][0], "width": s["width"], "log2_lr": log2_lr, "seed": 0}
+            recipe = spec.grid_recipe(point).replace(steps=steps)
+            r = sw.run_trial(spec, recipe, data, device, progress=True, desc=key)
             done["val_loss"][key] = r["val_loss"]
-            path.write_text(json.dumps(sw._json_safe(summary), indent=1))
+            path.write_text(json.dumps(_json_safe(summary), indent=1))
             print(f"{key}, {steps} steps at 2^{log2_lr:g}: {r['val_loss']:.3f}", flush=True)
     return done
 
@@ -175,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for depth in s["depths"]:
             spec = spec_for(name, depth, s, args.head_dim)
             if data is None:
-                data = sw.load_data(spec)
-            spec["data_hash"] = sw.fingerprint(*data)
-            study = sw.open_study(f"{name}/L{depth}", storage, spec)
+                data = spec.load_data()
+            study = sw.open_study(f"{name}/L{depth}", storage, spec.stamp(data))
             points = sw.grid_points([s["width"]], s["log2_lrs"], [parametrization], s["seeds"])
             todo = sw.missing_points(study, points)
             if args.estimate_only:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads((out / f"{stem}.json").read_text()) if (out / f"{stem}.json").exists() else {}
     if "longer" in previous:  # a --longer check outlives a new report
         summary["longer"] = previous["longer"]
-    (out / f"{stem}.json").write_text(json.dumps(sw._json_safe(summary), indent=1))
+    (out / f"{stem}.json").write_text(json.dumps(_json_safe(summary), indent=1))
     (out / f"{stem}.md").write_text(table_markdown(results, s["depths"]))
     if results:
         plot(results, out / f"{stem}.png")

@@ -21,7 +21,6 @@ the SwiGLU / squared-ReLU rows are SiLU- / ReLU²-gated MLPs of the same width.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -38,6 +37,9 @@ import grid_cli
 import torch
 
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.data import Corpus
+from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.results import _json_safe, lr_optima, plot_width_curves, trial_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "lingle_ablations"
@@ -51,8 +53,8 @@ LINGLE = {
     "standard_parametrization": "fails",
 }
 
-# What each ablation changes from the baseline: `hf_mup.lab.sweep.make_spec` options (merged into the baseline's), the
-# spec's batch/steps, the attention multiplier, or the parametrization.
+# What each ablation changes from the baseline: `Recipe` fields (`recipe.replace`: "config" and "mup" are merged
+# into the baseline's), the batch/steps, the attention multiplier, or the parametrization.
 ABLATIONS = {
     "baseline": {},
     "projection_biases": {"options": {"config": {"attention_bias": True, "mlp_bias": True}}},
@@ -61,30 +63,24 @@ ABLATIONS = {
     "squared_relu": {"options": {"config": {"hidden_act": "relu2"}}},
     "multi_query": {"options": {"config": {"num_key_value_heads": 1}}},
     "sp_unembedding_init": {"options": {"mup": {"readout_init": "standard"}}},
-    "cosine_schedule": {"options": {"decay": "cosine"}},
+    "cosine_schedule": {"options": {"schedule": "cosine"}},
     "batch_4x_larger": {"batch_factor": 4.0},
     "batch_4x_smaller": {"batch_factor": 0.25},
     "trainable_gains": {"options": {"mup": {"trainable_norm_gains": True}}},
     "attention_1_over_sqrt_d": {"attn_1_over_sqrt_d": True},
     "coupled_wd_0.1": {"options": {"weight_decay": 0.1, "weight_decay_mode": "coupled"}},
-    "lion": {"options": {"optimizer": "lion", "betas": [0.95, 0.98]}},
+    "lion": {"options": {"optimizer": "lion", "betas": (0.95, 0.98)}},
     "standard_parametrization": {"parametrization": "sp"},
 }
 
+# The baseline's `Recipe` fields (besides shape, batch and steps; `spec_for`).
 BASELINE_OPTIONS = {
     "config": {"hidden_act": "relu"},
     "mup": {"trainable_norm_gains": False, "zero_init_query": False, "zero_init_readout": False},
-    "betas": [0.9, 0.98],
-    "decay": "linear",
+    "betas": (0.9, 0.98),
+    "schedule": "linear",
     "sp_init": "fan_in",  # the SP row: every weight N(0, 1/width), one LR (Lingle's SP keeps fan-in init)
 }
-
-
-def merged(base: dict, change: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in change.items():
-        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
-    return out
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -96,19 +92,29 @@ def settings(args: argparse.Namespace) -> dict:
             "val_blocks": args.val_blocks}
 
 
-def spec_for(name: str, s: dict, head_dim: int) -> tuple[dict, str]:
+def spec_for(name: str, s: dict, head_dim: int) -> tuple[sw.SweepSpec, str]:
     """(spec, parametrization) of one ablation's study."""
     a = ABLATIONS[name]
     factor = a.get("batch_factor", 1.0)  # same tokens: 4× the batch for ¼ of the steps, and the reverse
     batch, steps = max(1, round(s["batch"] * factor)), max(1, round(s["steps"] / factor))
     attn_mult = 1.0 if a.get("attn_1_over_sqrt_d") else head_dim**-0.5  # q·k/√d vs Lingle's q·k/d (head size fixed)
     base_width = s["widths"][0]
-    options = merged(BASELINE_OPTIONS, a.get("options", {}))
-    spec = sw.make_spec("grid", "llama", layers=2, head_dim=head_dim, seq_len=64, steps=steps, batch_size=batch,
-                        warmup_frac=0.1, final_lr_frac=1e-4, base_width=base_width, attn_mult=attn_mult,
-                        initializer_range=base_width**-0.5, tokenizer="bpe", vocab_size=2048,
-                        train_chars=s["train_chars"], val_blocks=s["val_blocks"], options=options)
+    baseline = Recipe(arch="llama", width=base_width, layers=2, head_dim=head_dim, seq_len=64, vocab_size=2048,
+                      initializer_range=base_width**-0.5, base_width=base_width, warmup_frac=0.1, final_lr_frac=1e-4,
+                      batch_size=batch, steps=steps, **BASELINE_OPTIONS)
+    recipe = baseline.replace(**a.get("options", {}))
+    recipe = recipe.replace(mup={"input_mult": 1.0, "output_mult": 1.0, "attn_mult": attn_mult})
+    spec = sw.SweepSpec("grid", recipe, Corpus(tokenizer="bpe", vocab_size=2048, train_chars=s["train_chars"],
+                                               val_blocks=s["val_blocks"]))
     return spec, a.get("parametrization", "mup")
+
+
+def options_for(name: str) -> dict:
+    """The `Recipe` fields the baseline sets, with the ablation's merged in (JSON, for the results)."""
+    out = dict(BASELINE_OPTIONS)
+    for k, v in ABLATIONS[name].get("options", {}).items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return json.loads(json.dumps(out))
 
 
 def verdict(optimum: dict, widths: list[int] | None = None) -> dict:
@@ -147,7 +153,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, name in zip(axes.flat, names):
         optimum = {int(w): o for w, o in results[name]["optimum"].items()}
         finite = [v for o in optimum.values() for v in o["curve"].values() if v is not None]
-        sw.plot_width_curves(ax, optimum, sorted(optimum), cmap, label="w", star=10)
+        plot_width_curves(ax, optimum, sorted(optimum), cmap, label="w", star=10)
         if finite:
             ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 1.5) + 0.05)
         v = results[name]
@@ -179,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         spec, parametrization = spec_for(name, s, args.head_dim)
         if data is None:
-            data = sw.load_data(spec)
-        spec["data_hash"] = sw.fingerprint(*data)
+            data = spec.load_data()
         points = sw.grid_points(s["widths"], s["log2_lrs"], [parametrization], s["seeds"])
-        study = sw.open_study(name, storage, spec)
+        study = sw.open_study(name, storage, spec.stamp(data))
         todo = sw.missing_points(study, points)
         if args.estimate_only:
             est = sw.estimate_seconds(spec, todo, data, args.device) if todo else {"total_seconds": 0.0}
@@ -192,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if todo and not args.report_only:
             print(f"{name}: {len(todo)} of {len(points)} points left", flush=True)
             sw.run_grid(study, spec, points, data, args.device, progress=True)
-        optimum = sw.lr_optima(sw.trial_rows(study), "val_loss").get(parametrization, {}).get("optimum", {})
-        results[name] = {"lingle": LINGLE[name], "parametrization": parametrization, "steps": spec["steps"],
-                         "batch": spec["batch_size"], "options": spec.get("options"), "attn_mult": spec["attn_mult"],
+        optimum = lr_optima(trial_rows(study), "val_loss").get(parametrization, {}).get("optimum", {})
+        r = spec.recipe
+        results[name] = {"lingle": LINGLE[name], "parametrization": parametrization, "steps": r.steps,
+                         "batch": r.batch_size, "options": options_for(name), "attn_mult": r.mup["attn_mult"],
                          "optimum": {str(w): v for w, v in optimum.items()}, **verdict(optimum, s["widths"])}
     if args.estimate_only:
         return 0
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                "agreement": f"{sum(r['verdict'] == r['lingle'] for r in judged)} of {len(judged)}",
                "seconds_this_run": round(time.perf_counter() - start, 1), "results": results,
                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__}}
-    (out / f"{stem}.json").write_text(json.dumps(sw._json_safe(summary), indent=1))
+    (out / f"{stem}.json").write_text(json.dumps(_json_safe(summary), indent=1))
     (out / f"{stem}.md").write_text(table_markdown(rows, s["widths"]) + f"\nAgreement with Lingle: "
                                     f"{summary['agreement']}.\n")
     plot(results, out / f"{stem}.png")

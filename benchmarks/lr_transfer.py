@@ -30,6 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.data import Corpus
+from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.results import lr_optima, report, trial_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_DRIFT = 0.5
@@ -70,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = sw.make_spec("grid", "gpt2", layers=2, head_dim=16, seq_len=64, steps=s["steps"], batch_size=16,
-                        base_width=64, output_mult=8.0, tokenizer="bytes", train_chars=s["train_chars"],
-                        val_blocks=s["val_blocks"])
-    data = sw.load_data(spec)
-    spec["data_hash"] = sw.fingerprint(*data)
+    spec = sw.SweepSpec("grid", Recipe(arch="gpt2", width=s["widths"][0], layers=2, head_dim=16, seq_len=64,
+                                       vocab_size=256, base_width=64, mup={"output_mult": 8.0}, steps=s["steps"],
+                                       batch_size=16),
+                        Corpus(tokenizer="bytes", train_chars=s["train_chars"], val_blocks=s["val_blocks"]))
+    data = spec.load_data()
     points = sw.grid_points(s["widths"], s["log2_lrs"], ["mup", "sp"], s["seeds"])
     storage = args.storage or f"sqlite:///{out.resolve() / (s['stem'] + '.db')}"
-    study = sw.open_study(s["stem"], storage, spec, heartbeat=10)
+    study = sw.open_study(s["stem"], storage, spec.stamp(data), heartbeat=10)
     if args.worker:
         sw.run_grid(study, spec, points, data, args.device, progress=False)
         return 0
@@ -96,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                for _ in range(args.workers - 1)]
     start = time.perf_counter()
     sw.run_grid(study, spec, points, data, args.device, progress=True,
-                after_trial=lambda st: sw.report(st, out, stem=s["stem"], plot_name=None))
+                after_trial=lambda st: report(st, out, stem=s["stem"], plot_name=None))
     for h in helpers:
         h.wait()
-    drift = {param: o["drift"] for param, o in sw.lr_optima(sw.trial_rows(study), "train_loss").items()}
+    drift = {param: o["drift"] for param, o in lr_optima(trial_rows(study), "train_loss").items()}
     goal = {"mup_drift_max": GOAL_DRIFT, "met": drift.get("mup") is not None and drift["mup"] <= GOAL_DRIFT}
-    result = sw.report(study, out, stem=s["stem"], plot_name=s["stem"] + ".png", metric="train_loss",
+    result = report(study, out, stem=s["stem"], plot_name=s["stem"] + ".png", metric="train_loss",
                        extra={"benchmark": "benchmarks/lr_transfer.py" + (" --quick" if args.quick else ""),
                               "goal": goal, "threads": torch.get_num_threads(), "workers": args.workers,
                               "versions": {"torch": torch.__version__,

@@ -42,6 +42,9 @@ import hf_mup
 from hf_mup import MuPError, compress
 from hf_mup.lab import lm
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.data import Corpus, load_corpus
+from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.results import lr_optima, trial_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_big_compress"
 WORK = Path(__file__).resolve().parents[1] / "out" / "train_big_compress"  # trained models, the proxy study
@@ -63,25 +66,29 @@ def settings(args: argparse.Namespace) -> dict:
             "train_chars": None, "val_blocks": args.val_blocks}
 
 
-def make_spec(s: dict) -> dict:
-    return sw.make_spec("grid", TASKS[s.get("task", "lm")], layers=s["layers"], head_dim=16, seq_len=64,
-                        steps=s["base_steps"], batch_size=s["batch"], base_width=s["widths"][0], tokenizer="bpe",
-                        vocab_size=2048, train_chars=s["train_chars"], val_blocks=s["val_blocks"])
+def make_spec(s: dict) -> sw.SweepSpec:
+    """The proxy's grid spec: the base width's recipe (its steps are the base width's share of the budget)."""
+    arch = TASKS[s.get("task", "lm")]
+    recipe = Recipe(arch=arch, width=s["widths"][0], layers=s["layers"], head_dim=16, seq_len=64, vocab_size=2048,
+                    base_width=s["widths"][0], steps=s["base_steps"], batch_size=s["batch"])
+    return sw.SweepSpec("grid", recipe, Corpus(tokenizer="bpe", vocab_size=2048, masked=arch == "bert",
+                                               train_chars=s["train_chars"], val_blocks=s["val_blocks"]))
 
 
-def n_params(spec: dict, width: int) -> int:
+def n_params(spec: sw.SweepSpec, width: int) -> int:
     """Parameters of the width's model, counted on the meta device."""
-    config = lm.lm_config(spec["arch"], width, spec["layers"], spec["head_dim"], spec["seq_len"], spec["vocab_size"])
+    recipe = spec.recipe.replace(width=width)
     with torch.device("meta"):
-        model = hf_mup.MuPModel.from_config(config, base_hidden_size=spec["base_width"])
+        model = hf_mup.MuPModel.from_config(recipe.model_config(), **recipe.mup_settings())
     return sum(p.numel() for p in model.parameters())
 
 
-def budget_steps(spec: dict, widths: list[int]) -> tuple[float, dict[int, int]]:
+def budget_steps(spec: sw.SweepSpec, widths: list[int]) -> tuple[float, dict[int, int]]:
     """The budget (the base width's steps × its FLOPs per step) and each width's steps within it; a MuPError when a
     width cannot take one step."""
-    per_step = {w: 6 * n_params(spec, w) * spec["batch_size"] * spec["seq_len"] for w in widths}
-    budget = per_step[widths[0]] * spec["steps"]
+    r = spec.recipe
+    per_step = {w: 6 * n_params(spec, w) * r.batch_size * r.seq_len for w in widths}
+    budget = per_step[widths[0]] * r.steps
     steps = {w: int(budget // per_step[w]) for w in widths}
     short = [w for w, n in steps.items() if n < 1]
     if short:
@@ -90,26 +97,28 @@ def budget_steps(spec: dict, widths: list[int]) -> tuple[float, dict[int, int]]:
     return budget, steps
 
 
-def seconds_per_step(spec: dict, widths: list[int], data, path: Path, timed_steps: int = 10) -> dict[int, float]:
+def seconds_per_step(spec: sw.SweepSpec, widths: list[int], data, path: Path,
+                     timed_steps: int = 10) -> dict[int, float]:
     """Seconds of one training step per width on this machine (the median of three runs of `timed_steps` steps, after
     3 warm-up steps), measured once and kept in `path` so that a resumed run gives every width the same steps."""
     if path.exists():
         return {int(w): v for w, v in json.loads(path.read_text()).items()}
     timing = {}
     for w in widths:
-        model, groups = sw.build(spec, w, "mup", sw.grid_hparams(spec, "mup", -10.0), 0)
-        lm.train_lm(model, groups, data[0], None, 3, spec["batch_size"], **sw.masking(spec))  # warm-up
-        runs = [lm.train_lm(model, groups, data[0], None, timed_steps, spec["batch_size"],
-                            **sw.masking(spec))["seconds"] / timed_steps for _ in range(3)]
+        recipe = spec.grid_recipe({"parametrization": "mup", "width": w, "log2_lr": -10.0, "seed": 0})
+        model = recipe.build_model()
+        lm.train_lm(model, recipe.replace(steps=3), data[0], None, **spec.masking())  # warm-up
+        runs = [lm.train_lm(model, recipe.replace(steps=timed_steps), data[0], None,
+                            **spec.masking())["seconds"] / timed_steps for _ in range(3)]
         timing[w] = sorted(runs)[1]
     path.write_text(json.dumps(timing, indent=1))
     return timing
 
 
-def wallclock_steps(spec: dict, widths: list[int], timing: dict[int, float]) -> tuple[float, dict[int, int]]:
+def wallclock_steps(spec: sw.SweepSpec, widths: list[int], timing: dict[int, float]) -> tuple[float, dict[int, int]]:
     """The second view of the budget: the base width's steps × its seconds per step, and each width's steps in that
     many seconds on this machine."""
-    budget = timing[widths[0]] * spec["steps"]
+    budget = timing[widths[0]] * spec.recipe.steps
     steps = {w: int(budget / timing[w] + 1e-9) for w in widths}  # the base width gets exactly its steps
     short = [w for w, n in steps.items() if n < 1]
     if short:
@@ -118,27 +127,27 @@ def wallclock_steps(spec: dict, widths: list[int], timing: dict[int, float]) -> 
     return budget, steps
 
 
-def proxy_lr(spec: dict, s: dict, data, storage: str) -> float:
+def proxy_lr(spec: sw.SweepSpec, s: dict, data, storage: str) -> float:
     """The base width's best LR over the grid (seed-mean validation loss): what every size trains with."""
-    study = sw.open_study("proxy", storage, spec)
+    study = sw.open_study("proxy", storage, spec.stamp(data))
     points = sw.grid_points([s["widths"][0]], s["log2_lrs"], ["mup"], s["seeds"])
     sw.run_grid(study, spec, points, data, progress=True)
-    best = sw.lr_optima(sw.trial_rows(study), "val_loss")["mup"]["optimum"][s["widths"][0]]
+    best = lr_optima(trial_rows(study), "val_loss")["mup"]["optimum"][s["widths"][0]]
     if best["log2_lr"] is None:
         raise MuPError("every proxy LR diverged: widen --log2-lrs downwards.")
     return best["log2_lr"]
 
 
-def train(spec: dict, width: int, steps: int, log2_lr: float, data, out: Path) -> dict:
+def train(spec: sw.SweepSpec, width: int, steps: int, log2_lr: float, data, out: Path) -> dict:
     """Train one size for its steps at the transferred LR; save the folded model and its record (skipped if done)."""
     record_path = out / "record.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
-    size_spec = {**spec, "steps": steps}
-    model, groups = sw.build(size_spec, width, "mup", sw.grid_hparams(spec, "mup", log2_lr), 0)  # as the proxy's
-    r = lm.train_lm(model, groups, data[0], data[1], steps, spec["batch_size"], warmup_frac=spec["warmup_frac"],
-                    final_lr_frac=spec["final_lr_frac"], clip=spec["clip"], seed=0, progress=True,
-                    desc=f"width {width}, {steps} steps", **sw.masking(spec))
+    point = {"parametrization": "mup", "width": width, "log2_lr": log2_lr, "seed": 0}
+    recipe = spec.grid_recipe(point).replace(steps=steps)  # the proxy's recipe at this width and length
+    model = recipe.build_model()
+    r = lm.train_lm(model, recipe, data[0], data[1], progress=True, desc=f"width {width}, {steps} steps",
+                    **spec.masking())
     model.save_pretrained(out)  # folded weights + config.mup: compress.load reads it as a stock model
     record = {"width": width, "steps": steps, "params": r["n_params"], "tokens": r["tokens"],
               "flops": 6 * r["n_params"] * r["tokens"], "val_loss": r["final_val_loss"], "seconds": r["seconds"],
@@ -169,8 +178,8 @@ def finetune(s: dict, widths: list[int], tok, work: Path) -> dict:
             config = AutoConfig.from_pretrained(folder, num_labels=2)
             torch.manual_seed(0)
             model = hf_mup.MuPModel.from_pretrained(folder, model_class="BertForSequenceClassification", config=config)
-            r = tasks.finetune(model, tok, train_ex, test_ex, lr=lr, epochs=f["epochs"], batch_size=f["batch"],
-                               max_length=64)
+            recipe = tasks.finetune_recipe(model, len(train_ex), lr=lr, epochs=f["epochs"], batch_size=f["batch"])
+            r = tasks.finetune(model, tok, train_ex, test_ex, recipe, max_length=64)
             if save:
                 model.save_pretrained(folder / "finetuned")
             done[key] = r["accuracy"]
@@ -296,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = make_spec(s)
     if args.budget == "flops":  # before loading data: a budget below one step fails at once
         budget, steps = budget_steps(spec, s["widths"])
-    *data, tok = sw.load_data(spec, with_tokenizer=True)
-    spec["data_hash"] = sw.fingerprint(*data)
+    *data, tok = load_corpus(spec.data, spec.recipe.seq_len)
     timing = None
     if args.budget == "seconds":
         timing = seconds_per_step(spec, s["widths"], data, work / "seconds_per_step.json")

@@ -36,7 +36,12 @@ def _norm_param_names(model: nn.Module) -> set[str]:
     }
 
 
-def _no_decay_predicate(model: nn.Module, no_decay: NoDecay) -> Callable[[str], bool]:
+def no_decay_predicate(model: nn.Module, no_decay: NoDecay = None) -> Callable[[str], bool]:
+    """Which parameter names get no weight decay: `no_decay` (names' substrings, or a predicate on the name) or, by
+    default, biases and norm weights (the HF Trainer's rule; Megatron-LM's too).
+
+    Usage: `skip = no_decay_predicate(model); [n for n, _ in model.named_parameters() if skip(n)]`
+    """
     if callable(no_decay):
         return no_decay
     if no_decay is not None:
@@ -87,7 +92,7 @@ def mup_param_groups(
             stacklevel=2,
         )
     model = unwrap(model)
-    skip_decay = _no_decay_predicate(model, no_decay)
+    skip_decay = no_decay_predicate(model, no_decay)
     per_group_eps = scales_eps(plan, family)
     groups: dict[tuple[str, float, float, float], dict[str, Any]] = {}
     unscaled: list[str] = []

@@ -76,39 +76,55 @@ class RecipeArguments:
     vocab_size: int = field(default=4096, metadata={"help": "size of the locally trained BPE"})
     block_size: int | None = field(default=None, metadata={"help": "sequence length (default: the preset's)"})
     max_eval_blocks: int = field(default=256, metadata={"help": "evaluate on at most this many sequences"})
-    hparams: str | None = field(default=None, metadata={"help": "JSON from `hf-mup transfer`: mup + training args"})
+    hparams: str | None = field(default=None, metadata={"help": "JSON from `hf-mup transfer`: the target's recipe"})
     output_mult: float | None = None
     input_mult: float | None = None
     attn_mult: float | None = None
     base_hidden_size: int | None = None
-    mup_weight_decay_mode: str = "width_independent"
+    mup_weight_decay_mode: str | None = field(default=None, metadata={
+        "help": "width_independent (default), coupled or independent; with --hparams: the recipe's"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
 
 
 def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
+    """The recipe's and the Trainer's arguments: the preset's values, then --hparams (a transferred `Recipe`), become
+    defaults that explicit flags override. With --hparams, `recipe.transferred` is the recipe the run trains with:
+    its optimizer, schedule and weight-decay mode, with the flags' LR, β, ε, weight decay, clipping and steps."""
+    from hf_mup.lab.transfer import Transferred
+
     parser = HfArgumentParser((RecipeArguments, TrainingArguments))
     known, _ = parser.parse_known_args(argv)
     preset = PRESETS[known.preset]
-    # The preset's values, then --hparams, become defaults that explicit flags override.
-    hparams = {}
-    if known.hparams:
-        hparams = json.loads(open(known.hparams).read())
+    transferred = Transferred.load(known.hparams).recipe if known.hparams else None
+    from_recipe = {}
+    if transferred is not None:
+        r = transferred
+        from_recipe = {"learning_rate": r.lr, "adam_beta1": r.betas[0], "adam_beta2": r.betas[1],
+                       "adam_epsilon": r.eps, "weight_decay": r.weight_decay, "max_grad_norm": r.clip}
     parser.set_defaults(**{"output_dir": "gpt2_wikitext_out", "eval_strategy": "steps", "report_to": "none",
                            # progress bars on a terminal only (the Trainer then prints its logs as lines); pinned
                            # memory only where there is an accelerator to copy to
                            "disable_tqdm": not quiet_progress_bars(), "dataloader_pin_memory": _accelerator(),
-                           **preset["train"], **hparams.get("training_args", {})})
+                           **preset["train"], **from_recipe})
     recipe, training = parser.parse_args_into_dataclasses(argv)
-    recipe.mup_defaults = {**preset["mup"], **hparams.get("mup", {})}
-    # The proxy's tuned init scale (the rest of model_config is the target's shape, which the preset sets).
-    recipe.init_overrides = {k: v for k, v in hparams.get("model_config", {}).items() if k == "initializer_range"}
-    target = hparams.get("model_config", {})
-    shape = {k: target[k] for k in ("n_embd", "n_layer", "n_head") if k in target and target[k] != preset["model"][k]}
-    if shape:
-        print(f"note: {known.hparams} was transferred to a target with "
-              + ", ".join(f"{k} {v}" for k, v in shape.items()) + f"; training --preset {known.preset}'s shape "
-              + ", ".join(f"{k} {preset['model'][k]}" for k in shape) + " (pick the preset of that target)",
-              file=sys.stderr)
+    recipe.mup_defaults = dict(preset["mup"])
+    recipe.init_overrides = {}
+    recipe.transferred = None
+    if transferred is not None:
+        r = transferred.replace(lr=training.learning_rate, betas=(training.adam_beta1, training.adam_beta2),
+                                eps=training.adam_epsilon, weight_decay=training.weight_decay,
+                                clip=training.max_grad_norm, steps=training.max_steps,
+                                weight_decay_mode=recipe.mup_weight_decay_mode or transferred.weight_decay_mode)
+        recipe.transferred = r
+        recipe.mup_defaults = {**preset["mup"], **r.mup_settings()}
+        recipe.init_overrides = {"initializer_range": r.initializer_range}  # the proxy's tuned init scale
+        target = {"n_embd": r.width, "n_layer": r.layers, "n_head": r.width // r.head_dim}
+        shape = {k: v for k, v in target.items() if v != preset["model"][k]}
+        if shape:
+            print(f"note: {known.hparams} was transferred to a target with "
+                  + ", ".join(f"{k} {v}" for k, v in shape.items()) + f"; training --preset {known.preset}'s shape "
+                  + ", ".join(f"{k} {preset['model'][k]}" for k in shape) + " (pick the preset of that target)",
+                  file=sys.stderr)
     return recipe, training
 
 
@@ -177,14 +193,19 @@ def main(argv: list[str] | None = None) -> dict:
     model = hf_mup.MuPModel.from_config(config, **{**recipe.mup_defaults, **overrides})
     model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss: the one transformers falls back to, unwarned
 
+    optimizers = (None, None)
+    if recipe.transferred is not None:  # the transferred recipe's optimizer (AdamW or Lion) and schedule
+        optimizer = recipe.transferred.build_optimizer(model)
+        optimizers = (optimizer, recipe.transferred.build_scheduler(optimizer))
     trainer = hf_mup.MuPTrainer(
         model=model,
         args=training,
+        optimizers=optimizers,
         train_dataset=train_ds,
         eval_dataset=val_ds,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
-        mup_weight_decay_mode=recipe.mup_weight_decay_mode,
+        mup_weight_decay_mode=recipe.mup_weight_decay_mode or "width_independent",
     )
     last = None
     if recipe.resume and os.path.isdir(training.output_dir):

@@ -14,7 +14,6 @@ from ..errors import MuPError
 from ..extras import require
 from ..logs import progress_enabled, quiet_progress_bars
 from .coord_check import DEFAULT_BAND
-from .lm import ARCHS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "vocab.txt")
@@ -143,23 +142,9 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     from . import coord_check as cc
 
     widths = _int_list(args.widths)
-    if len(widths) < 2 or widths != sorted(set(widths)):
-        raise MuPError(f"--widths needs two or more distinct widths in increasing order, got {args.widths!r}.")
     params = [p.strip() for p in args.parametrization.split(",") if p.strip()]
-    unknown = set(params) - set(cc.PARAMETRIZATIONS)
-    if unknown or not params:
-        raise MuPError(f"--parametrization: unknown {sorted(unknown)}; use some of {', '.join(cc.PARAMETRIZATIONS)}.")
-    if args.arch not in ARCHS:
-        raise MuPError(f"--arch {args.arch!r} is not supported; use one of {', '.join(ARCHS)}.")
-    base = args.base_width or widths[0]
-    if any(w % args.head_dim for w in widths) or base > widths[0]:
-        raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")
-    if args.steps < 1 or args.seeds < 1:
-        raise MuPError(f"--steps and --seeds must be at least 1, got --steps {args.steps} --seeds {args.seeds}.")
-    if "mup" in params and args.seeds < cc.MIN_VERDICT_SEEDS:
-        raise MuPError(f"--seeds {args.seeds}: the μP verdict needs at least {cc.MIN_VERDICT_SEEDS} seeds (one seed's "
-                       "slopes are too noisy to trust: a correct μP model can fail); use --seeds 3, or "
-                       "--parametrization sp for plots without a verdict.")
+    base = args.base_width or (widths[0] if widths else 0)
+    cc.check_inputs(args.arch, widths, params, args.head_dim, base, args.steps, args.seeds)
     require("sweep", "matplotlib", what="hf-mup coord-check (its plot, coord_check.png)")
     records = cc.coord_check(
         args.arch, widths=widths, steps=args.steps, lr=args.lr, optimizer=args.optimizer, parametrizations=params,
@@ -189,7 +174,7 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     if "mup" in params:  # the verdict first: nothing after it (the plot) can hide it
         if args.steps > cc.VERDICT_STEPS:
             print(f"note: the band was measured for --steps {cc.VERDICT_STEPS}; later steps of a correct μP model can "
-                  "leave it at small widths (measurements: hf_mup/coord_check.py, MIN_VERDICT_SEEDS).")
+                  "leave it at small widths (the calibration: docs/results/cost.md).")
         bad = cc.verdict(rows, band)
         if bad:
             print(f"FAIL: {len(bad)} μP slope(s) outside {band}: "
@@ -202,6 +187,26 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     return code
 
 
+def sweep_spec(args: argparse.Namespace, widths: list[int], lrs: list[float]):
+    """The `SweepSpec` of `hf-mup sweep`'s flags (the library validates it)."""
+    from .data import Corpus
+    from .recipe import Recipe
+    from .sweep import SweepSpec
+
+    mup = {"input_mult": args.input_mult, "output_mult": args.output_mult, "attn_mult": args.attn_mult}
+    if args.base_layers is not None:
+        mup.update(base_num_layers=args.base_layers, depth_alpha=args.depth_alpha)
+    corpus = Corpus(tokenizer=args.tokenizer, vocab_size=args.vocab_size, masked=args.arch == "bert",
+                    train_file=args.train_file, val_file=args.val_file, dataset=args.dataset,
+                    dataset_config=args.dataset_config, text_column=args.text_column, train_chars=args.train_chars,
+                    val_blocks=args.val_blocks)
+    recipe = Recipe(arch=args.arch, width=widths[0], layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
+                    vocab_size=corpus.vocab_size, initializer_range=args.initializer_range,
+                    base_width=args.base_width or widths[0], mup=mup, warmup_frac=args.warmup,
+                    final_lr_frac=args.final_lr_frac, clip=args.clip, batch_size=args.batch_size, steps=args.steps)
+    return SweepSpec(args.mode, recipe, corpus, (min(lrs), max(lrs)))
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     import torch
 
@@ -209,7 +214,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dataset:
         require("train", "datasets", what="hf-mup sweep --dataset (a Hub dataset)")
     from . import sweep as sw
+    from .results import report, trial_line
+    from .storage import default_storage, safe_url
 
+    sw.check_arch(args.arch)
     widths = _int_list(args.widths)
     sw.check_widths(widths)
     lrs = sw.parse_log2_lrs(args.log2_lrs) + sw.parse_log2_lrs(args.extra_log2_lrs)
@@ -219,28 +227,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     points = sw.grid_points(widths, lrs, params, args.seeds) if args.mode == "grid" else []
     if args.mode == "tune" and len(widths) != 1:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
-    if args.mode == "tune" and args.n_trials < 1:
-        raise MuPError(f"--n-trials must be at least 1, got {args.n_trials}.")
-    base = args.base_width or widths[0]
-    if base > widths[0] or any(w % args.head_dim for w in widths):
-        raise MuPError(f"every width must be a multiple of --head-dim {args.head_dim}, and --base-width <= {widths[0]}.")
+    if args.mode == "tune":
+        sw.check_n_trials(args.n_trials)
+    sw.check_grid(widths, args.head_dim, args.base_width)
+    spec = sweep_spec(args, widths, lrs)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = sw.make_spec(
-        args.mode, args.arch, args.layers, args.head_dim, args.seq_len, args.steps, args.batch_size, args.warmup,
-        args.final_lr_frac, args.clip, base, args.input_mult, args.output_mult, args.attn_mult, args.initializer_range,
-        args.tokenizer, args.vocab_size, args.train_file, args.val_file, args.dataset, args.dataset_config,
-        args.train_chars, args.val_blocks, proxy_width=widths[0], log2_lr_range=(min(lrs), max(lrs)),
-        options={"mup": {"base_num_layers": args.base_layers, "depth_alpha": args.depth_alpha}}
-        if args.base_layers is not None else None,
-    )
     out = Path(args.out)
-    data = sw.load_data(spec, out, args.text_column)
-    spec["data_hash"] = sw.fingerprint(*data)
-    storage = args.storage or sw.default_storage(out)
-    study = sw.open_study(args.study or args.mode, storage, spec, args.heartbeat)
-    print(f"study {study.study_name!r} in {sw.safe_url(storage)}: {len(study.trials)} trial(s) so far; "
-          f"data {data[0].numel()} train / {data[1].numel()} validation tokens, vocab {spec['vocab_size']}")
+    data = spec.load_data(out)
+    storage = args.storage or default_storage(out)
+    study = sw.open_study(args.study or args.mode, storage, spec.stamp(data), args.heartbeat)
+    print(f"study {study.study_name!r} in {safe_url(storage)}: {len(study.trials)} trial(s) so far; "
+          f"data {data[0].numel()} train / {data[1].numel()} validation tokens, vocab {spec.data.vocab_size}")
     if args.estimate:
         est = sw.estimate_seconds(spec, points or [{"parametrization": "mup", "width": widths[0]}], data)
         n = len(points) or args.n_trials
@@ -251,9 +249,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     progress = not args.no_progress and progress_enabled()  # bars on a terminal only, never in a log
 
     def write(st):  # CSV + JSON after every trial; a line per trial where there are no bars (a log)
-        sw.report(st, out, plot_name=None)
+        report(st, out, plot_name=None)
         if not progress:
-            print(sw.trial_line(st), flush=True)
+            print(trial_line(st), flush=True)
 
     if args.mode == "grid":
         study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
@@ -261,7 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         study.sampler = sw.make_sampler(args.sampler, args.seed, len(study.trials))
         sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write)
-    result = sw.report(study, out, metric=f"{args.metric}_loss")
+    result = report(study, out, metric=f"{args.metric}_loss")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
           + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
     if args.mode == "grid":
@@ -279,21 +277,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     require("sweep", "optuna", "sqlalchemy", what="hf-mup transfer (it reads an Optuna study)")
-    from . import sweep as sw
+    from .storage import default_storage, load_study
     from .transfer import transfer
 
-    storage = args.storage or sw.default_storage(args.out)
-    study = sw.load_study(args.study, storage)
-    hparams, cost = transfer(study, load_config(args.target_config), args.target_tokens,
-                             allow_depth_change=args.allow_depth_change)
-    Path(args.output).write_text(json.dumps(hparams, indent=2))
-    src = hparams["source"]
+    storage = args.storage or default_storage(args.out)
+    study = load_study(args.study, storage)
+    result = transfer(study, load_config(args.target_config), args.target_tokens, args.batch_size,
+                      allow_depth_change=args.allow_depth_change)
+    result.save(args.output)
+    r, src, cost = result.recipe, result.source, result.cost
     print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}): "
-          f"learning_rate {hparams['training_args']['learning_rate']:.4g}, " + ", ".join(
-              f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in hparams["mup"].items())
-          + f", initializer_range "
-          f"{hparams['model_config']['initializer_range']:.4g}")
-    for note in src["notes"]:
+          f"{r.optimizer} lr {r.lr:.4g}, betas {r.betas}, weight_decay {r.weight_decay:g} ({r.weight_decay_mode}), "
+          f"{r.schedule} schedule, warmup {r.warmup_frac:g}, initializer_range {r.initializer_range:.4g}, "
+          + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.mup.items()))
+    for note in result.notes:
         print(f"note: {note}")
     print(f"tuning cost: {cost['tuning_flops']:.3g} FLOPs over {cost['trials']} trials = {cost['fraction']:.3%} of "
           f"the target's training ({cost['target_params']:,} params × {cost['target_tokens']:.3g} tokens × 6 = "
@@ -405,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sweep_out", help="the sweep's folder, when --storage is not given")
     p.add_argument("--target-config", required=True, help="the target's config.json (or checkpoint folder)")
     p.add_argument("--target-tokens", type=float, help="target training tokens (default: 20 per parameter)")
+    p.add_argument("--batch-size", type=int, help="the target's batch (default: the proxy's); steps = tokens / batch")
     p.add_argument("--allow-depth-change", action="store_true", help="copy the settings to a target of another "
                    "depth although the proxy was tuned without depth scaling (--base-layers): the optimum may move")
     p.add_argument("--output", default="hparams.json")

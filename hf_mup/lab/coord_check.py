@@ -21,20 +21,16 @@ import torch
 from torch import nn
 
 from ..architectures import Architecture, get_architecture
-from .lm import PARAMETRIZATIONS, build_lm, lm_config, mask_tokens  # noqa: F401 (PARAMETRIZATIONS: coord-check's choices)
+from .lm import build_lm, mask_tokens
+from .recipe import PARAMETRIZATIONS, lm_config
 
 # The band a μP slope must stay in, (low, high). Asymmetric on purpose: blowing up is what μP prevents, while at
 # small widths μP's own finite-width corrections shrink like width^-1/2 (activations that start at 0, e.g. attention
 # scores with a zero-initialised query; the readout at init). Measured slopes: tests/lab/test_coord_check.py.
 DEFAULT_BAND = (-0.7, 0.25)
-# A verdict averages over seeds: the slopes of one seed vary (a correct μP model, widths 64-512, 3 steps: per-seed
-# s.d. up to 0.12 for GPT-2, 0.16 for BERT), and the band holds for t <= 2. Measured on 12 seeds with
-# `hf-mup coord-check`'s shapes (the correct μP model; number of seed sets failing DEFAULT_BAND):
-#   steps 3 (t <= 2):  1, 2, 3 seeds: GPT-2 0/12, 0/66, 0/220 (max slope +0.13, +0.13, +0.12);
-#                      BERT 0/12, 0/66, 0/220 (max +0.23, +0.22, +0.17)
-#   steps 4:           BERT 1 seed 3/12, 2 seeds 3/66, 3 seeds 1/220 (GPT-2 0)
-#   steps 5:           GPT-2 3/12, 16/66, 50/220 (t=4: h.1.attn.scores slope +0.16 averaged over 12 seeds, per-seed
-#                      s.d. 0.21); BERT 6/12, 12/66, 2/220
+# A verdict averages over seeds: the slopes of one seed vary, and the band holds for t <= 2 (3 recorded steps). The
+# calibration on 12 seeds (how many seed sets of a correct μP model fail the band, by steps and seeds) is on the docs'
+# results page (docs/results/cost.md, "Calibrating the coordinate check's band").
 # Hence a verdict needs MIN_VERDICT_SEEDS seeds and the CLI records VERDICT_STEPS steps by default.
 MIN_VERDICT_SEEDS = 2
 VERDICT_STEPS = 3
@@ -266,7 +262,8 @@ def depth_check(
         batch = make_batches(arch, 1, batch_size, seq_len, vocab_size, seed)[0]
         for depth in depths:
             config = lm_config(arch, width, depth, head_dim, seq_len, vocab_size)
-            options = {} if base_layers is None else {"base_num_layers": base_layers, "depth_alpha": depth_alpha}
+            options: dict[str, Any] = ({} if base_layers is None
+                                       else {"base_num_layers": base_layers, "depth_alpha": depth_alpha})
             model, groups = build_lm(config, "mup", lr, width, seed=seed, **options)
             opt = torch.optim.AdamW(groups, weight_decay=0.0)
             blocks = get_architecture(config).blocks
@@ -300,3 +297,27 @@ def depth_slopes(records: list[dict]) -> dict[int, float]:
         means = [sum(per[d]) / len(per[d]) for d in depths]
         out[step] = loglog_slope(depths, means) if all(m > 0 for m in means) else math.nan
     return out
+
+
+def check_inputs(arch: str, widths: Sequence[int], parametrizations: Sequence[str], head_dim: int, base_width: int,
+                 steps: int, seeds: int) -> None:
+    """Refuse, before any work, a coordinate check that cannot run or whose verdict could not be trusted."""
+    from ..errors import MuPError
+    from .recipe import ARCHS
+
+    widths = list(widths)
+    if len(widths) < 2 or widths != sorted(set(widths)):
+        raise MuPError(f"--widths needs two or more distinct widths in increasing order, got {widths}.")
+    unknown = set(parametrizations) - set(PARAMETRIZATIONS)
+    if unknown or not parametrizations:
+        raise MuPError(f"--parametrization: unknown {sorted(unknown)}; use some of {', '.join(PARAMETRIZATIONS)}.")
+    if arch not in ARCHS:
+        raise MuPError(f"--arch {arch!r} is not supported; use one of {', '.join(ARCHS)}.")
+    if any(w % head_dim for w in widths) or base_width > widths[0]:
+        raise MuPError(f"every width must be a multiple of --head-dim {head_dim}, and --base-width <= {widths[0]}.")
+    if steps < 1 or seeds < 1:
+        raise MuPError(f"--steps and --seeds must be at least 1, got --steps {steps} --seeds {seeds}.")
+    if "mup" in parametrizations and seeds < MIN_VERDICT_SEEDS:
+        raise MuPError(f"--seeds {seeds}: the μP verdict needs at least {MIN_VERDICT_SEEDS} seeds (one seed's "
+                       "slopes are too noisy to trust: a correct μP model can fail); use --seeds 3, or "
+                       "--parametrization sp for plots without a verdict.")

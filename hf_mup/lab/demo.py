@@ -14,37 +14,10 @@ All three share everything else: AdamW (β = 0.9, 0.95, no weight decay), peak L
 seed and the same batches in the same order. μP: `output_mult` 8, zero-init query (hf_mup's default),
 per-tensor LRs from `hf_mup.mup_param_groups`.
 
-How the hyperparameters were chosen: on the proxy alone, as μTransfer prescribes. Final validation loss of the
-proxy after 200 steps (seed 0; same settings as above), by output_mult and LR:
-
-    output_mult   2^-9    2^-8    2^-7    2^-6    2^-5
-        1         5.181   5.034   5.256   5.258   5.438
-        4         4.889   4.810   4.828   4.930   5.287
-        8         4.825   4.736   4.790   4.871   5.407
-       16         4.878   4.792   4.975   5.319   5.653
-
-so output_mult 8 and LR 2^-8 (seed 1 gives the same LR argmin: 4.782, 4.744, 4.788, 5.152 at 2^-9..2^-6).
-MUP.md's 2^-7 was measured on bytes with 150 steps; with this BPE and schedule 2^-8 is the proxy's optimum.
-
-Measured with the defaults (CPU, torch 2.13, transformers 5.23; final validation loss, nats/token):
-
-    seed   μP proxy w64   μP wide w512   SP wide w512 (same LR)
-     0        4.736          4.564          5.007
-     1        4.744          4.498          5.078
-
-The wide μP model beats the proxy at the proxy's hyperparameters (by 0.17 and 0.25 nats) and SP at that LR
-is far behind (0.44 and 0.58 nats worse than μP wide, and worse than the proxy). SP is not merely one grid
-step off: its own LR sweep at width 512 (seed 0, 2^-7 .. 2^-13) gave 5.207, 5.007, 4.941, 4.926, 4.861,
-5.057, 5.362, an optimum at 2^-11, three steps left of the proxy's (the drift Tensor Programs V describes),
-and even there 0.30 nats behind μP wide at the copied LR.
-At 2^-7 (seed 0) the picture is the same but weaker: proxy 4.790, μP wide 4.768, SP wide 5.207 (μP wide was
-run at 2^-7 and 2^-8 only, not swept further).
-
-Runtime (2 torch threads): 195 s on 2 idle cores (proxy 11 s, each wide model 87 s, about 0.43 s a step with
-the validation passes); 8.7 and 14.4 minutes on the same machine while other jobs kept both cores busy (two
-threads fighting other processes for the cores slow the small proxy most). Repeated runs give the same losses;
-1 and 2 threads agree to within 0.002 nats. `--steps`, `--wide-width` and `--batch-size`
-trade time for signal; `--models` runs a subset.
+How the hyperparameters were chosen: on the proxy alone, as μTransfer prescribes (an output_mult × LR grid on the
+proxy gave output_mult 8 and LR 2^-8). That grid, the measured losses of each model, SP's own LR sweep at width 512
+and the run times are on the docs' results page (docs/results/index.md, "The demo"). `--steps`, `--wide-width`
+and `--batch-size` trade time for signal; `--models` runs a subset.
 """
 from __future__ import annotations
 
@@ -67,6 +40,7 @@ from ..errors import MuPError
 from ..extras import require
 from ..logs import quiet_progress_bars
 from . import data, lm
+from .recipe import Recipe
 
 MODELS = ("mup_proxy", "mup_wide", "sp_wide")
 LABELS = {
@@ -111,25 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------- models
 
 
-def build(name: str, args: argparse.Namespace, eos_id: int):
-    """(model, optimizer parameter groups, width) for one of MODELS; the init seed is `args.seed` for each."""
-    width = args.base_width if name == "mup_proxy" else args.wide_width
-    config = lm.gpt2_config(width, layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
-                            vocab_size=args.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id)
-    parametrization = "sp" if name == "sp_wide" else "mup"
-    model, groups = lm.build_lm(config, parametrization, args.lr, args.base_width, seed=args.seed,
-                                output_mult=args.output_mult)
-    return model, groups, width
+def recipe(name: str, args: argparse.Namespace) -> Recipe:
+    """What one of MODELS trains with: the same settings, batches and init seed for each, at its width."""
+    return Recipe(arch="gpt2", width=args.base_width if name == "mup_proxy" else args.wide_width, layers=args.layers,
+                  head_dim=args.head_dim, seq_len=args.seq_len, vocab_size=args.vocab_size,
+                  parametrization="sp" if name == "sp_wide" else "mup", base_width=args.base_width,
+                  mup={"output_mult": args.output_mult}, lr=args.lr, warmup_frac=args.warmup,
+                  final_lr_frac=args.final_lr_frac, clip=args.clip, batch_size=args.batch_size, steps=args.steps,
+                  seed=args.seed)
 
 
-def train(name: str, args: argparse.Namespace, train_blocks: torch.Tensor, val_blocks: torch.Tensor, eos_id: int) -> dict:
+def train(name: str, args: argparse.Namespace, train_blocks: torch.Tensor, val_blocks: torch.Tensor) -> dict:
     """Train one model (`hf_mup.lab.lm.train_lm`: the same batches in the same order for every model)."""
-    model, groups, width = build(name, args, eos_id)
-    r = lm.train_lm(
-        model, groups, train_blocks, val_blocks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_frac=args.warmup, final_lr_frac=args.final_lr_frac, clip=args.clip, seed=args.seed,
-        eval_every=args.eval_every, progress=args.progress, desc=f"{name:9s} w={width:<4d}",
-    )
+    r_ = recipe(name, args)
+    width = r_.width
+    r = lm.train_lm(r_.build_model(), r_, train_blocks, val_blocks, eval_every=args.eval_every,
+                    progress=args.progress, desc=f"{name:9s} w={width:<4d}")
     return {
         "label": LABELS[name].format(w=width),
         "width": width,
@@ -258,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except MuPError as e:
         print(f"python -m hf_mup.lab.demo: error: {e}", file=sys.stderr)
         return 2
-    args.progress = not args.no_progress and quiet_progress_bars()  # bars on a terminal only, never in a log
+    args.progress = quiet_progress_bars() and not args.no_progress  # bars on a terminal only, never in a log
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -267,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(args.data_dir) if args.data_dir else data.wikitext_dir()
     train_file, val_file = folder / "valid.txt", folder / "test.txt"
-    tokenizer = data.train_tokenizer([train_file], vocab_size=args.vocab_size, max_chars=args.train_chars)
-    args.vocab_size = len(tokenizer)  # what the BPE actually reached
-    train_blocks = data.token_blocks([train_file], tokenizer, args.seq_len, max_chars=args.train_chars)
-    # a slice of test.txt: BPE tokens average ~3 characters, so 8 per token fills --eval-blocks without tokenizing it all
-    val_blocks = data.token_blocks([val_file], tokenizer, args.seq_len, max_blocks=args.eval_blocks,
-                                   max_chars=args.eval_blocks * args.seq_len * 8)
-    eos_id = tokenizer.eos_token_id
+    corpus = data.Corpus(vocab_size=args.vocab_size, train_file=str(train_file), val_file=str(val_file),
+                         train_chars=args.train_chars, val_blocks=args.eval_blocks)
+    try:
+        train_blocks, val_blocks, _ = data.load_corpus(corpus, args.seq_len)
+    except MuPError as e:
+        print(f"python -m hf_mup.lab.demo: error: {e}", file=sys.stderr)
+        return 2
     prep_seconds = time.perf_counter() - t0
     print(
         f"data: {train_blocks.numel()} train tokens ({train_file.name}), {val_blocks.numel()} validation tokens "
@@ -303,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "models": {},
     }
+    models: dict[str, dict] = {}
+    results["models"] = models
     for name in names:
-        r = results["models"][name] = train(name, args, train_blocks, val_blocks, eos_id)
+        r = models[name] = train(name, args, train_blocks, val_blocks)
         loss = "diverged" if r["diverged"] else f"final validation loss {r['final_val_loss']:.3f}"
         print(f"{r['label']}: {loss} ({r['train_seconds']:.0f} s)", flush=True)
 

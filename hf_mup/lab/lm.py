@@ -1,76 +1,38 @@
-"""The small LMs of the coordinate check, sweeps and demo: one config factory (`lm_config`, GPT-2 / BERT), one
-builder of (model, optimizer groups) for μP / SP (`build_lm`), and one short training loop (AdamW, warmup + cosine,
-clipping) for causal LMs (GPT-2) and masked LMs (BERT), used by sweeps, the demo and benchmarks.
+"""The small LMs of the coordinate check, sweeps and demo (their configs: `hf_mup.lab.recipe.lm_config`): the
+masked-LM rule (`mask_tokens`), LM batches and validation loss, and `train_lm`, which trains a causal LM (GPT-2,
+Llama) or a masked LM (BERT) as a `Recipe` says, with the lab's one loop (`hf_mup.lab.train`).
 
 Usage:
-    model = hf_mup.MuPModel.from_config(gpt2_config(128), base_hidden_size=64, output_mult=8.0)
-    result = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train_blocks, val_blocks, steps=150)
+    recipe = Recipe(arch="gpt2", width=128, base_width=64, mup={"output_mult": 8.0}, lr=2**-7, steps=150)
+    result = train_lm(recipe.build_model(), recipe, train_blocks, val_blocks)
     result["final_train_loss"], result["final_val_loss"], result["diverged"]
     # a BERT masked LM on raw bytes: vocabulary 256 + 1, the last id is [MASK]
-    model, groups = build_lm(lm_config("bert", 128, vocab_size=257), "mup", lr=2**-8, base_width=64)
-    result = train_lm(model, groups, train_blocks, val_blocks, steps=150, mask_id=256)
+    bert = recipe.replace(arch="bert", vocab_size=257, mup={"output_mult": 1.0})
+    result = train_lm(bert.build_model(), bert, train_blocks, val_blocks, mask_id=256)
 """
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-ARCHS = ("gpt2", "bert", "llama")
+from .recipe import ARCHS, PARAMETRIZATIONS, Recipe, gpt2_config, lm_config, lm_task  # noqa: F401 (lm.lm_config)
+
 TASKS = ("causal_lm", "masked_lm")
-DECAYS = ("cosine", "linear")
-OPTIMIZERS = ("adamw", "lion")
 # transformers' DataCollatorForLanguageModeling defaults: 15% of the positions are targets; of those 80% are
 # replaced by [MASK], 10% by a random token and 10% left unchanged.
 MLM_PROBABILITY, MASK_REPLACE_PROB, RANDOM_REPLACE_PROB = 0.15, 0.8, 0.1
 EVAL_MASK_SEED = 1234  # validation masks are drawn from this seed at every evaluation: the same masks each time
-# "mup_global_lr" is a deliberately broken setup: a μP model trained with one LR for every tensor
-# (`torch.optim.AdamW(model.parameters())`), which a coordinate check must catch.
-PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
-
-
-def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
-              **kw):
-    """A small GPT-2, BERT or Llama config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
-    dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
-
-    Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
-    """
-    from transformers import BertConfig, GPT2Config, LlamaConfig
-
-    from ..errors import MuPError
-
-    if width <= 0 or width % head_dim:
-        raise MuPError(f"width {width} is not a positive multiple of the head size {head_dim}.")
-    if arch == "gpt2":
-        kw = {"bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
-        return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
-                          n_head=width // head_dim, **kw)
-    if arch == "bert":
-        kw = {"pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **kw}
-        return BertConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
-                          num_hidden_layers=layers, num_attention_heads=width // head_dim,
-                          intermediate_size=4 * width, **kw)
-    if arch == "llama":  # pre-norm RMSNorm, SwiGLU MLP, rotary positions, untied lm_head, no biases
-        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim, **kw}
-        return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
-                           num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim,
-                           intermediate_size=4 * width, **kw)
-    raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
-
-
-def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048, **kw):
-    """`lm_config("gpt2", ...)`. Usage: `config = gpt2_config(256, layers=2, head_dim=16, seq_len=64, vocab_size=256)`"""
-    return lm_config("gpt2", width, layers, head_dim, seq_len, vocab_size, **kw)
 
 
 def build_lm(config, parametrization: str, lr: float, base_width: int | None = None, seed: int = 0,
              device: str | torch.device = "cpu", optimizer: str = "adamw", weight_decay: float = 0.0,
              weight_decay_mode: str = "width_independent", **mup_options) -> tuple[nn.Module, list[dict]]:
-    """(model, optimizer parameter groups) of the LM of `config` (GPT-2: causal LM, BERT: masked LM), seeded by `seed`.
+    """(model, optimizer parameter groups) of the LM of any `config` (the coordinate check's: GPT-2, BERT, Llama
+    configs, other optimizers), seeded by `seed`. Runs that train take a `Recipe` instead (`Recipe.build_model`).
 
     Usage: `model, groups = build_lm(gpt2_config(512), "mup", lr=2**-8, base_width=64, output_mult=8.0)`
 
@@ -79,54 +41,23 @@ def build_lm(config, parametrization: str, lr: float, base_width: int | None = N
     `weight_decay_mode`; "mup_global_lr" the μP model with one LR for every tensor (deliberately broken, for the
     coordinate check). Pass the groups to `torch.optim.*`.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
     from ..errors import MuPError
     from ..model import MuPModel
-    from ..optim import mup_param_groups
+    from .recipe import model_class, param_groups
 
     if parametrization not in PARAMETRIZATIONS:
         raise MuPError(f"unknown parametrization {parametrization!r}; use one of {', '.join(PARAMETRIZATIONS)}.")
     torch.manual_seed(seed)  # the init seed
+    model: Any  # a transformers model (loss_type is set below)
     if parametrization == "sp":
-        auto = AutoModelForMaskedLM if config.model_type == "bert" else AutoModelForCausalLM
-        model = auto.from_config(config).to(device)
+        model = model_class(config).from_config(config)
     else:
-        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options).to(device)
-    if parametrization == "mup":
-        groups = mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                                  weight_decay_mode=weight_decay_mode)
-    else:
-        groups = [{"params": list(model.parameters()), "lr": lr,
-                   # "mup_global_lr" is broken on purpose: hf_mup's first-step check would refuse it
-                   **({"mup_unchecked": True} if parametrization == "mup_global_lr" else {})}]
+        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options)
+    model.to(device)
+    groups = param_groups(model, parametrization, lr, optimizer, weight_decay, weight_decay_mode)
     if config.model_type != "bert":
         model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
     return model, groups
-
-
-def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1, decay: str = "cosine"):
-    """Linear warmup, then cosine (or `decay="linear"`) decay to `final_lr_frac`: a factor on each group's own LR
-    (μP groups stay relative)."""
-    from ..errors import MuPError
-
-    if decay not in DECAYS:
-        raise MuPError(f"unknown decay {decay!r}: use {' or '.join(DECAYS)}.")
-    warmup = max(1, round(warmup_frac * steps))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, steps - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * t)) if decay == "cosine" else 1.0 - t
-        return final_lr_frac + (1 - final_lr_frac) * shape
-
-    return f
-
-
-def lm_task(config) -> str:
-    """"masked_lm" for a BERT config (unless it is a decoder), else "causal_lm": the task `train_lm` trains."""
-    return "masked_lm" if config.model_type == "bert" and not getattr(config, "is_decoder", False) else "causal_lm"
 
 
 def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator,
@@ -166,7 +97,8 @@ class _Batches:
         if self.task not in TASKS:
             raise MuPError(f"task {self.task!r}: use one of {', '.join(TASKS)}.")
         self.device = next(model.parameters()).device
-        self.vocab_size = model.config.vocab_size
+        config: Any = model.config  # a transformers model's
+        self.vocab_size: int = config.vocab_size
         self.mask_id = self.vocab_size - 1 if mask_id is None else int(mask_id)
         self.special_ids = tuple(int(i) for i in special_ids)
         self.generator = generator
@@ -201,109 +133,52 @@ def evaluate(model: nn.Module, blocks: torch.Tensor, batch_size: int = 64, task:
     return total / max(count, 1)
 
 
-def train_lm(
-    model: nn.Module,
-    param_groups: Iterable,
-    train_blocks: torch.Tensor,
-    val_blocks: torch.Tensor | None,
-    steps: int,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    warmup_frac: float = 0.1,
-    final_lr_frac: float = 0.1,
-    clip: float = 1.0,
-    seed: int = 0,
-    eval_every: int = 0,
-    progress: bool = False,
-    betas: tuple[float, float] = (0.9, 0.95),
-    weight_decay: float = 0.0,
-    desc: str = "",
-    task: str | None = None,
-    mask_id: int | None = None,
-    special_ids: Iterable[int] = (),
-    optimizer: str = "adamw",
-    decay: str = "cosine",
-) -> dict:
-    """Train a causal or masked LM with AdamW (or `optimizer="lion"`) on random batches of `train_blocks`, warmup then
-    `decay` ("cosine" or "linear") to `final_lr_frac`; never raises on divergence.
+def lm_batches(model: nn.Module, blocks: torch.Tensor, batch_size: int, seed: int = 0, task: str | None = None,
+               mask_id: int | None = None, special_ids: Iterable[int] = ()) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless LM batches of `blocks`: random batches (a new permutation each pass, drawn from `seed`), a causal LM's
+    blocks as their own labels, a masked LM's masked by `mask_tokens` from its own stream (`seed` + 1)."""
+    order = torch.Generator().manual_seed(seed)
+    batch = _Batches(model, task, mask_id, special_ids, torch.Generator().manual_seed(seed + 1))
+    perm, pos = torch.randperm(len(blocks), generator=order), 0
+    while True:
+        if pos + batch_size > len(perm):
+            perm, pos = torch.randperm(len(blocks), generator=order), 0
+        x, labels, _ = batch(blocks[perm[pos : pos + batch_size]])
+        pos += batch_size
+        yield {"input_ids": x, "labels": labels}
 
-    Usage: `r = train_lm(model, hf_mup.mup_param_groups(model, lr=2**-7), train, val, steps=150)`
+
+def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
+             eval_every: int = 0, progress: bool = False, desc: str = "", task: str | None = None,
+             mask_id: int | None = None, special_ids: Iterable[int] = ()) -> dict:
+    """Train a causal or masked LM as `recipe` says (the loop: `hf_mup.lab.train.train`) on random batches of
+    `train_blocks`; never raises on divergence.
+
+    Usage: `r = train_lm(recipe.build_model(), recipe, train, val)`
 
     `task`: "causal_lm" or "masked_lm" (default: `lm_task(model.config)`, masked LM for BERT). A masked LM trains on
-    `mask_tokens` (15% targets, 80/10/10) drawn from `seed`, with `mask_id` (default: the last id of the
-    vocabulary) and `special_ids` never chosen as targets; it is validated on fixed masks (`evaluate`).
-
-    `param_groups`: μP groups (each carries its own LR) or plain parameters (trained at `lr`). The batch order
-    depends on `seed` only. Validation every `eval_every` steps (0: only at the end). A non-finite train or
-    validation loss stops training: `diverged` is True and the final losses are +inf.
-    Returns per-step `train_loss`, `val_steps`/`val_loss`, `final_train_loss` (mean of the last 10% of steps),
-    `final_val_loss`, `diverged`, `steps_run`, `tokens` (every position, the forward's), `n_params`, `seconds`,
-    `task`. Losses are nats per predicted token (masked LM: per target).
+    `mask_tokens` (15% targets, 80/10/10) drawn from the recipe's seed, with `mask_id` (default: the last id of the
+    vocabulary) and `special_ids` never chosen as targets; it is validated on fixed masks (`evaluate`). The batch
+    order depends on the seed only. Validation every `eval_every` steps (0: only at the end).
+    Returns the loop's per-step `train_loss`, `val_steps`/`val_loss`, `diverged`, `steps_run`, `seconds`, and
+    `final_train_loss` (mean of the last 10% of steps), `final_val_loss` (+inf when diverged), `tokens` (every
+    position, the forward's), `n_params`, `task`. Losses are nats per predicted token (masked LM: per target).
     """
-    from tqdm.auto import tqdm
+    from .train import train
 
-    from ..errors import MuPError
-    from ..lion import Lion
-    from ..optim import check_optimizer
-
-    if optimizer not in OPTIMIZERS:
-        raise MuPError(f"unknown optimizer {optimizer!r}: use {' or '.join(OPTIMIZERS)}.")
-    model.train()
-    if optimizer == "lion":
-        opt = Lion(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay)
-    check_optimizer(model, opt)  # no-op for a stock (SP) model
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup_frac, final_lr_frac, decay))
-    order = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(len(train_blocks), generator=order), 0
-    batch = _Batches(model, task, mask_id, special_ids, torch.Generator().manual_seed(seed + 1))  # masks: own stream
-    masking = {"task": batch.task, "mask_id": batch.mask_id, "special_ids": batch.special_ids}
-    train_losses: list[float] = []
-    val_steps: list[int] = []
-    val_losses: list[float] = []
-    diverged = False
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for step in bar:
-        if pos + batch_size > len(perm):
-            perm, pos = torch.randperm(len(train_blocks), generator=order), 0
-        x, labels, _ = batch(train_blocks[perm[pos : pos + batch_size]])
-        pos += batch_size
-        loss = model(input_ids=x, labels=labels).loss
-        value = loss.item()
-        if not math.isfinite(value):
-            diverged = True
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        train_losses.append(value)
-        done = step + 1
-        if val_blocks is not None and ((eval_every and done % eval_every == 0) or done == steps):
-            v = evaluate(model, val_blocks, **masking)
-            val_steps.append(done)
-            val_losses.append(v)
-            if not math.isfinite(v):
-                diverged = True
-                break
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{value:.3f}")
-    bar.close()
-    tail = train_losses[-max(1, steps // 10) :]
-    return {
-        "train_loss": train_losses,
-        "val_steps": val_steps,
-        "val_loss": val_losses,
-        "final_train_loss": math.inf if diverged or not tail else sum(tail) / len(tail),
-        "final_val_loss": math.inf if diverged else (val_losses[-1] if val_losses else None),
-        "diverged": diverged,
-        "steps_run": len(train_losses),
-        "tokens": len(train_losses) * batch_size * train_blocks.shape[1],
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "seconds": time.perf_counter() - start,
-        "task": batch.task,
-    }
+    batches = lm_batches(model, train_blocks, recipe.batch_size, recipe.seed, task, mask_id, special_ids)
+    masking = _Batches(model, task, mask_id, special_ids, torch.Generator())
+    validate = None
+    if val_blocks is not None:
+        def validate() -> float:
+            return evaluate(model, val_blocks, task=masking.task, mask_id=masking.mask_id,
+                            special_ids=masking.special_ids)
+    r = train(model, recipe, batches, validate, eval_every, progress, desc)
+    tail = r["train_loss"][-max(1, recipe.steps // 10) :]
+    diverged = r["diverged"]
+    return {**r,
+            "final_train_loss": math.inf if diverged or not tail else sum(tail) / len(tail),
+            "final_val_loss": math.inf if diverged else (r["val_loss"][-1] if r["val_loss"] else None),
+            "tokens": r["steps_run"] * recipe.batch_size * train_blocks.shape[1],
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "task": masking.task}

@@ -4,7 +4,8 @@ derived from WikiText-2; and a short fine-tuning loop that reports held-out accu
 Usage:
     train, test = tasks.load_tsv("../shared/data/sentence-polarity/train.tsv"), tasks.load_tsv(".../test.tsv")
     pairs = tasks.next_sentence_pairs(data.wikitext_dir() / "valid.txt", seed=0)      # [(a, b, label)]
-    acc = tasks.finetune(classifier, tokenizer, train, test, lr=1e-4, epochs=2)["accuracy"]
+    recipe = tasks.finetune_recipe(classifier, len(train), lr=1e-4, epochs=2)
+    acc = tasks.finetune(classifier, tokenizer, train, test, recipe)["accuracy"]
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import csv
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import MuPError
+from .recipe import Recipe
 
 # A labelled example: (text, label) or (text_a, text_b, label).
 Example = tuple
@@ -219,42 +222,60 @@ def accuracy(model: torch.nn.Module, tokenizer, examples: list[Example], batch_s
     return correct / len(examples)
 
 
-def finetune(model: torch.nn.Module, tokenizer, train: list[Example], test: list[Example], lr: float,
-             epochs: int = 2, batch_size: int = 32, warmup_frac: float = 0.1, weight_decay: float = 0.0,
-             seed: int = 0, max_length: int = 128) -> dict:
-    """Fine-tune a sequence classifier (μP groups for a μP model, one LR otherwise) with AdamW, linear warmup and
-    decay; returns `accuracy` on `test` and the per-step `train_loss`.
+def finetune_recipe(model: torch.nn.Module, n_examples: int, lr: float, epochs: int = 2, batch_size: int = 32,
+                    warmup_frac: float = 0.1, weight_decay: float = 0.0, seed: int = 0) -> Recipe:
+    """The `Recipe` of a fine-tuning run: AdamW (β = (0.9, 0.999)), linear warmup then linear decay to 0, clipping
+    at 1, `epochs` passes over `n_examples` in batches of `batch_size`; μP groups for a μP model, one LR otherwise."""
+    from ..model import get_plan, is_mup
 
-    Usage: `finetune(MuPModel.from_pretrained(ckpt, model_class="BertForSequenceClassification"), tok, tr, te, 1e-4)`
+    config: Any = model.config
+    plan = get_plan(model) if is_mup(model) else None
+    shape: dict[str, Any] = {"width": config.hidden_size, "head_dim": config.hidden_size // config.num_attention_heads,
+             "layers": config.num_hidden_layers, "vocab_size": config.vocab_size}
+    return Recipe(arch=config.model_type, **shape, parametrization="mup" if plan else "sp",
+                  base_width=plan.mup.base_hidden_size if plan else None, optimizer="adamw", lr=lr,
+                  betas=(0.9, 0.999), weight_decay=weight_decay, schedule="linear", warmup_frac=warmup_frac,
+                  final_lr_frac=0.0, clip=1.0, batch_size=batch_size, steps=epochs * math.ceil(n_examples / batch_size),
+                  seed=seed)
+
+
+def finetune(model: torch.nn.Module, tokenizer, train: list[Example], test: list[Example], recipe: Recipe,
+             max_length: int = 128) -> dict:
+    """Fine-tune a sequence classifier as `recipe` says (the lab's one loop, `hf_mup.lab.train`), in shuffled passes
+    over `train` drawn from the recipe's seed; returns `accuracy` on `test` and the per-step `train_loss`.
+
+    Usage: `finetune(model, tok, train, test, finetune_recipe(model, len(train), lr=1e-4, epochs=2))`
     """
-    from ..model import is_mup
-    from ..optim import mup_param_groups
+    from .train import train as train_loop
 
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     device = next(model.parameters()).device
-    groups = (mup_param_groups(model, lr=lr, weight_decay=weight_decay) if is_mup(model)
-              else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}])
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0 if is_mup(model) else weight_decay)
-    steps = epochs * math.ceil(len(train) / batch_size)
-    warmup = max(1, int(warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
-    rng = random.Random(seed)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = train[:]
-        rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            enc = {k: v.to(device) for k, v in _encode(tokenizer, order[i : i + batch_size], max_length).items()}
-            loss = model(**enc).loss
-            if not math.isfinite(loss.item()):
-                return {"accuracy": float("nan"), "train_loss": losses, "diverged": True}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-    return {"accuracy": accuracy(model, tokenizer, test, max_length=max_length), "train_loss": losses,
-            "diverged": False}
+    rng = random.Random(recipe.seed)
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            order = train[:]
+            rng.shuffle(order)
+            for i in range(0, len(order), recipe.batch_size):
+                yield {k: v.to(device) for k, v in _encode(tokenizer, order[i : i + recipe.batch_size],
+                                                           max_length).items()}
+
+    r = train_loop(model, recipe, batches())
+    accuracy_ = float("nan") if r["diverged"] else accuracy(model, tokenizer, test, max_length=max_length)
+    return {"accuracy": accuracy_, "train_loss": r["train_loss"], "diverged": r["diverged"]}
+
+
+class load_report_off:
+    """transformers' load report (unexpected MLM-head and missing classifier tensors) silenced while a pretrained
+    masked LM opens as a classifier: expected for every fine-tuning run, and a table each in the log otherwise."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self.level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.level)

@@ -13,9 +13,9 @@ def test_specs_scale_depth_only_where_asked():
     s = {"arch": "gpt2", "width": 32, "depths": [2, 8], "log2_lrs": [-8.0], "half_steps": True, "seeds": 1,
          "steps": 4, "batch": 8, "train_chars": None, "val_blocks": 4}
     complete = dt.spec_for("completep", 8, s, 16)
-    assert complete["layers"] == 8 and complete["options"]["mup"] == {"base_num_layers": 2, "depth_alpha": 1.0}
-    assert dt.spec_for("alpha_0.5", 8, s, 16)["options"]["mup"]["depth_alpha"] == 0.5
-    assert "options" not in dt.spec_for("mup", 8, s, 16) and "options" not in dt.spec_for("sp", 8, s, 16)
+    assert complete.recipe.layers == 8 and dict(complete.recipe.mup) == {"base_num_layers": 2, "depth_alpha": 1.0}
+    assert dt.spec_for("alpha_0.5", 8, s, 16).recipe.mup["depth_alpha"] == 0.5
+    assert dict(dt.spec_for("mup", 8, s, 16).recipe.mup) == {} and dict(dt.spec_for("sp", 8, s, 16).recipe.mup) == {}
 
 
 def test_summary_drift_and_deeper_never_worse():

@@ -14,15 +14,18 @@ def test_every_ablation_is_known_to_lingle_and_builds():
     s = {"widths": [16, 64], "log2_lrs": [-8.0], "seeds": 1, "steps": 8, "batch": 16, "train_chars": None,
          "val_blocks": 4}
     specs = {name: la.spec_for(name, s, 16) for name in la.ABLATIONS}
-    assert specs["baseline"][0]["attn_mult"] == pytest.approx(0.25)  # q·k/d with d = 16
-    assert specs["attention_1_over_sqrt_d"][0]["attn_mult"] == 1.0
-    assert (specs["batch_4x_larger"][0]["batch_size"], specs["batch_4x_larger"][0]["steps"]) == (64, 2)
-    assert (specs["batch_4x_smaller"][0]["batch_size"], specs["batch_4x_smaller"][0]["steps"]) == (4, 32)
+    recipe = {name: spec.recipe for name, (spec, _) in specs.items()}
+    assert recipe["baseline"].mup["attn_mult"] == pytest.approx(0.25)  # q·k/d with d = 16
+    assert recipe["attention_1_over_sqrt_d"].mup["attn_mult"] == 1.0
+    assert (recipe["batch_4x_larger"].batch_size, recipe["batch_4x_larger"].steps) == (64, 2)
+    assert (recipe["batch_4x_smaller"].batch_size, recipe["batch_4x_smaller"].steps) == (4, 32)
     assert specs["standard_parametrization"][1] == "sp"
-    base = specs["baseline"][0]["options"]
-    assert base["mup"] == {"trainable_norm_gains": False, "zero_init_query": False, "zero_init_readout": False}
-    assert specs["trainable_gains"][0]["options"]["mup"]["trainable_norm_gains"] is True
-    assert specs["lion"][0]["options"]["optimizer"] == "lion"
+    assert la.options_for("baseline")["mup"] == {"trainable_norm_gains": False, "zero_init_query": False,
+                                                 "zero_init_readout": False}
+    flags = ("trainable_norm_gains", "zero_init_query", "zero_init_readout")
+    assert {k: recipe["baseline"].mup[k] for k in flags} == la.options_for("baseline")["mup"]
+    assert recipe["trainable_gains"].mup["trainable_norm_gains"] is True
+    assert recipe["lion"].optimizer == "lion" and recipe["lion"].betas == (0.95, 0.98)
 
 
 def test_verdict_is_lingles_rule():

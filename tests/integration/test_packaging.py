@@ -102,7 +102,7 @@ def test_installed_data_and_demo(built, env, tmp_path):
             "--train-chars", "20000", "--threads", "1", "--no-progress"]
     code = (
         "import json, os, runpy, sys, hf_mup\n"
-        "from hf_mup import data\n"
+        "from hf_mup.lab import data\n"
         "folder = data.wikitext_dir()\n"
         "os.environ[data.DATA_ENV] = os.path.join(os.getcwd(), 'missing')\n"
         "try:\n"

@@ -25,6 +25,8 @@ from optuna.trial import TrialState
 from hf_mup import MuPError
 from hf_mup.lab import cli
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.results import report
+from hf_mup.lab.storage import load_study, safe_url
 
 TINY = ["--widths", "32,64", "--base-width", "32", "--steps", "4", "--batch-size", "8", "--seq-len", "32",
         "--tokenizer", "bytes", "--train-chars", "20000", "--val-blocks", "4", "--seeds", "1", "--threads", "1",
@@ -64,7 +66,7 @@ def test_missing_driver_names_the_install(url, fix, monkeypatch):
     for module in ("psycopg", "psycopg2", "pymysql"):  # as if not installed: `import psycopg` raises ImportError
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MuPError) as e:
-        sw.load_study("s", url)
+        load_study("s", url)
     assert "Python database driver" in str(e.value) and fix in str(e.value) and "s3cret" not in str(e.value)
 
 
@@ -74,9 +76,9 @@ def test_heartbeat_must_be_positive():
 
 
 def test_safe_url_masks_passwords_even_when_unparsable():
-    assert sw.safe_url("postgresql://u:s3cret@h:5432/x") == "postgresql://u:***@h:5432/x"
-    assert sw.safe_url("postgresql://u:s3cret@h:port/x") == "postgresql://u:***@h:port/x"
-    assert sw.safe_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
+    assert safe_url("postgresql://u:s3cret@h:5432/x") == "postgresql://u:***@h:5432/x"
+    assert safe_url("postgresql://u:s3cret@h:port/x") == "postgresql://u:***@h:port/x"
+    assert safe_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
 
 
 def test_cli_unreachable_server_is_one_line_and_exit_2(tmp_path, capsys):
@@ -325,7 +327,7 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
                 p.kill()
                 p.wait()
 
-    trials = sw.load_study(study, url).get_trials(deepcopy=False)
+    trials = load_study(study, url).get_trials(deepcopy=False)
     points = {sw.point_key(p) for p in sw.grid_points([32, 64], lrs, ["mup"], seeds=1)}
     complete = [t.user_attrs.get("point") for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(complete) == sorted(points)  # every point COMPLETE exactly once: none missing, no duplicates
@@ -340,5 +342,5 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
     assert retries[0].state == TrialState.COMPLETE or retries[0].user_attrs.get("duplicate_of") is not None
     assert all(t.state == TrialState.PRUNED for t in trials
                if t.state != TrialState.COMPLETE and t.number != failed[0].number)
-    result = sw.report(sw.load_study(study, url), tmp_path / "report", plot_name=None)
+    result = report(load_study(study, url), tmp_path / "report", plot_name=None)
     assert result["counts"]["COMPLETE"] == len(points) and result["counts"]["FAIL"] == 1

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import hf_mup
+from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.transfer import Transferred
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "gpt2_wikitext.py"
 
@@ -26,8 +28,9 @@ def _recipe():
 @pytest.mark.slow
 def test_tiny_preset_trains_saves_and_resumes(tmp_path):
     hparams = tmp_path / "hparams.json"
-    hparams.write_text(json.dumps({"mup": {"output_mult": 2.0}, "training_args": {"learning_rate": 0.004},
-                                   "model_config": {"initializer_range": 0.03, "n_embd": 4096}}))
+    # what `hf-mup transfer` writes: the target's recipe (here of another width, 4096: the preset's shape is trained)
+    target = Recipe(width=4096, base_width=64, mup={"output_mult": 2.0}, lr=0.004, initializer_range=0.03)
+    Transferred(target).save(hparams)
     common = ["--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_eval_blocks", "8", "--vocab_size", "512",
               "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
               "--hparams", str(hparams), "--per_device_train_batch_size", "4"]

@@ -21,18 +21,20 @@ def test_every_size_gets_the_same_flops():
     budget, steps = tbc.budget_steps(spec, s["widths"])
     assert steps[64] == 1000 and steps[64] > steps[128] > steps[256] >= 1
     for w, n in steps.items():
-        per_step = 6 * tbc.n_params(spec, w) * spec["batch_size"] * spec["seq_len"]
+        per_step = 6 * tbc.n_params(spec, w) * spec.recipe.batch_size * spec.recipe.seq_len
         assert budget - per_step < n * per_step <= budget  # within one step of the budget
     with pytest.raises(MuPError, match="smaller than one training step of width 128"):
         tbc.budget_steps(tbc.make_spec({**s, "base_steps": 1}), s["widths"])
 
 
 def test_wallclock_budget_gives_each_size_the_base_widths_seconds():
-    spec = {"steps": 100}
+    s = {"widths": [64, 128, 256], "layers": 2, "base_steps": 100, "batch": 16, "train_chars": None, "val_blocks": 8}
+    spec = tbc.make_spec(s)
+    assert spec.recipe.steps == 100
     budget, steps = tbc.wallclock_steps(spec, [64, 128, 256], {64: 0.05, 128: 0.08, 256: 0.2})
     assert budget == pytest.approx(5.0) and steps == {64: 100, 128: 62, 256: 25}
     with pytest.raises(MuPError, match="shorter than one training step of width 256"):
-        tbc.wallclock_steps({"steps": 1}, [64, 256], {64: 0.05, 256: 0.2})
+        tbc.wallclock_steps(tbc.make_spec({**s, "base_steps": 1}), [64, 256], {64: 0.05, 256: 0.2})
 
 
 def test_pareto_front():

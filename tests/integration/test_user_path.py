@@ -34,10 +34,11 @@ def _recipe(name: str):
 
 
 def _readme_chain() -> list[str]:
-    """The commands of the README's "μTransfer: check, tune the proxy, copy to the target" block, one per line."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## μTransfer: check, tune the proxy, copy to the target"):]
-    block = section[section.index("```bash\n") + 8:section.index("```\n", section.index("```bash\n") + 8)]
+    """The commands of the μTransfer chain (check, tune the proxy, copy to the target) as the docs give it: the bash
+    block of docs/guides/sweeps.md (moved there from the README) that runs `hf-mup sweep --mode tune`, one per line."""
+    text = (ROOT / "docs" / "guides" / "sweeps.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    block = next(b for b in blocks if "hf-mup sweep --mode tune" in b)
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
@@ -82,7 +83,7 @@ def test_readme_transfer_chain_runs_as_written_to_a_deeper_target(tmp_path, monk
     assert cli.main(transfer[1:]) == 0
     assert "depth scaling (CompleteP, α = 1, base 1 layers) carries the settings over" in capsys.readouterr().out
     hparams = json.loads(Path("hparams.json").read_text())
-    assert hparams["mup"]["base_num_layers"] == 1 and hparams["model_config"]["n_layer"] == 2
+    assert hparams["recipe"]["mup"]["base_num_layers"] == 1 and hparams["recipe"]["layers"] == 2
     # The recipe, on the tiny preset (128 wide, 2 layers: the target above) for two steps.
     recipe = _command(lines, "python recipes/gpt2_wikitext.py")
     text = tmp_path / "text.txt"
@@ -119,7 +120,7 @@ def test_depth_change_without_depth_scaling_names_the_cli_flag(tmp_path, monkeyp
     assert not Path("hparams.json").exists()
     assert cli.main(transfer + ["--allow-depth-change"]) == 0
     assert "copied without depth scaling (allow_depth_change): the optimum may move" in capsys.readouterr().out
-    assert "base_num_layers" not in json.loads(Path("hparams.json").read_text())["mup"]
+    assert "base_num_layers" not in json.loads(Path("hparams.json").read_text())["recipe"]["mup"]
 
 
 # ------------------------------------------------------------------------------------------------ missing extras
@@ -250,8 +251,11 @@ def test_a_recipe_log_has_no_noise(tmp_path):
 
 
 def test_recipe_says_when_hparams_were_made_for_another_shape(tmp_path, capsys):
+    from hf_mup.lab.recipe import Recipe
+    from hf_mup.lab.transfer import Transferred
+
     hparams = tmp_path / "hparams.json"
-    hparams.write_text(json.dumps({"mup": {"base_hidden_size": 64}, "model_config": {"n_embd": 128, "n_layer": 12}}))
+    Transferred(Recipe(width=128, layers=12, head_dim=16, base_width=64)).save(hparams)  # 8 heads, as tiny's
     _recipe("gpt2_wikitext").parse_args(["--preset", "tiny", "--hparams", str(hparams), "--output_dir", str(tmp_path)])
     assert capsys.readouterr().err.strip() == (
         f"note: {hparams} was transferred to a target with n_layer 12; training --preset tiny's shape n_layer 2 "

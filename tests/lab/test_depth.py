@@ -223,7 +223,8 @@ def test_transfer_across_depth(tmp_path, capsys):
     import json
 
     from hf_mup.lab import cli
-    from hf_mup.lab import sweep as sw
+    from hf_mup.lab.recipe import Recipe
+    from hf_mup.lab.storage import default_storage, load_study
     from hf_mup.lab.transfer import transfer
 
     tiny = ["--widths", "32", "--steps", "3", "--batch-size", "4", "--seq-len", "16", "--tokenizer", "bytes",
@@ -233,21 +234,23 @@ def test_transfer_across_depth(tmp_path, capsys):
     target.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 6, "vocab_size": 256}))
     for name, extra in (("depth", ["--base-layers", "2", "--depth-alpha", "0.5"]), ("width", [])):
         assert cli.main(["sweep", *tiny, *extra, "--study", name, "--out", str(tmp_path)]) == 0
-    url = sw.default_storage(tmp_path)
+    url = default_storage(tmp_path)
     out = tmp_path / "hparams.json"
     assert cli.main(["transfer", "--study", "depth", "--out", str(tmp_path), "--target-config", str(target),
                      "--output", str(out)]) == 0
     hp = json.loads(out.read_text())
-    assert hp["mup"]["base_num_layers"] == 2 and hp["mup"]["depth_alpha"] == 0.5
-    assert "depth scaling (CompleteP, α = 0.5" in hp["source"]["notes"][0]
-    model = hf_mup.MuPModel.from_config(cli.load_config(str(target)), **hp["mup"])  # what the recipes do with it
+    assert hp["recipe"]["mup"]["base_num_layers"] == 2 and hp["recipe"]["mup"]["depth_alpha"] == 0.5
+    assert "depth scaling (CompleteP, α = 0.5" in hp["notes"][0]
+    recipe = Recipe.from_dict(hp["recipe"])
+    assert recipe.layers == 6 and recipe.width == 64
+    model = hf_mup.MuPModel.from_config(cli.load_config(str(target)), **recipe.mup_settings())  # what recipes do with it
     assert hf_mup.get_plan(model).residual_scale == pytest.approx((2 / 6) ** 0.5)
 
     assert cli.main(["transfer", "--study", "width", "--out", str(tmp_path), "--target-config", str(target)]) == 2
     err = capsys.readouterr().err
     assert "6 layers" in err and "--base-layers 2" in err and "allow_depth_change" in err
-    hparams, _ = transfer(sw.load_study("width", url), cli.load_config(str(target)), allow_depth_change=True)
-    assert "base_num_layers" not in hparams["mup"] and "the optimum may move" in hparams["source"]["notes"][0]
+    result = transfer(load_study("width", url), cli.load_config(str(target)), allow_depth_change=True)
+    assert "base_num_layers" not in result.recipe.mup and "the optimum may move" in result.notes[0]
 
 
 def test_inspect_shows_the_depth_factors():

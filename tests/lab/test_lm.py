@@ -6,20 +6,23 @@ import torch
 
 from hf_mup import MuPError
 from hf_mup.lab import data, lm
-from hf_mup.lab import sweep as sw
+from hf_mup.lab.recipe import Recipe, lr_lambda
 
 VOCAB, MASK, SPECIAL = 1000, 999, (0, 1)
 
 
 def tiny_bert(parametrization="mup"):
-    """(model, groups) of a 2-layer width-32 BERT masked LM on bytes (vocabulary 257: [MASK] is 256)."""
-    return lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), parametrization, 2**-7, 32, seed=0)
+    """(model, recipe) of a 2-layer width-32 BERT masked LM on bytes (vocabulary 257: [MASK] is 256)."""
+    model, _ = lm.build_lm(lm.lm_config("bert", 32, seq_len=32, vocab_size=257), parametrization, 2**-7, 32, seed=0)
+    return model, Recipe(arch="bert", width=32, seq_len=32, vocab_size=257, parametrization=parametrization,
+                         lr=2**-7, base_width=32)
 
 
 @pytest.fixture(scope="module")
 def blocks():
-    spec = sw.make_spec(arch="bert", seq_len=32, tokenizer="bytes", train_chars=20000, val_blocks=4)
-    return sw.load_data(spec)
+    corpus = data.Corpus(tokenizer="bytes", masked=True, train_chars=20000, val_blocks=4)
+    train, val, _ = data.load_corpus(corpus, seq_len=32)
+    return train, val
 
 
 def test_mask_tokens_follows_the_collator_rule():
@@ -74,8 +77,9 @@ def test_train_lm_masked_lm_is_reproducible_with_fixed_validation_masks(blocks):
     train, val = blocks
     runs = []
     for _ in range(2):
-        model, groups = tiny_bert()
-        runs.append(lm.train_lm(model, groups, train, val, steps=4, batch_size=8, seed=5, eval_every=2, mask_id=256))
+        model, recipe = tiny_bert()
+        runs.append(lm.train_lm(model, recipe.replace(steps=4, batch_size=8, seed=5), train, val, eval_every=2,
+                                mask_id=256))
     r = runs[0]
     assert r["task"] == "masked_lm" and not r["diverged"] and r["steps_run"] == 4
     assert all(math.isfinite(v) for v in r["train_loss"] + r["val_loss"])
@@ -85,8 +89,8 @@ def test_train_lm_masked_lm_is_reproducible_with_fixed_validation_masks(blocks):
     assert lm.evaluate(model, val, mask_id=256) == lm.evaluate(model, val, mask_id=256)
     assert lm.evaluate(model, val, mask_id=256, seed=1) != lm.evaluate(model, val, mask_id=256)
     # another training seed: other masks (and batches), other losses
-    model, groups = tiny_bert()
-    assert lm.train_lm(model, groups, train, val, steps=4, batch_size=8, seed=6)["train_loss"] != r["train_loss"]
+    model, recipe = tiny_bert()
+    assert lm.train_lm(model, recipe.replace(steps=4, batch_size=8, seed=6), train, val)["train_loss"] != r["train_loss"]
 
 
 def test_evaluate_weighs_masked_targets(blocks):
@@ -111,8 +115,9 @@ def test_gpt2_numbers_unchanged(blocks):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, groups = lm.build_lm(lm.gpt2_config(32, seq_len=32, vocab_size=256), "mup", 2**-7, 32, seed=3)
-        r = lm.train_lm(model, groups, train, val, steps=5, batch_size=4, seed=3, eval_every=2)
+        model, _ = lm.build_lm(lm.gpt2_config(32, seq_len=32, vocab_size=256), "mup", 2**-7, 32, seed=3)
+        recipe = Recipe(width=32, seq_len=32, vocab_size=256, base_width=32, lr=2**-7, steps=5, batch_size=4, seed=3)
+        r = lm.train_lm(model, recipe, train, val, eval_every=2)
     finally:
         torch.set_num_threads(threads)
     assert r["task"] == "causal_lm"
@@ -121,21 +126,24 @@ def test_gpt2_numbers_unchanged(blocks):
 
 
 def test_unknown_task_is_refused(blocks):
-    model, groups = lm.build_lm(lm.gpt2_config(32, seq_len=32, vocab_size=256), "sp", 1e-3)
+    model, _ = lm.build_lm(lm.gpt2_config(32, seq_len=32, vocab_size=256), "sp", 1e-3)
+    recipe = Recipe(width=32, seq_len=32, vocab_size=256, parametrization="sp", lr=1e-3, steps=1)
     with pytest.raises(MuPError, match="task 'seq2seq'"):
-        lm.train_lm(model, groups, blocks[0], None, steps=1, task="seq2seq")
+        lm.train_lm(model, recipe, blocks[0], None, task="seq2seq")
 
 
 def test_lr_schedules_warm_up_then_decay_to_the_final_fraction():
-    for decay in ("cosine", "linear"):
-        f = lm.lr_lambda(100, warmup_frac=0.1, final_lr_frac=0.01, decay=decay)
+    for schedule in ("cosine", "linear"):
+        f = lr_lambda(100, warmup_frac=0.1, final_lr_frac=0.01, schedule=schedule)
         assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])
         assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.01)
-    linear, cosine = lm.lr_lambda(100, 0.1, 0.0, "linear"), lm.lr_lambda(100, 0.1, 0.0, "cosine")
+    linear, cosine = lr_lambda(100, 0.1, 0.0, "linear"), lr_lambda(100, 0.1, 0.0, "cosine")
     assert linear(55) == pytest.approx(0.5) and cosine(55) == pytest.approx(0.5)  # both halfway at the middle
     assert linear(32.5) == pytest.approx(0.75) and cosine(32.5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    with pytest.raises(MuPError, match="unknown decay 'step'"):
-        lm.lr_lambda(10, decay="step")
+    with pytest.raises(MuPError, match="unknown schedule 'step'"):
+        lr_lambda(10, schedule="step")
+    with pytest.raises(MuPError, match="schedule='step'"):
+        Recipe(schedule="step")
 
 
 def test_train_lm_with_lion_and_coupled_weight_decay(blocks):
@@ -145,8 +153,11 @@ def test_train_lm_with_lion_and_coupled_weight_decay(blocks):
                                 optimizer="lion", weight_decay=0.1, weight_decay_mode="coupled")
     decays = {g["mup_kind"]: g["weight_decay"] for g in groups if g["weight_decay"]}
     assert decays == {"hidden": 0.1, "input": 0.1, "readout": 0.1}  # coupled: the plain value (× each group's LR)
-    r = lm.train_lm(model, groups, train, val, steps=6, batch_size=4, optimizer="lion", decay="linear",
-                    betas=(0.95, 0.98))
+    recipe = Recipe(arch="llama", width=64, seq_len=32, vocab_size=257, base_width=32, lr=2**-9, optimizer="lion",
+                    weight_decay=0.1, weight_decay_mode="coupled", schedule="linear", betas=(0.95, 0.98), steps=6,
+                    batch_size=4)
+    assert {g["mup_kind"]: g["weight_decay"] for g in recipe.param_groups(model) if g["weight_decay"]} == decays
+    r = lm.train_lm(model, recipe, train, val)
     assert not r["diverged"] and r["train_loss"][-1] < r["train_loss"][0]
-    with pytest.raises(MuPError, match="unknown optimizer 'adafactor'"):
-        lm.train_lm(model, groups, train, None, steps=1, optimizer="adafactor")
+    with pytest.raises(MuPError, match="optimizer='adafactor'"):
+        lm.train_lm(model, recipe.replace(optimizer="adafactor", steps=1), train, None)

@@ -33,7 +33,7 @@ def test_all_stages_write_their_results(finished):
     state = json.loads((finished / "stages.json").read_text())
     assert all(state[s]["done"] for s in ("search", "transfer", "pretrain", "finetune", "report"))
     hparams = json.loads((finished / "hparams.json").read_text())
-    assert hparams["mup"]["base_hidden_size"] == 32 and "input_mult" not in hparams["source"].get("tuned", [])
+    assert hparams["recipe"]["base_width"] == 32 and "input_mult" not in hparams["source"].get("tuned", [])
     table = json.loads((finished / "table6.json").read_text())["rows"]
     assert [r["hyperparameters"] for r in table] == ["mutransfer", "megatron"]
     for row in table:
@@ -138,3 +138,21 @@ def test_bad_input(tmp_path, capsys):
         Pipeline(replace(MINI, search_steps=9), tmp_path / "a")._check_recipe()
     with pytest.raises(MuPError, match=r"unknown task 'mnlii': use polarity or nsp \(offline\) or a GLUE task"):
         Pipeline(MINI, tmp_path / "b").task_data("mnlii")
+
+
+def test_megatron_baseline_does_not_decay_layernorm_weights_and_biases():
+    """Megatron-LM's param groups leave LayerNorm weights and biases out of weight decay: so does the baseline row."""
+    recipe = MINI.baseline_recipe(vocab_size=320)
+    model = recipe.build_model()
+    optimizer = recipe.build_optimizer(model)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    no_decay = [n for n in names if n.endswith("bias") or "LayerNorm" in n]
+    assert no_decay and all(decay[id(names[n])] == 0.0 for n in no_decay)
+    decayed = [n for n in names if n not in no_decay]
+    assert decayed and all(decay[id(names[n])] == MEGATRON_BERT["weight_decay"] == 0.01 for n in decayed)
+    assert sum(map(len, (g["params"] for g in optimizer.param_groups))) == len(names)
+    # The GPT-3 baseline keeps what its committed runs did: decay on every tensor (the paper does not say).
+    gpt = GPT2_PRESETS["tiny"].baseline_recipe(vocab_size=320)
+    gpt_model = gpt.build_model()
+    assert all(g["weight_decay"] == 0.1 for g in gpt.build_optimizer(gpt_model).param_groups)

@@ -76,6 +76,7 @@ def test_finetune_learns_an_easy_task():
     config = make_config("BertForSequenceClassification", 64, num_labels=2, vocab_size=len(tok))
     model = hf_mup.MuPModel.from_config(config, base_hidden_size=32, model_class="BertForSequenceClassification",
                                         output_mult=4.0)
-    result = tasks.finetune(model, tok, train, test, lr=3e-3, epochs=6, batch_size=16)
+    recipe = tasks.finetune_recipe(model, len(train), lr=3e-3, epochs=6, batch_size=16)
+    result = tasks.finetune(model, tok, train, test, recipe)
     assert not result["diverged"] and result["accuracy"] >= 0.8
     assert result["train_loss"][-1] < result["train_loss"][0]

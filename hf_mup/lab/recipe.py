@@ -1,0 +1,346 @@
+"""What a run trains with: one frozen, validated `Recipe` (model shape, μP settings, optimizer, weight decay, schedule,
+clipping, batch, steps), which round-trips through JSON.
+
+A sweep trial stores the recipe it trained with, `transfer` returns the target's, and the pipeline, the recipes in
+`recipes/` and the training loop (`hf_mup.lab.train`) read their settings from it and from nowhere else: a setting
+added here and read by `build_optimizer` / `build_scheduler` / `build_model` reaches every run.
+
+Usage:
+    recipe = Recipe(arch="gpt2", width=256, base_width=64, mup={"output_mult": 8.0}, lr=2**-7, steps=150)
+    model = recipe.build_model()                   # μP (MuPModel) or the stock model, seeded by recipe.seed
+    optimizer, scheduler = recipe.build_optimizer(model), ...
+    Recipe.from_json(recipe.to_json()) == recipe   # True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import MuPError
+
+ARCHS = ("gpt2", "bert", "llama")  # BERT trains as a masked LM, GPT-2 and Llama as causal LMs
+# "mup_global_lr": a μP model trained with one LR for every tensor, deliberately broken (a coordinate check must
+# catch it; hf_mup's first-step check would refuse it, so its group is marked unchecked).
+PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
+OPTIMIZERS = ("adamw", "lion")
+SCHEDULES = ("cosine", "linear")  # after the linear warmup, down to final_lr_frac of the LR
+WEIGHT_DECAY_MODES = ("width_independent", "coupled", "independent")  # hf_mup.rules.weight_decay_for_group
+SP_INITS = ("fixed", "fan_in")  # SP's init std: initializer_range, or 1/√width
+
+
+def _frozen(value: Any) -> Any:
+    """JSON-shaped data made hashable and immutable: lists become tuples, dicts read-only mappings."""
+    if isinstance(value, Mapping):
+        return _FrozenDict({str(k): _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes (a frozen recipe's `config` / `mup`), equal to a plain dict of the same items."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a Recipe is frozen: use recipe.replace(...)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one run trains with. Every field is validated at construction; `replace` makes a validated copy.
+
+    Usage: `Recipe(arch="llama", width=128, base_width=64, lr=2**-7, optimizer="lion", betas=(0.95, 0.98))`
+    """
+
+    # the model: a small GPT-2, BERT or Llama of hidden size `width` (hf_mup.lab.lm.lm_config)
+    arch: str = "gpt2"
+    width: int = 64
+    layers: int = 2
+    head_dim: int = 16
+    seq_len: int = 64
+    vocab_size: int = 2048
+    initializer_range: float = 0.02
+    config: Mapping[str, Any] = field(default_factory=dict)  # more transformers config fields, e.g. hidden_act
+    # μP: "mup" (MuPModel with base width `base_width` and the MuPConfig fields in `mup`), "sp" (the stock model)
+    parametrization: str = "mup"
+    base_width: int | None = 64
+    mup: Mapping[str, Any] = field(default_factory=dict)  # MuPConfig fields besides base_hidden_size
+    sp_init: str = "fixed"
+    # the optimizer: its LR (μP: the base LR that each tensor's multiplier scales), β, ε, weight decay
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    weight_decay_mode: str = "width_independent"
+    decay_norms_and_biases: bool = False  # False: no decay on biases and norm weights (HF Trainer, Megatron-LM)
+    # the schedule: linear warmup over warmup_frac of the steps, then `schedule` down to final_lr_frac of the LR
+    schedule: str = "cosine"
+    warmup_frac: float = 0.1
+    final_lr_frac: float = 0.1
+    clip: float = 1.0  # gradient-norm clipping, 0: none
+    # the budget
+    batch_size: int = 16
+    steps: int = 150
+    seed: int = 0  # the init, the batch order, the masks
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _frozen(dict(self.config)))
+        object.__setattr__(self, "mup", _frozen(dict(self.mup)))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        self._check()
+
+    def _check(self) -> None:
+        from ..config import MuPConfig
+
+        def one_of(name: str, choices: tuple[str, ...]) -> None:
+            if getattr(self, name) not in choices:
+                raise MuPError(f"Recipe {name}={getattr(self, name)!r}: use one of {', '.join(choices)}.")
+
+        one_of("arch", ARCHS)
+        one_of("parametrization", PARAMETRIZATIONS)
+        one_of("optimizer", OPTIMIZERS)
+        one_of("schedule", SCHEDULES)
+        one_of("weight_decay_mode", WEIGHT_DECAY_MODES)
+        one_of("sp_init", SP_INITS)
+        for name in ("width", "layers", "head_dim", "vocab_size", "batch_size", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MuPError(f"Recipe {name}={value!r}: a positive whole number.")
+        if self.seq_len < 2:
+            raise MuPError(f"Recipe seq_len={self.seq_len}: at least 2.")
+        if self.width % self.head_dim:
+            raise MuPError(f"Recipe width {self.width} is not a multiple of head_dim {self.head_dim}.")
+        if self.parametrization != "sp":
+            if self.base_width is None or self.base_width < 1 or self.base_width % self.head_dim:
+                raise MuPError(f"Recipe base_width={self.base_width!r}: μP needs a positive multiple of head_dim "
+                               f"{self.head_dim} (the proxy's width, where μP equals SP).")
+        unknown = set(self.mup) - set(MuPConfig.field_names()) | ({"base_hidden_size"} & set(self.mup))
+        if unknown:
+            raise MuPError(f"Recipe mup: unknown or misplaced setting(s) {sorted(unknown)} (the base width is "
+                           f"base_width); use {', '.join(n for n in MuPConfig.field_names() if n != 'base_hidden_size')}.")
+        MuPConfig.from_dict({"base_hidden_size": 1, **self.mup})  # the values, checked now rather than at build time
+        positive = {"lr": self.lr, "eps": self.eps, "initializer_range": self.initializer_range}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise MuPError(f"Recipe {name}={value!r}: a positive finite number.")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise MuPError(f"Recipe betas={self.betas!r}: two numbers in [0, 1).")
+        if self.weight_decay < 0 or self.clip < 0 or not (0 <= self.warmup_frac <= 1) or not (0 <= self.final_lr_frac <= 1):
+            raise MuPError("Recipe: weight_decay and clip must be >= 0, warmup_frac and final_lr_frac in [0, 1].")
+
+    # ------------------------------------------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-ready data (lists for tuples)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """The inverse of `to_dict`; an unknown key is an error that lists the known ones."""
+        unknown = set(data) - set(cls.field_names())
+        if unknown:
+            raise MuPError(f"unknown Recipe field(s) {sorted(unknown)}; the fields are {', '.join(cls.field_names())}.")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A validated copy with `changes`; `mup` and `config` given here are merged into the recipe's."""
+        for name in ("mup", "config"):
+            if name in changes:
+                changes[name] = {**getattr(self, name), **changes[name]}
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------------------------------- the model
+
+    @property
+    def task(self) -> str:
+        """"masked_lm" for BERT, else "causal_lm": what the run trains."""
+        return "masked_lm" if self.arch == "bert" and not self.config.get("is_decoder") else "causal_lm"
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the run reads: steps × batch × sequence length."""
+        return self.steps * self.batch_size * self.seq_len
+
+    def model_config(self) -> Any:
+        """The transformers config of the recipe's shape (`hf_mup.lab.lm.lm_config`)."""
+        std = self.width**-0.5 if self.parametrization == "sp" and self.sp_init == "fan_in" else self.initializer_range
+        return lm_config(self.arch, self.width, self.layers, self.head_dim, self.seq_len, self.vocab_size,
+                         initializer_range=std, **self.config)
+
+    def mup_settings(self) -> dict[str, Any]:
+        """The `MuPModel.from_config` keywords: base_hidden_size and the `mup` fields."""
+        return {"base_hidden_size": self.base_width, **self.mup}
+
+    def build_model(self, device: str | torch.device = "cpu", config: Any = None) -> nn.Module:
+        """The model (seeded by `seed`): MuPModel for μP, the stock class for SP (`model_class`)."""
+        from ..model import MuPModel
+
+        config = self.model_config() if config is None else config
+        torch.manual_seed(self.seed)
+        if self.parametrization == "sp":
+            model = model_class(config).from_config(config)
+        else:
+            model = MuPModel.from_config(config, **self.mup_settings())
+        if config.model_type != "bert":
+            model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
+        return model.to(device)
+
+    # ---------------------------------------------------------------------------------- optimizer, schedule
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups for `model` (`param_groups`, with the recipe's settings)."""
+        return param_groups(model, self.parametrization, self.lr, self.optimizer, self.weight_decay,
+                            self.weight_decay_mode, self.decay_norms_and_biases, self.eps)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW or Lion over `param_groups(model)`, with the recipe's β, ε and weight decay."""
+        from ..lion import Lion
+
+        groups = self.param_groups(model)
+        if self.optimizer == "lion":
+            return Lion(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+
+    def lr_factor(self) -> Callable[[int], float]:
+        """The schedule as a factor on each group's own LR (μP groups stay relative): `LambdaLR`'s lambda."""
+        return lr_lambda(self.steps, self.warmup_frac, self.final_lr_frac, self.schedule)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor())
+
+    def training_arguments(self) -> dict[str, Any]:
+        """The `transformers.TrainingArguments` fields the recipe sets (the budget and clipping; the optimizer and
+        schedule go to the Trainer as `optimizers=(recipe.build_optimizer(model), recipe.build_scheduler(opt))`)."""
+        return {"max_steps": self.steps, "per_device_train_batch_size": self.batch_size, "max_grad_norm": self.clip,
+                "learning_rate": self.lr, "seed": self.seed, "data_seed": self.seed}
+
+
+def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
+              **kw):
+    """A small GPT-2, BERT or Llama config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
+    dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
+
+    Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
+    """
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if width <= 0 or width % head_dim:
+        raise MuPError(f"width {width} is not a positive multiple of the head size {head_dim}.")
+    if arch == "gpt2":
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
+        return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
+                          n_head=width // head_dim, **kw)
+    if arch == "bert":
+        kw = {"pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **kw}
+        return BertConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
+                          num_hidden_layers=layers, num_attention_heads=width // head_dim,
+                          intermediate_size=4 * width, **kw)
+    if arch == "llama":  # pre-norm RMSNorm, SwiGLU MLP, rotary positions, untied lm_head, no biases
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim, **kw}
+        return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
+                           num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim,
+                           intermediate_size=4 * width, **kw)
+    raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
+
+
+def gpt2_config(width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048, **kw):
+    """`lm_config("gpt2", ...)`. Usage: `config = gpt2_config(256, layers=2, head_dim=16, seq_len=64, vocab_size=256)`"""
+    return lm_config("gpt2", width, layers, head_dim, seq_len, vocab_size, **kw)
+
+
+def lm_task(config: Any) -> str:
+    """"masked_lm" for a BERT config (unless it is a decoder), else "causal_lm": the one place that decides."""
+    return "masked_lm" if config.model_type == "bert" and not getattr(config, "is_decoder", False) else "causal_lm"
+
+
+def model_class(config: Any) -> Any:
+    """The one chooser of model classes: `AutoModelForMaskedLM` for a masked LM (`lm_task`), else
+    `AutoModelForCausalLM`."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if lm_task(config) == "masked_lm" else AutoModelForCausalLM
+
+
+def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: str = "adamw",
+                 weight_decay: float = 0.0, weight_decay_mode: str = "width_independent",
+                 decay_norms_and_biases: bool = False, eps: float | None = None) -> list[dict[str, Any]]:
+    """The one builder of "μP groups or plain groups": `mup_param_groups` for a μP model; for SP one LR, with weight
+    decay off on biases and norm weights unless `decay_norms_and_biases`; "mup_global_lr" one group at one LR,
+    marked unchecked (it is broken on purpose).
+
+    Usage: `groups = param_groups(model, "sp", lr=1e-4, weight_decay=0.01)`
+    """
+    from ..optim import mup_param_groups, no_decay_predicate
+
+    no_decay = () if decay_norms_and_biases else None  # None: biases and norm weights (the Trainer's rule)
+    if parametrization == "mup":
+        return mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                                weight_decay_mode=weight_decay_mode, no_decay=no_decay, eps=eps)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if parametrization == "mup_global_lr":
+        return [{"params": [p for _, p in params], "lr": lr, "mup_unchecked": True}]
+    if weight_decay == 0 or decay_norms_and_biases:  # one group: the optimizer's own weight_decay applies
+        return [{"params": [p for _, p in params], "lr": lr}]
+    skip = no_decay_predicate(model, no_decay)
+    return [g for g in ({"params": [p for n, p in params if not skip(n)], "lr": lr, "weight_decay": weight_decay},
+                        {"params": [p for n, p in params if skip(n)], "lr": lr, "weight_decay": 0.0}) if g["params"]]
+
+
+def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1,
+              schedule: str = "cosine") -> Callable[[int], float]:
+    """Linear warmup over `round(warmup_frac · steps)` steps (at least 1), then cosine (or linear) decay to
+    `final_lr_frac`: a factor on each group's own LR."""
+    if schedule not in SCHEDULES:
+        raise MuPError(f"unknown schedule {schedule!r}: use {' or '.join(SCHEDULES)}.")
+    warmup = max(1, round(warmup_frac * steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+        return final_lr_frac + (1 - final_lr_frac) * shape
+
+    return f
+
+
+def shape_of(config: Any) -> dict[str, Any]:
+    """The recipe's shape fields of a transformers config of a supported architecture (the target of a transfer)."""
+    if config.model_type not in ARCHS:
+        raise MuPError(f"a {config.model_type} config: recipes describe {', '.join(ARCHS)} models.")
+    heads = config.num_attention_heads
+    return {"arch": config.model_type, "width": config.hidden_size, "layers": config.num_hidden_layers,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+            "vocab_size": config.vocab_size,
+            "seq_len": getattr(config, "n_positions", None) or config.max_position_embeddings}
