@@ -7,6 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export NO_MKDOCS_2_WARNING := 1  # mkdocs 1.6 announces MkDocs 2 at every build
 
 .PHONY: demo test test-fast lint typecheck docs install clean
 
