@@ -8,7 +8,8 @@ added here and read by `build_optimizer` / `build_scheduler` / `build_model` rea
 Usage:
     recipe = Recipe(arch="gpt2", width=256, base_width=64, mup={"output_mult": 8.0}, lr=2**-7, steps=150)
     model = recipe.build_model()                   # μP (MuPModel) or the stock model, seeded by recipe.seed
-    optimizer, scheduler = recipe.build_optimizer(model), ...
+    optimizer = recipe.build_optimizer(model)      # AdamW or Lion over μP's per-tensor groups (SP: plain groups)
+    scheduler = recipe.build_scheduler(optimizer)  # warmup, then cosine or linear decay
     Recipe.from_json(recipe.to_json()) == recipe   # True
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Recipe:
     Usage: `Recipe(arch="llama", width=128, base_width=64, lr=2**-7, optimizer="lion", betas=(0.95, 0.98))`
     """
 
-    # the model: a small GPT-2, BERT or Llama of hidden size `width` (hf_mup.lab.lm.lm_config)
+    # the model: a small GPT-2, BERT or Llama of hidden size `width` (`lm_config`)
     arch: str = "gpt2"
     width: int = 64
     layers: int = 2
