@@ -43,7 +43,7 @@ from hf_mup.lab.results import _json_safe, lr_optima, plot_width_curves, trial_r
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "depth_transfer"
 # name -> (sweep parametrization, depth exponent α or None for no depth scaling)
-PARAMETRIZATIONS = {"sp": ("sp", None), "mup": ("mup", None), "completep": ("mup", 1.0), "alpha_0.5": ("mup", 0.5)}
+DEPTH_VARIANTS = {"sp": ("sp", None), "mup": ("mup", None), "completep": ("mup", 1.0), "alpha_0.5": ("mup", 0.5)}
 GOAL_DRIFT = 0.5  # the goal for CompleteP: the best LR within 0.5 (log2) across 8× depth
 
 
@@ -59,7 +59,7 @@ def settings(args: argparse.Namespace) -> dict:
 def spec_for(name: str, depth: int, s: dict, head_dim: int) -> sw.SweepSpec:
     """The grid spec of one (parametrization, depth) study: the depth is the recipe's `layers`, the base depth the
     shallowest of the benchmark."""
-    _, alpha = PARAMETRIZATIONS[name]
+    _, alpha = DEPTH_VARIANTS[name]
     mup = {"base_num_layers": min(s["depths"]), "depth_alpha": alpha} if alpha is not None else {}
     recipe = Recipe(arch=s["arch"], width=s["width"], layers=depth, head_dim=head_dim, seq_len=64, vocab_size=2048,
                     base_width=s["width"], mup=mup, steps=s["steps"], batch_size=s["batch"])
@@ -146,7 +146,7 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
                 continue
             spec = spec_for(name, depth, s, head_dim)
             data = data or spec.load_data()
-            point = {"parametrization": PARAMETRIZATIONS[name][0], "width": s["width"], "log2_lr": log2_lr, "seed": 0}
+            point = {"parametrization": DEPTH_VARIANTS[name][0], "width": s["width"], "log2_lr": log2_lr, "seed": 0}
             recipe = spec.grid_recipe(point).replace(steps=steps)
             r = sw.run_trial(spec, recipe, data, device, progress=True, desc=key)
             done["val_loss"][key] = r["val_loss"]
@@ -156,7 +156,7 @@ def longer_check(names: list[str], s: dict, head_dim: int, steps: int, device: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = grid_cli.parser(__doc__, list(PARAMETRIZATIONS), quick="2 depths, 2 LRs, 1 seed, 6 steps: shows it works")
+    p = grid_cli.parser(__doc__, list(DEPTH_VARIANTS), quick="2 depths, 2 LRs, 1 seed, 6 steps: shows it works")
     p.add_argument("--arch", default="gpt2", help="gpt2 or llama (pre-norm decoders, as CompleteP's derivation)")
     p.add_argument("--width", type=int, default=64, help="the fixed width (also μP's base width)")
     p.add_argument("--depths", default="2,4,8,16", help="the first is the base depth")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--longer", type=int, metavar="STEPS", help="after the sweep: train the base and deepest depth "
                    "STEPS steps at the transferred LR (seed 0), added to the results JSON")
     args = p.parse_args(argv)
-    names = grid_cli.chosen(p, args, list(PARAMETRIZATIONS))
+    names = grid_cli.chosen(p, args, list(DEPTH_VARIANTS))
     s = settings(args)
     out, stem, storage = grid_cli.output(args, STEM)
     if args.longer:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data, results, total, start = None, {}, 0.0, time.perf_counter()
     for name in names:
-        parametrization, _ = PARAMETRIZATIONS[name]
+        parametrization, _ = DEPTH_VARIANTS[name]
         per_depth, studies = {}, {}
         for depth in s["depths"]:
             spec = spec_for(name, depth, s, args.head_dim)

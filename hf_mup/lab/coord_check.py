@@ -34,7 +34,8 @@ DEFAULT_BAND = (-0.7, 0.25)
 # Hence a verdict needs MIN_VERDICT_SEEDS seeds and the CLI records VERDICT_STEPS steps by default.
 MIN_VERDICT_SEEDS = 2
 VERDICT_STEPS = 3
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+# What a coordinate check may step with (a training run's optimizers are the recipe's: hf_mup.lab.recipe.OPTIMIZERS).
+COORD_CHECK_OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int,
@@ -108,8 +109,8 @@ def coord_check(
     Returns dicts `{parametrization, width, seed, step, module, value}`. `data`: token ids of shape [N, seq_len]
     (e.g. real text) to sample batches from; random tokens otherwise. `mup_options`: `MuPConfig` fields.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {tuple(OPTIMIZERS)}")
+    if optimizer not in COORD_CHECK_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {tuple(COORD_CHECK_OPTIMIZERS)}")
     no_decay = {"weight_decay": 0.0} if optimizer != "sgd" else {}  # AdamW's default decay would blur the check
     if data is not None:
         vocab_size = max(vocab_size, int(data.max()) + 2)  # +1: BERT's mask token is the last id
@@ -121,7 +122,7 @@ def coord_check(
                 config = lm_config(arch, width, n_layer, head_dim, seq_len, vocab_size)
                 model, groups = build_lm(config, parametrization, lr, base_width, seed=seed, optimizer=optimizer,
                                          **(mup_options or {}))
-                opt = OPTIMIZERS[optimizer](groups, **no_decay)
+                opt = COORD_CHECK_OPTIMIZERS[optimizer](groups, **no_decay)
                 model.train()
                 stats: dict[str, float] = {}
                 hooks = add_hooks(model, head_dim, stats, get_architecture(config))
