@@ -65,6 +65,10 @@ PRESETS = {
 }
 
 
+# TrainingArguments flags that --hparams' recipe decides (its optimizer and schedule go to the Trainer whole).
+RECIPE_OWNS = ("--optim", "--lr_scheduler_type", "--lr_scheduler_kwargs", "--warmup_steps", "--warmup_ratio")
+
+
 @dataclass
 class RecipeArguments:
     preset: str = field(default="tiny", metadata={"help": f"one of {', '.join(PRESETS)}"})
@@ -99,6 +103,15 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
     from_recipe = {}
     if transferred is not None:
         r = transferred
+        if r.arch != "gpt2":
+            raise MuPError(f"{known.hparams} holds a {r.arch} recipe; this recipe trains GPT-2: transfer from a GPT-2 "
+                           "study.")
+        # The transferred optimizer and schedule are passed to the Trainer: its flags for them would do nothing.
+        ignored = [a.split("=")[0] for a in argv if a.split("=")[0] in RECIPE_OWNS]
+        if ignored:
+            raise MuPError(f"{', '.join(ignored)} with --hparams: the transferred recipe sets the optimizer and "
+                           f"schedule ({r.optimizer}, {r.schedule} after {r.warmup_frac:g} of the steps, down to "
+                           f"{r.final_lr_frac:g} of the LR); edit the recipe in {known.hparams} instead.")
         from_recipe = {"learning_rate": r.lr, "adam_beta1": r.betas[0], "adam_beta2": r.betas[1],
                        "adam_epsilon": r.eps, "weight_decay": r.weight_decay, "max_grad_norm": r.clip}
     parser.set_defaults(**{"output_dir": "gpt2_wikitext_out", "eval_strategy": "steps", "report_to": "none",
@@ -109,6 +122,7 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
     recipe, training = parser.parse_args_into_dataclasses(argv)
     recipe.mup_defaults = dict(preset["mup"])
     recipe.init_overrides = {}
+    recipe.config_overrides = {}
     recipe.transferred = None
     if transferred is not None:
         r = transferred.replace(lr=training.learning_rate, betas=(training.adam_beta1, training.adam_beta2),
@@ -116,7 +130,8 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
                                 clip=training.max_grad_norm, steps=training.max_steps,
                                 weight_decay_mode=recipe.mup_weight_decay_mode or transferred.weight_decay_mode)
         recipe.transferred = r
-        recipe.mup_defaults = {**preset["mup"], **r.mup_settings()}
+        recipe.mup_defaults = r.mup_settings()  # exactly the proxy's (a multiplier it did not set stays at 1)
+        recipe.config_overrides = dict(r.config)  # config fields the proxy trained with (e.g. its activation)
         recipe.init_overrides = {"initializer_range": r.initializer_range}  # the proxy's tuned init scale
         target = {"n_embd": r.width, "n_layer": r.layers, "n_head": r.width // r.head_dim}
         shape = {k: v for k, v in target.items() if v != preset["model"][k]}
@@ -183,11 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
     val_ds = blocks(val_text, tokenizer, block_size, training)
     val_ds = val_ds.select(range(min(len(val_ds), recipe.max_eval_blocks)))
 
+    proxy_fields = {k: v for k, v in recipe.config_overrides.items() if not k.endswith("_token_id")}
+    fields = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **proxy_fields,
+              **preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"]), **recipe.init_overrides}
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0,
-                        **{**preset["model"], "n_positions": max(block_size, preset["model"]["n_positions"])},
-                        **recipe.init_overrides)
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **fields)
     overrides = {k: getattr(recipe, k) for k in ("output_mult", "input_mult", "attn_mult", "base_hidden_size")
                  if getattr(recipe, k) is not None}
     model = hf_mup.MuPModel.from_config(config, **{**recipe.mup_defaults, **overrides})

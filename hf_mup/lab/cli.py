@@ -200,7 +200,9 @@ def sweep_spec(args: argparse.Namespace, widths: list[int], lrs: list[float]):
                     train_file=args.train_file, val_file=args.val_file, dataset=args.dataset,
                     dataset_config=args.dataset_config, text_column=args.text_column, train_chars=args.train_chars,
                     val_blocks=args.val_blocks)
-    recipe = Recipe(arch=args.arch, width=widths[0], layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
+    # grid: each point sets its width, so the spec keeps the base width (a grid can grow); tune: the proxy's width
+    width = (args.base_width or widths[0]) if args.mode == "grid" else widths[0]
+    recipe = Recipe(arch=args.arch, width=width, layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
                     vocab_size=corpus.vocab_size, initializer_range=args.initializer_range,
                     base_width=args.base_width or widths[0], mup=mup, warmup_frac=args.warmup,
                     final_lr_frac=args.final_lr_frac, clip=args.clip, batch_size=args.batch_size, steps=args.steps)

@@ -1,9 +1,10 @@
 """What a run trains with: one frozen, validated `Recipe` (model shape, μP settings, optimizer, weight decay, schedule,
 clipping, batch, steps), which round-trips through JSON.
 
-A sweep trial stores the recipe it trained with, `transfer` returns the target's, and the pipeline, the recipes in
-`recipes/` and the training loop (`hf_mup.lab.train`) read their settings from it and from nowhere else: a setting
-added here and read by `build_optimizer` / `build_scheduler` / `build_model` reaches every run.
+A sweep trial stores the recipe it trained with, `transfer` returns the target's, and the pipeline's rows,
+`recipes/gpt2_wikitext.py --hparams` and the training loop (`hf_mup.lab.train`) take the optimizer, schedule and model
+from it: a setting added here and read by `build_optimizer` / `build_scheduler` / `build_model` reaches them all.
+(The Trainer's logistics, logging, evaluation and checkpoints, stay TrainingArguments'.)
 
 Usage:
     recipe = Recipe(arch="gpt2", width=256, base_width=64, mup={"output_mult": 8.0}, lr=2**-7, steps=150)
@@ -34,6 +35,9 @@ OPTIMIZERS = ("adamw", "lion")
 SCHEDULES = ("cosine", "linear")  # after the linear warmup, down to final_lr_frac of the LR
 WEIGHT_DECAY_MODES = ("width_independent", "coupled", "independent")  # hf_mup.rules.weight_decay_for_group
 SP_INITS = ("fixed", "fan_in")  # SP's init std: initializer_range, or 1/√width
+# transformers config fields the recipe's shape sets (lm_config): refused in Recipe.config
+SHAPE_CONFIG_KEYS = frozenset({"vocab_size", "n_positions", "max_position_embeddings", "n_embd", "hidden_size", "n_layer",
+                               "num_hidden_layers", "n_head", "num_attention_heads", "head_dim", "initializer_range"})
 
 
 def _frozen(value: Any) -> Any:
@@ -51,10 +55,13 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a Recipe is frozen: use recipe.replace(...)")
 
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse  # type: ignore
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy, deepcopy and pickle rebuild it whole, never item by item
+        return (type(self), (dict(self),))
 
     def __hash__(self) -> int:  # type: ignore[override]
-        return hash(json.dumps(self, sort_keys=True, default=str))
+        return hash(tuple(sorted(self)))  # equal mappings have equal keys (8 == 8.0, so the values are left out)
 
 
 def _plain(value: Any) -> Any:
@@ -140,13 +147,17 @@ class Recipe:
             raise MuPError(f"Recipe mup: unknown or misplaced setting(s) {sorted(unknown)} (the base width is "
                            f"base_width); use {', '.join(n for n in MuPConfig.field_names() if n != 'base_hidden_size')}.")
         MuPConfig.from_dict({"base_hidden_size": 1, **self.mup})  # the values, checked now rather than at build time
+        shape = sorted(set(self.config) & SHAPE_CONFIG_KEYS)
+        if shape:
+            raise MuPError(f"Recipe config sets {shape}: the shape is the recipe's own (width, layers, head_dim, "
+                           "seq_len, vocab_size, initializer_range); set those fields instead.")
         positive = {"lr": self.lr, "eps": self.eps, "initializer_range": self.initializer_range}
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise MuPError(f"Recipe {name}={value!r}: a positive finite number.")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise MuPError(f"Recipe betas={self.betas!r}: two numbers in [0, 1).")
-        if self.weight_decay < 0 or self.clip < 0 or not (0 <= self.warmup_frac <= 1) or not (0 <= self.final_lr_frac <= 1):
+        if not (self.weight_decay >= 0 and self.clip >= 0 and 0 <= self.warmup_frac <= 1 and 0 <= self.final_lr_frac <= 1):
             raise MuPError("Recipe: weight_decay and clip must be >= 0, warmup_frac and final_lr_frac in [0, 1].")
 
     # ------------------------------------------------------------------------------------------------- JSON
@@ -197,7 +208,7 @@ class Recipe:
         """The transformers config of the recipe's shape (`hf_mup.lab.lm.lm_config`)."""
         std = self.width**-0.5 if self.parametrization == "sp" and self.sp_init == "fan_in" else self.initializer_range
         return lm_config(self.arch, self.width, self.layers, self.head_dim, self.seq_len, self.vocab_size,
-                         initializer_range=std, **self.config)
+                         initializer_range=std, **_plain(self.config))  # plain dicts: transformers may edit them
 
     def mup_settings(self) -> dict[str, Any]:
         """The `MuPModel.from_config` keywords: base_hidden_size and the `mup` fields."""
@@ -263,15 +274,15 @@ def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_le
         return GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=width, n_layer=layers,
                           n_head=width // head_dim, **kw)
     if arch == "bert":
-        kw = {"pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **kw}
+        kw = {"pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+              "intermediate_size": 4 * width, **kw}
         return BertConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
-                          num_hidden_layers=layers, num_attention_heads=width // head_dim,
-                          intermediate_size=4 * width, **kw)
+                          num_hidden_layers=layers, num_attention_heads=width // head_dim, **kw)
     if arch == "llama":  # pre-norm RMSNorm, SwiGLU MLP, rotary positions, untied lm_head, no biases
-        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim, **kw}
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim,
+              "intermediate_size": 4 * width, **kw}
         return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
-                           num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim,
-                           intermediate_size=4 * width, **kw)
+                           num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim, **kw)
     raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
 
 
@@ -334,6 +345,15 @@ def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1,
         return final_lr_frac + (1 - final_lr_frac) * shape
 
     return f
+
+
+def config_fields_of(config: Any, recipe: Recipe) -> dict[str, Any]:
+    """The fields a transformers config sets explicitly (against its class's defaults) that `recipe`'s model would not
+    have, shape aside: e.g. a target's intermediate_size, num_key_value_heads or rope settings, for `Recipe.config`."""
+    skip = SHAPE_CONFIG_KEYS | {"architectures", "transformers_version", "model_type", "mup", "dtype", "torch_dtype"}
+    mine, defaults = recipe.model_config().to_dict(), type(config)().to_dict()
+    return {k: v for k, v in config.to_dict().items()
+            if k not in skip and not k.startswith("_") and defaults.get(k) != v and mine.get(k) != v}
 
 
 def shape_of(config: Any) -> dict[str, Any]:

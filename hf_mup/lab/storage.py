@@ -202,6 +202,9 @@ def load_study(name: str, storage: str, heartbeat: int = 10):
     if name not in names:
         raise MuPError(f"no study {name!r} in {safe_url(storage)}; it has {names or 'none'}.")
     study = optuna.load_study(study_name=name, storage=st)
+    if "recipe" not in study.user_attrs.get("spec", {}):
+        raise MuPError(f"study {name!r} in {safe_url(storage)} was made by an older hf_mup (its settings are not a "
+                       "Recipe): run the sweep again into another --study name or storage file.")
     _STORAGES[study] = st
     return study
 

@@ -138,6 +138,10 @@ class SweepSpec:
         if d.vocab_size != r.vocab_size:
             raise MuPError(f"the recipe's vocab_size {r.vocab_size} is not the corpus's {d.vocab_size} "
                            f"({d.tokenizer}): give both the same.")
+        if r.base_width is None:
+            raise MuPError("a sweep's recipe needs base_width (μP's base width; its SP trials ignore it).")
+        if len(self.log2_lr_range) != 2:
+            raise MuPError(f"log2_lr_range {self.log2_lr_range}: two numbers, low and high.")
         lo, hi = self.log2_lr_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
             raise MuPError(f"log2_lr_range {self.log2_lr_range}: two finite numbers, low to high.")
@@ -289,7 +293,7 @@ def run_grid(study, spec: SweepSpec, points: list[dict], data: tuple, device: st
              after_trial=None) -> None:
     """Run every point of the grid not yet completed in `study` (by any worker); wait for points others hold.
 
-    Usage: `run_grid(study, spec, grid_points(...), load_data(spec))`
+    Usage: `run_grid(study, spec, grid_points(...), spec.load_data())`
     """
     from tqdm.auto import tqdm
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import MuPError
-from .recipe import Recipe, shape_of
+from .recipe import Recipe, config_fields_of, shape_of
 from .results import trial_rows
 
 
@@ -90,7 +90,8 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     Usage: `transfer(hf_mup.lab.storage.load_study("tune", url), GPT2Config(n_embd=1024, n_layer=2)).recipe`
 
     Everything the proxy trained with carries over: the LR, init and multipliers, μP settings, optimizer, β, ε,
-    weight decay and its mode, schedule, warmup and clipping.
+    weight decay and its mode, schedule, warmup and clipping. The target's config gives the shape and any field it
+    sets beyond it (an MLP size, key/value heads, rope settings: `Recipe.config`, a note where the proxy differed).
 
     Depth: a proxy tuned with depth scaling (`hf-mup sweep --base-layers`, CompleteP) transfers to any depth; without
     it a target of another depth is refused, since μP fixes the LR across width only, unless `allow_depth_change`
@@ -119,6 +120,8 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     best, source = best_trial(study)
     shape = shape_of(target_config)
     target = best.replace(**shape, batch_size=batch_size or best.batch_size)
+    fields = config_fields_of(target_config, target)  # what the target's config sets beyond its shape
+    target = target.replace(config=fields)
     with torch.device("meta"):  # validates the base width against the target, allocates nothing
         model = MuPModel.from_config(target.model_config(), **target.mup_settings())
     n_params = sum(p.numel() for p in model.parameters())
@@ -128,7 +131,8 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     cost: dict[str, Any] = {"trials": len(flops), "tuning_flops": float(sum(flops)), "target_params": n_params,
                             "target_tokens": tokens, "target_flops": 6.0 * n_params * tokens}
     cost["fraction"] = cost["tuning_flops"] / cost["target_flops"]
-    notes = []
+    notes = [f"the target's config sets {k}={v!r}; the proxy trained with {best.config[k]!r}"
+             for k, v in fields.items() if k in best.config and best.config[k] != v]
     if target.layers != best.layers:
         notes.append(f"the target's depth ({target.layers} layers) differs from the proxy's ({best.layers}): "
                      + (f"depth scaling (CompleteP, α = {best.mup.get('depth_alpha', 1.0):g}, base "

@@ -109,3 +109,64 @@ def test_training_setting_reaches_the_optimizer_through_the_loop():
     assert optimizer.defaults["eps"] == 1e-6
     assert all(g["eps"] == pytest.approx(1e-6 * g["eps_mult"]) for g in optimizer.param_groups if "eps_mult" in g)
     assert torch.optim.AdamW is type(optimizer)
+
+
+def test_target_config_fields_beyond_the_shape_reach_the_recipe():
+    """A target config's own MLP size and key/value heads are the target's: transfer keeps them in Recipe.config
+    (its class defaults and its shape are not copied); the proxy's config fields stay where the target says nothing."""
+    from transformers import GPT2Config, LlamaConfig
+
+    from hf_mup.lab.recipe import config_fields_of
+
+    proxy = Recipe(arch="llama", width=64, base_width=64, vocab_size=256, config={"hidden_act": "relu"})
+    target = LlamaConfig(hidden_size=128, num_attention_heads=8, head_dim=16, num_hidden_layers=2,
+                         intermediate_size=1000, num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
+    fields = config_fields_of(target, proxy.replace(width=128))
+    assert fields == {"intermediate_size": 1000, "num_key_value_heads": 2}
+    model = proxy.replace(width=128, config=fields).build_model()
+    assert (model.config.intermediate_size, model.config.num_key_value_heads, model.config.hidden_act) == (1000, 2, "relu")
+    gpt2 = Recipe(width=128, base_width=64, vocab_size=256, config={"activation_function": "relu"})
+    assert config_fields_of(GPT2Config(n_embd=128, n_head=8, n_layer=2, vocab_size=256, n_positions=64), gpt2) == {}
+
+
+def test_frozen_recipe_copies_pickles_and_refuses_edits():
+    import copy
+    import pickle
+
+    r = Recipe(arch="llama", width=64, mup={"output_mult": 8}, config={"rope_parameters": {"rope_type": "default",
+                                                                                              "rope_theta": 1e4}})
+    assert copy.deepcopy(r) == pickle.loads(pickle.dumps(r)) == r
+    assert r == r.replace(mup={"output_mult": 8.0}) and hash(r) == hash(r.replace(mup={"output_mult": 8.0}))
+    with pytest.raises(TypeError, match="frozen"):
+        r.mup |= {"input_mult": 2.0}
+    assert r.build_model().config.rope_parameters["rope_theta"] == 1e4  # transformers gets plain, editable dicts
+    with pytest.raises(MuPError, match="set those fields instead"):
+        Recipe(config={"n_embd": 128})
+    with pytest.raises(MuPError, match="weight_decay and clip"):
+        Recipe(weight_decay=float("nan"))
+
+
+def test_a_study_of_the_old_layout_is_refused_by_name(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    optuna.create_study(study_name="old", storage=url).set_user_attr("spec", {"mode": "grid", "arch": "gpt2"})
+    with pytest.raises(MuPError, match="made by an older hf_mup"):
+        load_study("old", url)
+
+
+def test_gpt2_recipe_refuses_what_the_transferred_recipe_decides(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpt2_wikitext", RECIPES / "gpt2_wikitext.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    path = tmp_path / "hparams.json"
+    Transferred(Recipe(width=128, base_width=64, optimizer="lion", schedule="linear")).save(path)
+    common = ["--preset", "tiny", "--hparams", str(path), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(MuPError, match="--lr_scheduler_type with --hparams"):
+        module.parse_args([*common, "--lr_scheduler_type", "cosine"])
+    args, _ = module.parse_args(common)
+    assert args.mup_defaults == {"base_hidden_size": 64}  # the proxy's multipliers only: not the preset's output_mult 8
+    Transferred(Recipe(arch="llama", width=128, base_width=64)).save(path)
+    with pytest.raises(MuPError, match="holds a llama recipe"):
+        module.parse_args(common)
