@@ -189,7 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         require("train", "accelerate", "datasets", what="recipes/gpt2_wikitext.py")
     except MuPError as e:
         sys.exit(f"gpt2_wikitext: error: {e}")
-    recipe, training = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # a bad --hparams is named before any work
+        recipe, training = parse_args(sys.argv[1:] if argv is None else argv)
+    except MuPError as e:
+        sys.exit(f"gpt2_wikitext: error: {e}")
     preset = PRESETS[recipe.preset]
     block_size = recipe.block_size or preset["block_size"]
     train_text, val_text = load_text(recipe)
