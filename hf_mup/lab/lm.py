@@ -42,22 +42,12 @@ def build_lm(config, parametrization: str, lr: float, base_width: int | None = N
     coordinate check). Pass the groups to `torch.optim.*`.
     """
     from ..errors import MuPError
-    from ..model import MuPModel
-    from .recipe import model_class, param_groups
+    from .recipe import build_model, param_groups
 
     if parametrization not in PARAMETRIZATIONS:
         raise MuPError(f"unknown parametrization {parametrization!r}; use one of {', '.join(PARAMETRIZATIONS)}.")
-    torch.manual_seed(seed)  # the init seed
-    model: Any  # a transformers model (loss_type is set below)
-    if parametrization == "sp":
-        model = model_class(config).from_config(config)
-    else:
-        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup_options)
-    model.to(device)
-    groups = param_groups(model, parametrization, lr, optimizer, weight_decay, weight_decay_mode)
-    if config.model_type != "bert":
-        model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
-    return model, groups
+    model = build_model(config, parametrization, base_width, mup_options, seed, device)
+    return model, param_groups(model, parametrization, lr, optimizer, weight_decay, weight_decay_mode)
 
 
 def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator,

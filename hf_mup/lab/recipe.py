@@ -214,19 +214,9 @@ class Recipe:
         """The `MuPModel.from_config` keywords: base_hidden_size and the `mup` fields."""
         return {"base_hidden_size": self.base_width, **self.mup}
 
-    def build_model(self, device: str | torch.device = "cpu", config: Any = None) -> nn.Module:
-        """The model (seeded by `seed`): MuPModel for μP, the stock class for SP (`model_class`)."""
-        from ..model import MuPModel
-
-        config = self.model_config() if config is None else config
-        torch.manual_seed(self.seed)
-        if self.parametrization == "sp":
-            model = model_class(config).from_config(config)
-        else:
-            model = MuPModel.from_config(config, **self.mup_settings())
-        if config.model_type != "bert":
-            model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
-        return model.to(device)
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The model (seeded by `seed`): MuPModel for μP, the stock class for SP (`build_model`)."""
+        return build_model(self.model_config(), self.parametrization, self.base_width, self.mup, self.seed, device)
 
     # ---------------------------------------------------------------------------------- optimizer, schedule
 
@@ -250,12 +240,6 @@ class Recipe:
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor())
-
-    def training_arguments(self) -> dict[str, Any]:
-        """The `transformers.TrainingArguments` fields the recipe sets (the budget and clipping; the optimizer and
-        schedule go to the Trainer as `optimizers=(recipe.build_optimizer(model), recipe.build_scheduler(opt))`)."""
-        return {"max_steps": self.steps, "per_device_train_batch_size": self.batch_size, "max_grad_norm": self.clip,
-                "learning_rate": self.lr, "seed": self.seed, "data_seed": self.seed}
 
 
 def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
@@ -302,6 +286,25 @@ def model_class(config: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     return AutoModelForMaskedLM if lm_task(config) == "masked_lm" else AutoModelForCausalLM
+
+
+def build_model(config: Any, parametrization: str, base_width: int | None, mup: Mapping[str, Any], seed: int = 0,
+                device: str | torch.device = "cpu") -> Any:
+    """The one model builder, seeded by `seed`: the stock class of `config` (`model_class`) for SP, `MuPModel` with
+    base width `base_width` and the MuPConfig fields `mup` otherwise ("mup", "mup_global_lr").
+
+    Usage: `model = build_model(lm_config("gpt2", 256), "mup", base_width=64, mup={"output_mult": 8.0})`
+    """
+    from ..model import MuPModel
+
+    torch.manual_seed(seed)
+    if parametrization == "sp":
+        model = model_class(config).from_config(config)
+    else:
+        model = MuPModel.from_config(config, base_hidden_size=base_width, **mup)
+    if config.model_type != "bert":
+        model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's name matches no loss; this is the one it falls back to
+    return model.to(device)
 
 
 def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: str = "adamw",

@@ -173,9 +173,8 @@ def open_study(name: str, storage: str, spec: dict[str, Any], heartbeat: int = 1
     _STORAGES[study] = st
     if study.user_attrs.get("spec") is None:
         study.set_user_attr("spec", spec)  # workers creating the study together: one insert wins, the rest compare
-    if "recipe" in spec and "recipe" not in study.user_attrs["spec"]:
-        raise MuPError(f"study {name!r} in {safe_url(storage)} was made by an older hf_mup (its settings are not a "
-                       "Recipe): use another --study name or another storage file.")
+    if "recipe" in spec:  # a Recipe spec (every hf_mup sweep) never reopens a study of the old layout
+        _check_layout(study, storage)
     old, new = _leaves(study.user_attrs["spec"]), _leaves(json.loads(json.dumps(spec)))  # as stored: lists
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -202,11 +201,16 @@ def load_study(name: str, storage: str, heartbeat: int = 10):
     if name not in names:
         raise MuPError(f"no study {name!r} in {safe_url(storage)}; it has {names or 'none'}.")
     study = optuna.load_study(study_name=name, storage=st)
-    if "recipe" not in study.user_attrs.get("spec", {}):
-        raise MuPError(f"study {name!r} in {safe_url(storage)} was made by an older hf_mup (its settings are not a "
-                       "Recipe): run the sweep again into another --study name or storage file.")
+    _check_layout(study, storage)
     _STORAGES[study] = st
     return study
+
+
+def _check_layout(study, storage: str) -> None:
+    """Refuse a study whose stored spec predates the `Recipe` (a flat dict of settings)."""
+    if "recipe" not in study.user_attrs.get("spec", {}):
+        raise MuPError(f"study {study.study_name!r} in {safe_url(storage)} was made by an older hf_mup (its settings "
+                       "are not a Recipe): run the sweep again into another --study name or storage file.")
 
 
 def storage_of(study) -> optuna.storages.RDBStorage:
