@@ -28,8 +28,9 @@ from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"
 WATCH_ATTR = "_mup_watched"  # what the guard compares before each forward (`_watched`)
-# (canonical parameter name, index or None for the whole tensor, factor): the folded weight is `w[index] * factor`.
-FoldEntry = tuple[str, Index | None, float]
+# (canonical parameter name, index or None for the whole tensor, factor, offset): the folded weight is
+# `(w[index] + offset) * factor - offset` (offset 1: a Gemma norm's gain, which scales by 1 + w; else 0).
+FoldEntry = tuple[str, Index | None, float, float]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -104,20 +105,26 @@ def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[Index | 
         out.update({name: (rows, plan.attention_scale_factor) for name, rows in plan.query_outputs.items()})
     if plan.residual_scale != 1.0:
         out.update({name: (None, plan.residual_scale) for name in plan.residuals})
-    if plan.mup.input_mult != 1.0:
-        out.update({name: (None, plan.mup.input_mult) for name in plan.embeddings})
+    if plan.input_mult != 1.0:
+        out.update({name: (None, plan.input_mult) for name in plan.embeddings})
     return out
+
+
+def scaled_attention(model: nn.Module, plan: MuPPlan) -> list[str]:
+    """The attention modules whose `scaling` μP sets: all of them, but for a generic description those that have
+    one (planning refused the others where their factor is not 1)."""
+    return [n for n in plan.attention if not plan.arch.generic or hasattr(model.get_submodule(n), "scaling")]
 
 
 def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
     """Set the μP attention scale, the multiplier hooks and the model-level guards; idempotent."""
     remove_hooks(model, keep_model_hooks=True)
-    for name in plan.attention:
+    for name in scaled_attention(model, plan):
         attn: Any = model.get_submodule(name)  # a transformers attention module: `scaling` is a float attribute
         attn.scaling = stock_attention_scaling(attn) * plan.attention_scale_factor
-    if plan.mup.input_mult != 1.0:
+    if plan.input_mult != 1.0:
         for name in plan.embeddings:
-            model.get_submodule(name).register_forward_hook(ScaleOutput(plan.mup.input_mult))
+            model.get_submodule(name).register_forward_hook(ScaleOutput(plan.input_mult))
     for name, scale in plan.readouts.items():
         if scale != 1.0:
             readout_module(model, name).register_forward_pre_hook(ScaleInput(scale))
@@ -205,7 +212,7 @@ def apply_init(model: nn.Module, plan: MuPPlan, only: Iterable[str] | None = Non
     for name, scale in plan.readout_init_scale.items():
         if is_fresh(f"{name}.weight"):
             weight = cast(torch.Tensor, readout_module(model, name).weight)  # a Linear's
-            weight.zero_() if plan.mup.zero_init_readout else weight.mul_(scale)
+            weight.zero_() if plan.mup.zero_init_readout and name not in plan.routers else weight.mul_(scale)
     if plan.mup.zero_init_query:
         names = {id(p): n for n, p in params.items()}
         for name in plan.attention:
@@ -226,46 +233,54 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     """
     names = {id(p): canonical_name(n) for n, p in model.named_parameters()}
     entries: list[FoldEntry] = []
+    offset = plan.arch.norm_offset
+
+    def norm_entries(path: str, factor: float) -> list[FoldEntry]:  # a norm's gain (with its offset) and bias
+        norm = model.get_submodule(path)
+        return [(f"{path}.{p}", None, factor, offset if p == "weight" else 0.0)
+                for p, t in norm.named_parameters(recurse=False) if t is not None]
+
     factor = plan.attention_scale_factor
     if factor != 1.0:
         for name in plan.attention:
             slices = plan.arch.query_fold_slices or plan.arch.query_slices
-            entries += [(names[id(p)], index, factor) for p, index in slices(model.get_submodule(name))]
-    input_mult = plan.mup.input_mult
+            for p, index in slices(model.get_submodule(name)):
+                owner = type(model.get_submodule(names[id(p)].rpartition(".")[0])).__name__
+                is_norm_gain = names[id(p)].endswith(".weight") and "norm" in owner.lower()
+                entries.append((names[id(p)], index, factor, offset if is_norm_gain else 0.0))
+    input_mult = plan.input_mult
     if input_mult != 1.0:
-        entries += [(f"{name}.weight", None, input_mult) for name in plan.embeddings]
+        entries += [(f"{name}.weight", None, input_mult, 0.0) for name in plan.embeddings]
     if plan.residual_scale != 1.0:
         for name in plan.residuals:
-            entries += [(names[id(p)], None, plan.residual_scale)
+            entries += [(names[id(p)], None, plan.residual_scale, 0.0)
                         for p in readout_module(model, name).parameters(recurse=False) if id(p) in names]
     for name, (rows, factor) in _scaled_outputs(model, plan).items():
         wrapper = adapter_of(model, name)
         for out in ([] if wrapper is None else lora_outputs(wrapper, repr(name))):
             tensors = out.parameters(recurse=False) if isinstance(out, nn.Module) else [out]
-            entries += [(names[id(t)], rows, factor) for t in tensors if id(t) in names]
+            entries += [(names[id(t)], rows, factor, 0.0) for t in tensors if id(t) in names]
     for name, scale in plan.readouts.items():
         if name not in plan.tied_readouts:
             if scale != 1.0:
-                entries.append((f"{name}.weight", None, scale))
+                entries.append((f"{name}.weight", None, scale, 0.0))
             continue
-        norm_path = plan.arch.tied_readout_norms.get(plan.model_class)
-        if norm_path is None:
+        if plan.readout_norm is None:
             raise MuPError(
                 f"Cannot fold the tied readout {name!r} of {plan.model_class}: no norm feeding it is known. "
                 "Add it to tied_readout_norms in hf_mup/architectures/."
             )
         norm_scale = scale / input_mult  # the shared weight already carries input_mult
         if norm_scale != 1.0:
-            norm = model.get_submodule(norm_path)
-            entries += [(f"{norm_path}.{p}", None, norm_scale) for p, t in norm.named_parameters() if t is not None]
+            entries += norm_entries(plan.readout_norm, norm_scale)
     return entries
 
 
-def _scaled(tensor: torch.Tensor, index: Index | None, factor: float) -> torch.Tensor:
+def _scaled(tensor: torch.Tensor, index: Index | None, factor: float, offset: float = 0.0) -> torch.Tensor:
     if index is None or tensor.numel() == 0:  # (an empty tensor: a ZeRO-3 partitioned parameter's placeholder)
-        return tensor * factor
+        return (tensor + offset) * factor - offset if offset else tensor * factor
     out = tensor.clone()
-    out[index] *= factor
+    out[index] = (out[index] + offset) * factor - offset
     return out
 
 
@@ -276,10 +291,9 @@ def scale_parameters(model: nn.Module, entries: list[FoldEntry], inverse: bool =
     """Fold (or, with `inverse`, unfold) `entries` into the model's parameters in place; `only`: names to touch."""
     params = {canonical_name(n): p for n, p in model.named_parameters()}
     keep = None if only is None else set(only)
-    for name, index, factor in entries:
+    for name, index, factor, offset in entries:
         if name in params and (keep is None or name in keep):
-            target = params[name] if index is None else params[name][index]
-            target.mul_(1.0 / factor if inverse else factor)
+            params[name].copy_(_scaled(params[name], index, 1.0 / factor if inverse else factor, offset))
 
 
 def _state_dict_keys(model: nn.Module, prefix: str) -> dict[str, list[str]]:
@@ -298,10 +312,10 @@ def fold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, 
         return
     keys = _state_dict_keys(module, prefix)
     folded: dict[str, torch.Tensor] = {}
-    for name, index, factor in fold_entries(module, plan):
+    for name, index, factor, offset in fold_entries(module, plan):
         for key in keys.get(name, ()):
             if key in state_dict:
-                folded[key] = _scaled(folded.get(key, state_dict[key]), index, factor)
+                folded[key] = _scaled(folded.get(key, state_dict[key]), index, factor, offset)
     for key_list in keys.values():  # a tied weight: one tensor under each of its keys
         present = [k for k in key_list if k in folded]
         for k in present[1:]:
@@ -316,10 +330,10 @@ def unfold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str
     if plan is None:
         return
     keys = _state_dict_keys(module, prefix)
-    for name, index, factor in fold_entries(module, plan):
+    for name, index, factor, offset in fold_entries(module, plan):
         for key in keys.get(name, ()):
             if key in state_dict:
-                state_dict[key] = _scaled(state_dict[key], index, 1.0 / factor)
+                state_dict[key] = _scaled(state_dict[key], index, 1.0 / factor, offset)
 
 
 # ------------------------------------------------------------------------------------------------------ guards
@@ -365,16 +379,16 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
         wrapper = adapter_of(model, name)
         if wrapper is not None:
             lora_outputs(wrapper, repr(name))
-    if plan.mup.input_mult != 1.0:
+    if plan.input_mult != 1.0:
         for name in plan.embeddings:
             module = _child(model, name)
-            if module is not None and _has_hook(module._forward_hooks, ScaleOutput, plan.mup.input_mult):
+            if module is not None and _has_hook(module._forward_hooks, ScaleOutput, plan.input_mult):
                 continue
             inner = None if module is None else module._modules.get("base_layer")
-            if inner is not None and _has_hook(inner._forward_hooks, ScaleOutput, plan.mup.input_mult):
+            if inner is not None and _has_hook(inner._forward_hooks, ScaleOutput, plan.input_mult):
                 problems.append(f"{NEW_ADAPTER} on the embedding {name!r} (input_mult goes on the adapter's output too)")
             else:
-                problems.append(f"the embedding {name!r} was replaced (input_mult {plan.mup.input_mult:g} is not applied)")
+                problems.append(f"the embedding {name!r} was replaced (input_mult {plan.input_mult:g} is not applied)")
     if plan.residual_scale != 1.0:
         scale = plan.residual_scale
         for name in plan.residuals:
@@ -388,7 +402,7 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
                 problems.append(f"{NEW_ADAPTER} on the residual branch {name!r} (its output gets the depth multiplier)")
     if full:
         expected = plan.attention_scale_factor
-        for name in plan.attention:
+        for name in scaled_attention(model, plan):
             attn: Any = model.get_submodule(name)  # a transformers attention module (float `scaling`)
             if getattr(attn, "mup_stock_scaling", None) is None or attn.scaling != attn.mup_stock_scaling * expected:
                 problems.append(f"the attention module {name!r} does not have the μP scale")

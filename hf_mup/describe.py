@@ -83,7 +83,7 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
     record = recorder.record
     zeroed = set()
     if plan.mup.zero_init_readout:
-        zeroed |= {f"{n}.weight" for n in plan.readouts.keys() - plan.tied_readouts}
+        zeroed |= {f"{n}.weight" for n in plan.readouts.keys() - plan.tied_readouts - plan.routers}
     query_params = set()
     if plan.mup.zero_init_query:
         query_params = {id(p) for _, attn in plan.arch.attention_modules(twin) for p, _ in plan.arch.query_slices(attn)}
@@ -140,7 +140,9 @@ def describe(model: nn.Module) -> str:
         "μP settings: " + ", ".join(f"{k}: {v}" for k, v in mup.to_dict().items() if k != "version"),
         "architecture: " + ", ".join(f"{k}: {getattr(config, k)}" for k in ARCH_FIELDS if hasattr(config, k)),
         f"attention scale: stock × {plan.attention_scale_factor:g} (attn_mult {mup.attn_mult:g} {scale})",
-        f"input_mult {mup.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}",
+        f"input_mult {plan.input_mult:g} on: {', '.join(plan.embeddings) or 'nothing'}"
+        + (f" (input_mult {mup.input_mult:g} × √(base / hidden): the model multiplies its embeddings by √hidden)"
+           if plan.arch.sqrt_width_embeddings else ""),
         ("Adam ε: × 1/m_N = " + f"{mup.base_hidden_size / config.hidden_size:g}" + " on every tensor with a width "
          "dimension (eps_width_scaling)" if mup.eps_width_scaling else "Adam ε: not scaled with width "
          "(eps_width_scaling=False)"),
@@ -151,6 +153,11 @@ def describe(model: nn.Module) -> str:
          f"{plan.depth_mult ** (2 * mup.depth_alpha - 1):g}, Adam ε × m_L^-α = {plan.residual_scale:g}"
          if mup.base_num_layers is not None else "depth: no depth scaling (base_num_layers unset)"),
         "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "")
-                                        for n, s in plan.readouts.items()) or "nothing"),
+                                        for n, s in plan.readouts.items() if n not in plan.routers) or "nothing"),
+        *([f"MoE routers and gates (readouts inside the blocks, stock init): input × "
+           f"{', '.join(sorted({f'{s:g}' for n, s in plan.readouts.items() if n in plan.routers}))} on "
+           f"{len(plan.routers)} modules ({', '.join(sorted(plan.routers)[:2])}, ...)"] if plan.routers else []),
+        "description: " + ("derived from the model (hf_mup.architectures.generic); verified model types: "
+                           "docs/models.md" if plan.arch.generic else "described by hand (hf_mup/architectures/)"),
     ]
     return "\n".join(lines)

@@ -98,7 +98,7 @@ def _fold_entries_as_saved(model: PreTrainedModel, plan: MuPPlan, settings: MuPC
     source = meta_model(source_class, model.config)
     entries = fold_entries(source, make_plan(source, settings, plan.arch))
     names = _translate([e[0] for e in entries], source.base_model_prefix, model)
-    return [(names[n], index, factor) for n, index, factor in entries if n in names]
+    return [(names[n], index, factor, offset) for n, index, factor, offset in entries if n in names]
 
 
 def _convert(model: PreTrainedModel, mup: MuPConfig, weights: str, stored_as: MuPConfig | None = None,

@@ -20,6 +20,8 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .architectures import Architecture, get_architecture, supported_classes
+from .architectures.base import Index
+from .architectures.generic import reaches_scaling
 from .config import MuPConfig
 from .errors import MuPError
 from .rules import Kind, TensorRule, attention_scale_factor, classify
@@ -62,7 +64,17 @@ class MuPPlan:
     residuals: list[str] = field(default_factory=list)  # modules whose output is a residual branch's (depth scaling)
     # projection module -> the index of its outputs that are queries (None: all), where folding puts the attention
     # factor: an adapter's output on those rows must be folded alike
-    query_outputs: dict[str, slice | None] = field(default_factory=dict)
+    query_outputs: dict[str, Index | None] = field(default_factory=dict)
+    routers: set[str] = field(default_factory=set)  # MoE routers and gates: readouts inside a block, never zero-init
+    readout_norm: str | None = None  # the norm feeding a tied readout, where folding puts its multiplier
+    hidden_size: int = 0  # the model's
+
+    @property
+    def input_mult(self) -> float:
+        """The multiplier on the embeddings' output: `input_mult`, over √(hidden / base) where the model multiplies
+        its embeddings by √hidden itself (Gemma), so that their output does not grow with width."""
+        correction = (self.mup.base_hidden_size / self.hidden_size) ** 0.5 if self.arch.sqrt_width_embeddings else 1.0
+        return self.mup.input_mult * correction
 
     @property
     def residual_scale(self) -> float:
@@ -81,8 +93,10 @@ class MuPPlan:
         untied = self.readouts.keys() - self.tied_readouts
         if self.mup.readout_init != "standard":
             return {name: 1.0 for name in untied}
-        return {name: self.rules[f"{name}.weight"].fanin_mult ** 0.5 if f"{name}.weight" in self.rules else 1.0
-                for name in untied}
+        untied -= self.routers  # a router keeps its stock init (μP's readout init under the 1/m multiplier)
+        return {**{name: 1.0 for name in self.routers},
+                **{name: self.rules[f"{name}.weight"].fanin_mult ** 0.5 if f"{name}.weight" in self.rules else 1.0
+                   for name in untied}}
 
 
 # ------------------------------------------------------------------------------------------ classes and configs
@@ -180,6 +194,12 @@ def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, h
     resized.hidden_size = hidden
     resized.num_attention_heads = heads
     setattr(resized, arch.intermediate_size_attr, intermediate)
+    for name in arch.extra_width_fields:  # (MoE experts' widths) as the MLP's: × the width ratio
+        value = getattr(config, name)
+        if (value * hidden) % config.hidden_size:
+            raise MuPError(f"{name} {value} × {hidden} / {config.hidden_size} is not a whole number: choose a "
+                           f"base_hidden_size that divides it.")
+        setattr(resized, name, value * hidden // config.hidden_size)
     if arch.head_dim_attr and getattr(config, arch.head_dim_attr, None) is not None:
         setattr(resized, arch.head_dim_attr, head_dim)
     if arch.kv_heads_attr and getattr(config, arch.kv_heads_attr, None) is not None:
@@ -260,8 +280,13 @@ def _layouts(model: nn.Module) -> dict[int, Layout]:
                 layout = (None, 1)  # a lookup table: (vocab, width), no fan-in
             elif isinstance(module, Conv1D):
                 layout = (0, 1)  # GPT-2's Conv1D stores (in, out)
+            elif ndim == 2 and isinstance(getattr(module, "is_transposed", None), bool):
+                layout = (None, 1)  # MoE experts' biases, stacked: (experts, out)
             elif ndim == 2:
                 layout = (1, 0)  # nn.Linear: (out, in)
+            elif ndim == 3 and isinstance(getattr(module, "is_transposed", None), bool):
+                # transformers' MoE experts, stacked: (experts, out, in), or (experts, in, out) when transposed
+                layout = (1, 2) if module.is_transposed else (2, 1)
             else:
                 raise MuPError(f"hf_mup cannot scale the {ndim}-d parameter {pname!r} of {type(module).__name__}.")
             # A tied weight is an input embedding first: an Embedding owner decides its layout.
@@ -287,17 +312,20 @@ def _depth_mult(config: PretrainedConfig, mup: MuPConfig, arch: Architecture) ->
     return mult
 
 
-def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict[int, Layout]) -> dict[str, slice | None]:
+def _query_outputs(model: nn.Module, arch: Architecture, layouts: dict[int, Layout]) -> dict[str, Index | None]:
     """Projection module (canonical name) -> the index of its output features that folding scales by the attention
     factor (None: all of them); empty where folding puts that factor into a norm (Qwen3's q_norm), not a projection."""
     owners = {id(p): canonical_name(mname) for mname, m in model.named_modules()
               for pname, p in m.named_parameters(recurse=False) if pname == "weight"}
-    out: dict[str, slice | None] = {}
+    out: dict[str, Index | None] = {}
     for _, attn in arch.attention_modules(model):
         for p, index in (arch.query_fold_slices or arch.query_slices)(attn):
             if id(p) not in owners or len(param_shape(p)) != 2:  # a bias (its weight covers the module), a norm
                 continue
             fan_out = layouts[id(p)][1]
+            if isinstance(index, torch.Tensor):  # rows as indices (fused per-head q/k/v)
+                out[owners[id(p)]] = index
+                continue
             index = index if isinstance(index, tuple) else (index,)
             rows = index[fan_out] if fan_out is not None and fan_out < len(index) else slice(None)
             out[owners[id(p)]] = None if rows == slice(None) else rows
@@ -345,10 +373,12 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             rule = replace(rule, depth_mult=depth_mult, depth_alpha=mup.depth_alpha,
                            stock_init_depth_power=0.5 if in_block in arch.depth_scaled_init else 0.0)
         rules[name] = rule
-    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, depth_mult=depth_mult)
+    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, depth_mult=depth_mult,
+                   hidden_size=config.hidden_size)
     plan.query_outputs = _query_outputs(model, arch, layouts)
     base_modules = dict(base.named_modules())
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    param_names = {id(p): canonical_name(n) for n, p in model.named_parameters()}  # (a tied weight: its first name)
     for raw_name, module in model.named_modules():
         name = canonical_name(raw_name)
         if raw_name != name or name not in base_modules:
@@ -356,7 +386,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
         if mup.base_num_layers is not None and arch.block_relative(name) in arch.residual_outputs:
             plan.residuals.append(name)
         stock = getattr(module, "base_layer", module)  # the stock layer inside an adapter wrapper
-        if isinstance(stock, nn.Embedding) and plan.rules[f"{name}.weight"].kind is Kind.INPUT:
+        if isinstance(stock, nn.Embedding) and plan.rules[param_names[id(stock.weight)]].kind is Kind.INPUT:
             plan.embeddings.append(name)
         elif arch.is_attention(module):
             plan.attention.append(name)
@@ -367,8 +397,92 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
                 tuple(cast(torch.Tensor, base.get_submodule(name).weight).shape),
                 tuple(cast(torch.Tensor, delta.get_submodule(name).weight).shape), 1, 0,
             )
-            if as_linear.kind is Kind.READOUT and not in_attention(name):
+            outside_blocks = arch.block_relative(name) is None
+            if as_linear.kind is Kind.READOUT and not in_attention(name) and (outside_blocks or _is_router(name, stock)):
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
                 if id(module.weight) in embedding_ids:
                     plan.tied_readouts.add(name)
+        elif _is_router(name, stock) and plan.rules.get(f"{name}.weight", TensorRule(Kind.SCALAR)).kind is Kind.READOUT:
+            plan.readouts[name] = mup.output_mult / plan.rules[f"{name}.weight"].fanin_mult  # a router module's own
+    plan.routers = {n for n in plan.readouts if arch.block_relative(n) is not None and _is_router(n, model.get_submodule(n))}
+    plan.readout_norm = _readout_norm(model, plan)
+    check_decidable(model, plan, config)
     return plan
+
+
+def _is_router(name: str, module: nn.Module) -> bool:
+    """An MoE router or gate: maps the width to a fixed number of experts (or gate values) inside a block."""
+    last = name.rpartition(".")[2].lower()
+    return ("router" in last or "gate" == last or last.endswith("_gate") or "Router" in type(module).__name__) \
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def _readout_norm(model: nn.Module, plan: MuPPlan) -> str | None:
+    """The norm whose output only the tied readout reads: described by hand, else the one norm outside the blocks
+    and the embeddings nearest the readout (in its parent, else further up): an MLM head's transform norm, a
+    decoder's final norm. None when there is none, or two at the same distance."""
+    if not plan.tied_readouts:
+        return None
+    if not plan.arch.generic:
+        return plan.arch.tied_readout_norms.get(plan.model_class)
+    path = min(plan.tied_readouts).split(".")[:-1]
+    while True:
+        prefix = ".".join(path)
+        scope = model.get_submodule(prefix)
+        found = [canonical_name(f"{prefix}.{n}" if prefix else n) for n, m in scope.named_modules()
+                 if is_norm(m) and any(True for _ in m.parameters(recurse=False))]
+        found = [n for n in found if plan.arch.block_relative(n) is None and "embed" not in n]
+        if found or not path:
+            return found[0] if len(found) == 1 else None
+        path.pop()
+
+
+def _embed_scale(module: nn.Module) -> float | None:
+    """The factor a scaled embedding module (`embed_scale`, as transformers names it) multiplies its output by."""
+    scale = getattr(module, "embed_scale", None)
+    if isinstance(scale, torch.Tensor):  # (on the meta device its value is unknown: not 1)
+        return math.nan if scale.is_meta or scale.numel() != 1 else float(scale)
+    return float(scale) if isinstance(scale, (int, float)) else None
+
+
+def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -> None:
+    """Refuse, with the reasons and tensor names, a model whose every tensor's μP rule cannot be decided or whose
+    μP multipliers cannot all be applied: no model is converted partly."""
+    arch, problems = plan.arch, []
+    params = {canonical_name(n): p for n, p in model.named_parameters()}
+    layouts = _layouts(model)
+    for name, rule in plan.rules.items():
+        module = name.rpartition(".")[0]
+        ndim = 2 if layouts[id(params[name])][0] is not None else 1  # a matrix (or stacked ones), or vectors
+        if ndim >= 2 and rule.kind is Kind.READOUT and module not in plan.readouts:
+            problems.append(f"{name} maps the width to a fixed size but is not a readout hf_mup can scale"
+                            + (" (inside a block: is a width field of the config not scaled?)"
+                               if arch.block_relative(name) is not None else ""))
+        elif ndim >= 2 and rule.kind is Kind.INPUT and arch.block_relative(name) is not None:
+            problems.append(f"{name} maps a fixed size to the width inside a block (a low-rank or per-layer "
+                            "projection): no μP rule is derived for it")
+    if arch.generic:
+        factor = plan.attention_scale_factor
+        for name, module in model.named_modules():
+            name = canonical_name(name)
+            if arch.is_attention(module):
+                if factor != 1.0 and not reaches_scaling(module):
+                    problems.append(f"{name} ({type(module).__name__}) hard-codes its attention scale, which μP's "
+                                    f"factor {factor:g} must change: keep the head size fixed and attn_mult=1")
+            elif "attention" in type(module).__name__.lower() and any(
+                    isinstance(getattr(c, "base_layer", c), (nn.Linear, Conv1D)) for c in module.children()) and (
+                    plan.mup.zero_init_query or factor != 1.0):
+                problems.append(f"{name} ({type(module).__name__}): hf_mup cannot find its query projection, which "
+                                "zero_init_query and the attention factor need: set zero_init_query=False, keep the "
+                                "head size fixed and attn_mult=1")
+        scaled = [n for n, m in model.named_modules() if _embed_scale(m) not in (None, 1.0)]
+        if getattr(config, "scale_embedding", bool(scaled)) and not arch.sqrt_width_embeddings:
+            where = ", ".join(scaled) or "config.scale_embedding"
+            problems.append(f"the model multiplies its embeddings by a width-dependent factor ({where}) that hf_mup "
+                            "has no entry for (see FAMILIES in hf_mup/architectures/generic.py)")
+        if plan.tied_readouts and plan.readout_norm is None:
+            problems.append(f"the tied readout {', '.join(sorted(plan.tied_readouts))} has no norm before it to carry "
+                            "its multiplier when folded: untie it (tie_word_embeddings=False)")
+    if problems:
+        raise MuPError(f"hf_mup cannot convert {type(model).__name__} ({getattr(config, 'model_type', '?')}) to μP: "
+                       + "; ".join(problems) + ".")

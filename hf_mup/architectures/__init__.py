@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import MuPError
 from .base import Architecture
 from .bert import BERT
+from .generic import generic_architecture
 from .gpt2 import GPT2
 from .llama import LLAMA_FAMILY
 from .roberta import ROBERTA
@@ -16,15 +17,21 @@ def supported_classes() -> list[str]:
 
 
 def get_architecture(config: object) -> Architecture:
-    """The `Architecture` for a transformers config, or a `MuPError` listing what is supported."""
+    """The `Architecture` for a transformers config: described by hand (`ARCHITECTURES`), else derived from the model
+    (`generic`, whose planning refuses what it cannot decide); a `MuPError` where neither applies."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    arch = generic_architecture(config) if model_type else None
+    if arch is None:
         raise MuPError(
-            f"hf_mup does not support model_type {model_type!r}. Supported: "
-            + ", ".join(f"{t} ({', '.join(a.model_classes)})" for t, a in ARCHITECTURES.items())
-            + ". Adding one is a short file in hf_mup/architectures/."
+            f"hf_mup cannot describe model_type {model_type!r}: it is an encoder-decoder, its config has no MLP "
+            "width field (intermediate_size, ffn_dim, ...), or transformers has no model class for it. Described by "
+            "hand: "
+            + ", ".join(ARCHITECTURES) + "; the verified models are listed in docs/models.md. Adding one is a "
+            "short file in hf_mup/architectures/."
         )
-    return ARCHITECTURES[model_type]
+    return arch
 
 
 __all__ = ["ARCHITECTURES", "Architecture", "get_architecture", "supported_classes"]

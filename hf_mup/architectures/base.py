@@ -9,8 +9,9 @@ from typing import TypeAlias
 import torch
 from torch import nn
 
-# An index into a tensor (`t[index]`): a slice of its first dimension, or one slice per dimension.
-Index: TypeAlias = slice | tuple[slice, ...]
+# An index into a tensor (`t[index]`): a slice of its first dimension, one slice per dimension, or the rows as a tensor
+# of indices (a fused projection whose query rows interleave with keys and values, per head).
+Index: TypeAlias = slice | tuple[slice, ...] | torch.Tensor
 # (parameter, index) pairs: `param[index]` is the query projection's part of that parameter.
 QuerySlices: TypeAlias = list[tuple[nn.Parameter, Index]]
 
@@ -36,6 +37,13 @@ class Architecture:
     - `residual_outputs`: inside a block, the modules whose output is a residual branch's (added to the stream).
     - `depth_scaled_init`: inside a block, the weights whose stock init std is ∝ 1/√layers (GPT-2's c_proj).
     - `pre_norm`: the blocks normalise their inputs (CompleteP's derivation); post-norm models (BERT) get a warning.
+    Model-specific multipliers:
+    - `sqrt_width_embeddings`: the model multiplies its token embeddings by √hidden (Gemma): μP divides that by
+      √(hidden / base hidden), so the embeddings' output does not grow with width.
+    - `norm_offset`: the norms compute (offset + weight) · x̂ (Gemma's RMSNorm: 1); folding a factor into one
+      scales (offset + weight).
+    - `extra_width_fields`: config fields besides the MLP width that grow with width (MoE experts' widths).
+    - `generic`: derived from the model (`hf_mup.architectures.generic`), not described by hand.
     """
 
     model_type: str
@@ -44,7 +52,7 @@ class Architecture:
     intermediate_size_attr: str
     attention_classes: tuple[str, ...]
     query_slices: Callable[[nn.Module], QuerySlices]
-    query_key: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    query_key: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     tied_readout_norms: dict[str, str] = field(default_factory=dict)
     embeddings_feed_norm: bool = False
     query_fold_slices: Callable[[nn.Module], QuerySlices] | None = None
@@ -54,15 +62,22 @@ class Architecture:
     residual_outputs: tuple[str, ...] = ()
     depth_scaled_init: tuple[str, ...] = ()
     pre_norm: bool = True
+    sqrt_width_embeddings: bool = False
+    norm_offset: float = 0.0
+    extra_width_fields: tuple[str, ...] = ()
+    generic: bool = False
+    is_attention_module: Callable[[nn.Module], bool] | None = None
 
     def is_attention(self, module: nn.Module) -> bool:
-        """True for the attention classes and their subclasses."""
+        """True for the attention classes and their subclasses (for a generic description: `is_attention_module`)."""
+        if self.is_attention_module is not None:
+            return self.is_attention_module(module)
         return any(c.__name__ in self.attention_classes for c in type(module).__mro__)
 
     def block_relative(self, name: str) -> str | None:
         """The part of a parameter or module name after its block (`h.3.attn.c_proj` -> `attn.c_proj`); None when the
-        name is not inside a block."""
-        match = re.search(rf"(?:^|\.){re.escape(self.blocks)}\.\d+\.(.+)$", name)
+        name is not inside a block. `blocks` may list alternatives (`layers|h`)."""
+        match = re.search(rf"(?:^|\.)(?:{self.blocks})\.\d+\.(.+)$", name)
         return match.group(1) if match else None
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:

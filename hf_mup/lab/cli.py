@@ -313,6 +313,20 @@ def add_model_args(p: argparse.ArgumentParser, seq_len: int, batch_size: int) ->
     p.add_argument("--attn-mult", type=float, default=1.0)
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from ..extras import installed
+    from .zoo import run
+
+    if not installed("mup"):
+        raise MuPError("hf-mup zoo checks per-tensor LRs against microsoft/mup: pip install --no-deps mup")
+
+    only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
+    rows = run(Path(args.out), only, coords=not args.no_coord_check)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("verified", "failed", "refused", "skipped")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; table: {Path(args.out) / 'models.md'}")
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-mup", description="μP and μTransfer for Hugging Face Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -409,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "depth although the proxy was tuned without depth scaling (--base-layers): the optimum may move")
     p.add_argument("--output", default="hparams.json")
     p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("zoo", help="verify every transformers text model in μP (tiny models, all checks): the "
+                       "supported-models table")
+    p.add_argument("--out", default="zoo_out", help="folder for zoo.json and models.md (resumable)")
+    p.add_argument("--only", help="comma-separated model types (default: every one in transformers' LM mappings)")
+    p.add_argument("--no-coord-check", action="store_true", help="skip the coordinate check (4 widths)")
+    p.set_defaults(func=cmd_zoo)
     return parser
 
 

@@ -10,7 +10,7 @@ from hf_mup.lab import cli
 
 def test_unsupported_architecture_lists_supported():
     config = transformers.T5Config(d_model=64, num_layers=1, num_heads=4, vocab_size=128)
-    with pytest.raises(hf_mup.MuPError, match=r"does not support model_type 't5'.*gpt2.*GPT2LMHeadModel.*bert"):
+    with pytest.raises(hf_mup.MuPError, match=r"cannot describe model_type 't5': it is an encoder-decoder.*gpt2, bert"):
         hf_mup.MuPModel.from_config(config, base_hidden_size=32)
 
 

@@ -1,0 +1,159 @@
+"""An `Architecture` derived from the model's own structure, for the transformers models no short file describes.
+
+Most text models share one shape: input embeddings, attention modules holding a query projection and reading their
+`scaling` at each forward, projections, norms, a readout. What varies is named here once: the query projection's
+names (and the row layout of the fused q/k/v projections that need one), the config fields that grow with width,
+and the per-family facts no structure shows (`FAMILIES`: Gemma's √hidden embeddings and (1 + w) norms).
+
+The planner (`hf_mup.plan`) then works from shapes as for the hand-described families, and refuses what it cannot
+decide (`hf_mup.plan.check_decidable`). `hf-mup zoo` (`hf_mup.lab.zoo`) verifies each model type numerically.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Architecture, QuerySlices
+
+# Names of a separate query projection inside an attention module.
+QUERY_PROJECTIONS = ("q_proj", "query", "q_lin", "Wq", "query_proj", "q")
+# Norms applied to the queries after their projection (QK-norm): the attention factor is folded into them.
+QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm")
+# Config fields that are MLP or expert widths: they grow with width like the hidden size.
+WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
+                "expert_intermediate_size", "d_ff", "ffn_hidden_size")
+
+
+def _fused_first(child: str) -> Any:
+    """Fused q/k/v rows laid out [queries | keys | values] (Phi-3's `qkv_proj`): the queries are the first
+    heads × head size rows."""
+    def rows(attn: Any) -> torch.Tensor | slice:
+        proj = getattr(attn, child)
+        heads = attn.config.num_attention_heads
+        n = heads * (getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads)
+        return slice(0, n) if proj.weight.shape[0] != n else slice(None)
+    return child, rows
+
+
+def _fused_per_head(child: str) -> Any:
+    """Fused q/k/v rows laid out per head, [q_h | k_h | v_h] for each head h (GPT-NeoX, Persimmon)."""
+    def rows(attn: Any) -> torch.Tensor:
+        heads: int = attn.config.num_attention_heads
+        d: int = getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads
+        return (torch.arange(heads)[:, None] * 3 * d + torch.arange(d)).flatten()
+    return child, rows
+
+
+# model_type -> (fused projection's name, its query rows): where the query projection is fused with keys and values.
+FUSED_QUERY = {"phi3": _fused_first("qkv_proj"), "gpt_neox": _fused_per_head("query_key_value"),
+               "persimmon": _fused_per_head("query_key_value")}
+# model_type -> settings of the Architecture that the model's structure does not show.
+FAMILIES: dict[str, dict[str, Any]] = {
+    # Gemma multiplies token embeddings by √hidden in its forward, and its RMSNorm computes (1 + w)·x̂.
+    "gemma": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
+    "gemma2": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
+    "gemma3_text": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
+    "vaultgemma": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
+}
+
+
+def _query_projection(attn: nn.Module, model_type: str) -> tuple[Any, Any] | None:
+    """(the projection computing the queries, the index of its query rows or None for all) of an attention module."""
+    if model_type in FUSED_QUERY:
+        child, rows = FUSED_QUERY[model_type]
+        proj = attn._modules.get(child)
+        return None if proj is None else (proj, rows(attn))
+    for name in QUERY_PROJECTIONS:
+        proj = attn._modules.get(name)
+        if isinstance(getattr(proj, "base_layer", proj), nn.Linear):
+            return proj, None
+    return None
+
+
+def is_attention_module(model_type: str, module: nn.Module) -> bool:
+    """An attention module: named so, and holding a query projection hf_mup can find."""
+    name = type(module).__name__.lower()
+    return "attention" in name and _query_projection(module, model_type) is not None
+
+
+def reaches_scaling(module: nn.Module) -> bool:
+    """Whether the module's forward reads a float `scaling` that hf_mup can set (else its scale is hard-coded)."""
+    return isinstance(getattr(module, "scaling", None), float)
+
+
+def _slices(proj: Any, rows: Any) -> QuerySlices:
+    proj = getattr(proj, "base_layer", proj)  # a transformers Linear (or one inside an adapter wrapper)
+    weight, bias = proj.weight, proj.bias
+    index = slice(None) if rows is None else rows
+    return [(weight, index)] + ([(bias, index)] if bias is not None else [])
+
+
+def _query_slices(model_type: str, attn: nn.Module) -> QuerySlices:
+    found = _query_projection(attn, model_type)
+    return [] if found is None else _slices(*found)
+
+
+def _query_fold_slices(model_type: str, attn: nn.Module) -> QuerySlices:
+    for name in QUERY_NORMS:  # a norm after the projection would undo a factor folded into it
+        norm = attn._modules.get(name)
+        if norm is not None:
+            return [(p, slice(None)) for p in norm.parameters(recurse=False)]
+    return _query_slices(model_type, attn)
+
+
+def _field(name: str, config: Any) -> int:
+    return int(getattr(config, name))
+
+
+def _model_classes(model_type: str) -> tuple[str, ...]:
+    from transformers.models.auto import modeling_auto as auto
+
+    names: list[str] = []
+    for mapping in (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                    auto.MODEL_MAPPING_NAMES, auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
+        found = mapping.get(model_type)
+        for name in (found,) if isinstance(found, str) else found or ():
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+@functools.cache
+def describe(model_type: str, width_fields: tuple[str, ...], kv_heads_attr: str | None,
+             head_dim_attr: str | None) -> Architecture:
+    """The generic `Architecture` of a model type; `width_fields`: its config's MLP/expert width fields present."""
+    return Architecture(
+        model_type=model_type,
+        model_classes=_model_classes(model_type),
+        intermediate_size=functools.partial(_field, width_fields[0]),
+        intermediate_size_attr=width_fields[0],
+        extra_width_fields=width_fields[1:],
+        attention_classes=(),
+        is_attention_module=functools.partial(is_attention_module, model_type),
+        query_slices=functools.partial(_query_slices, model_type),
+        query_fold_slices=functools.partial(_query_fold_slices, model_type),
+        query_key=None,
+        kv_heads_attr=kv_heads_attr,
+        head_dim_attr=head_dim_attr,
+        blocks="layers|layer|h|blocks",
+        generic=True,
+        **FAMILIES.get(model_type, {}),
+    )
+
+
+# model_type -> its MLP width fields, where their names are not among WIDTH_FIELDS.
+FAMILY_WIDTH_FIELDS = {"distilbert": ("hidden_dim",)}
+
+
+def generic_architecture(config: Any) -> Architecture | None:
+    """The generic description of `config`'s model type, or None where the config has no MLP width field."""
+    names = FAMILY_WIDTH_FIELDS.get(config.model_type, WIDTH_FIELDS)
+    fields = tuple(f for f in names if isinstance(getattr(config, f, None), int))
+    if not fields or not _model_classes(config.model_type) or getattr(config, "is_encoder_decoder", False):
+        return None
+    kv = "num_key_value_heads" if isinstance(getattr(config, "num_key_value_heads", None), int) else None
+    head_dim = "head_dim" if isinstance(vars(config).get("head_dim"), int) else None  # (not a derived property)
+    return describe(config.model_type, fields, kv, head_dim)

@@ -1,0 +1,395 @@
+"""The transformers model zoo in μP, verified model by model (`hf-mup zoo`).
+
+Every model type in transformers' causal-LM and masked-LM auto mappings is built from a tiny config and put through
+hf_mup: it converts, or is refused with the reason. For those that convert, the checks:
+
+- `oracle`: per-tensor learning rates (Adam and SGD) equal microsoft/mup's (`set_base_shapes` + MuAdamW / MuSGD).
+- `init`: each hidden weight's init std is the stock one × 1/√m, readouts (but routers) and queries are zero.
+- `base_width`: at width = base, the μP model is the stock model: same logits at init and after 2 Adam steps with
+  `mup_param_groups` against the stock model's plain AdamW.
+- `fold`: after 2 steps, `save_pretrained` → the stock `AutoModelFor*` and `MuPModel.from_pretrained` give the μP
+  model's logits, and `generate()` (causal LMs) the same tokens.
+- `coord_check`: mean |activation| of every layer's output and of the logits against width (4 widths) after 1 and 3
+  Adam steps: the log-log slope must stay in the coordinate check's band (`DEFAULT_BAND`: growth is what μP
+  prevents; the init's share shrinks as width^-1/2) for μP; the stock model's logits slope is shown beside it.
+
+Usage: `hf-mup zoo --out benchmarks/results/zoo` (all), `hf-mup zoo --only llama,mixtral` (some).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import math
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .coord_check import DEFAULT_BAND
+
+WIDTHS = (64, 128, 256, 512)
+BASE = 64
+HEAD_DIM = 16
+COORD_STEPS = (1, 3)  # the coordinate check measures after these numbers of Adam steps
+COORD_LR = 1e-2
+SEQ, BATCH, VOCAB = 32, 4, 256
+MAX_PARAMETERS = 20_000_000  # at width 128: a config with sizes the walk does not set is not tiny
+WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
+                "expert_intermediate_size", "d_ff", "ffn_hidden_size")
+MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def tiny_config(model_type: str, width: int, layers: int = 2, **overrides: Any) -> Any:
+    """A small config of `model_type` (width `width`, heads of size 16, 2 layers, 4 experts where it has experts),
+    passing each size under the name the config's constructor takes (`attribute_map`). A factorised embedding's size
+    (ALBERT, ELECTRA) is not a width: it stays 32, as hf_mup's base and delta models keep it."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    aliases = dict(getattr(cls, "attribute_map", {}) or {})
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    default = cls()
+    heads = width // HEAD_DIM
+    want: dict[str, Any] = {
+        "hidden_size": width, "num_attention_heads": heads, "num_hidden_layers": layers, "vocab_size": VOCAB,
+        "max_position_embeddings": 128, "num_key_value_heads": heads, "head_dim": HEAD_DIM, "num_experts_per_tok": 2,
+        "embedding_size": 32, "type_vocab_size": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": getattr(default, "tie_word_embeddings", False),
+        **{f: 2 * width for f in WIDTH_FIELDS}, **{f: 4 for f in MOE_FIELDS}, **overrides,
+    }
+    kwargs = {}
+    for key, value in want.items():
+        name = aliases.get(key, key)
+        if (name in accepted or name in vars(default)) and not (key == "head_dim" and getattr(default, name, None) is None):
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def model_types() -> list[tuple[str, str]]:
+    """(model type, the class checked: its masked LM, else its causal LM) for every text model in the mappings."""
+    from transformers.models.auto import modeling_auto as auto
+
+    out = {}
+    for mapping in (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        for model_type, name in mapping.items():
+            out[model_type] = name if isinstance(name, str) else name[0]
+    return sorted(out.items())
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _batch(seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def _steps(model: Any, optimizer: torch.optim.Optimizer, ids: torch.Tensor, steps: int) -> None:
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _stock(cls: type, config: Any, seed: int) -> Any:
+    torch.manual_seed(seed)
+    return cls(config).eval()
+
+
+def _mup(cls: type, config: Any, seed: int, **options: Any) -> Any:
+    import hf_mup
+
+    torch.manual_seed(seed)
+    return hf_mup.MuPModel.from_config(config, base_hidden_size=BASE, model_class=cls, **options).eval()
+
+
+def check_oracle(cls: type, config: Any) -> dict[str, Any]:
+    """Per-tensor LRs against microsoft/mup's MuAdamW and MuSGD (base and delta models from hf_mup's configs)."""
+    import mup as msmup  # type: ignore[import-untyped]  # (microsoft/mup ships no types)
+
+    import hf_mup
+    from hf_mup.plan import base_configs_for, meta_model
+
+    model = _mup(cls, config, 0)
+    plan = hf_mup.get_plan(model)
+    assert plan is not None
+    base, delta = (meta_model(cls, c) for c in base_configs_for(config, plan.mup, plan.arch))  # type: ignore[var-annotated]
+    reference: Any = meta_model(cls, config)
+    msmup.set_base_shapes(reference, base, delta=delta, rescale_params=False, do_assert=False)
+    names = {id(p): n for n, p in reference.named_parameters()}
+    # microsoft/mup reads a tensor's dims 0 and 1 as fan-out and fan-in (a conv weight's layout), which stacked
+    # experts (experts, out, in) are not: its SGD LR for them is not a reference (its Adam LR, 1/m, is).
+    stacked = {n for n, p in reference.named_parameters() if p.dim() == 3}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}  # (updated by the model, e.g. a bias
+    # balancing the experts' load): in no optimizer group
+    mismatched, distinct = [], set()
+    for family, ref_cls in (("adamw", msmup.MuAdamW), ("sgd", msmup.MuSGD)):
+        skip = frozen | (stacked if family == "sgd" else set())
+        expected = {names[id(p)]: g["lr"] for g in ref_cls(reference.parameters(), lr=0.01).param_groups
+                    for p in g["params"] if names[id(p)] not in skip}
+        ours = {n: g["lr"] for g in hf_mup.mup_param_groups(model, lr=0.01, optimizer=family) for n in g["param_names"]}
+        mismatched += [f"{family}:{n}" for n in expected if not math.isclose(ours.get(n, -1), expected[n], rel_tol=1e-9)]
+        distinct |= {round(v, 9) for v in ours.values()}
+    return {"ok": not mismatched and len(distinct) >= 2, "mismatched": mismatched[:5], "tensors": len(names)}
+
+
+def check_init(cls: type, config: Any) -> dict[str, Any]:
+    """Init std of each hidden weight against the stock model's × 1/√m; zero readouts and queries."""
+    import hf_mup
+    from hf_mup.rules import Kind
+
+    stock, model = _stock(cls, config, 0), _mup(cls, config, 0)
+    plan = hf_mup.get_plan(model)
+    assert plan is not None
+    stock_params = dict(stock.named_parameters())
+    bad, checked = [], 0
+    for name, p in model.named_parameters():
+        rule = plan.rules.get(name)
+        if rule is None or rule.kind is not Kind.HIDDEN or p.numel() < 2048 or p.dim() < 2:
+            continue
+        kept = p.detach() != 0  # (not the zero-initialised query rows of a fused q/k/v)
+        if not kept.any():
+            continue  # a zero init (the query)
+        s, m = stock_params[name].detach()[kept].float().std().item(), p.detach()[kept].float().std().item()
+        if s == 0:
+            continue  # a constant stock init
+        checked += 1
+        if not math.isclose(m / s, rule.init_scale, rel_tol=0.05):
+            bad.append(f"{name}: {m / s:.3f} vs {rule.init_scale:.3f}")
+    readouts = [n for n in plan.readouts if n not in plan.tied_readouts and n not in plan.routers]
+    nonzero = [n for n in readouts if model.get_submodule(n).weight.abs().max().item() != 0]
+    return {"ok": not bad and not nonzero and checked > 0, "checked": checked, "bad": bad[:5] + nonzero}
+
+
+def check_base_width(cls: type, config: Any) -> dict[str, Any]:
+    """At width = base: μP = stock, at init and after 2 Adam steps (μP groups against plain AdamW)."""
+    import hf_mup
+
+    ids = _batch()
+    stock = _stock(cls, config, 0)
+    torch.manual_seed(0)
+    model = hf_mup.MuPModel.from_config(config, base_hidden_size=config.hidden_size, model_class=cls,
+                                        zero_init_query=False, zero_init_readout=False).eval()
+    init = (_logits(model, ids) - _logits(stock, ids)).abs().max().item()
+    _steps(stock, torch.optim.AdamW(stock.parameters(), lr=1e-3, weight_decay=0.0), ids, 2)
+    _steps(model, torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-3), lr=1e-3, weight_decay=0.0), ids, 2)
+    trained = (_logits(model, ids) - _logits(stock, ids)).abs().max().item()
+    return {"ok": init < 1e-5 and trained < 1e-4, "init_diff": init, "trained_diff": trained}
+
+
+def check_fold(cls: type, config: Any, causal: bool) -> dict[str, Any]:
+    """After 2 steps: save_pretrained → stock AutoModel and MuPModel.from_pretrained logits; generate() tokens."""
+    import transformers
+
+    import hf_mup
+
+    ids = _batch()
+    model = _mup(cls, config, 0)
+    _steps(model, torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2), lr=1e-2), ids, 2)
+    model.eval()
+    want = _logits(model, ids)
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        stock = auto.from_pretrained(tmp).eval()
+        again = hf_mup.MuPModel.from_pretrained(tmp).eval()
+    scale = want.abs().max().item() or 1.0
+    stock_diff = (_logits(stock, ids) - want).abs().max().item() / scale
+    mup_diff = (_logits(again, ids) - want).abs().max().item() / scale
+    same_tokens = None
+    if causal:
+        prompt = ids[:1, :8]
+        kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        with torch.no_grad():
+            same_tokens = bool(torch.equal(model.generate(prompt, **kw), stock.generate(prompt, **kw)))
+    ok = stock_diff < 1e-4 and mup_diff < 1e-4 and same_tokens is not False
+    return {"ok": ok, "stock_diff": stock_diff, "mup_diff": mup_diff, "generate_equal": same_tokens}
+
+
+def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+    stats = {f"hidden.{i}": h.float().abs().mean().item() for i, h in enumerate(out.hidden_states)}
+    stats["logits"] = out.logits.float().abs().mean().item()
+    return stats
+
+
+def _slope(widths: Iterable[int], values: Iterable[float]) -> float:
+    xs, ys = [math.log2(w) for w in widths], [math.log2(max(v, 1e-30)) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, seeds: tuple[int, ...] = (0, 1),
+                 **overrides: Any) -> dict[str, Any]:
+    """Coordinate check: each layer's output and the logits after `COORD_STEPS` Adam steps, against width (μP), and
+    the stock model's logits with one LR (SP) beside it."""
+    import hf_mup
+
+    # (parametrization, step, activation) -> mean |activation| per width, averaged over seeds
+    means: dict[tuple[str, int, str], list[float]] = {}
+    for width in widths:
+        config = tiny_config(model_type, width, **overrides)
+        sums: dict[tuple[str, int, str], float] = {}
+        for seed in seeds:
+            ids = _batch(seed)
+            mup_model = _mup(cls, config, seed)
+            sp_model = _stock(cls, config, seed)
+            optimizers = {
+                "mup": (mup_model, torch.optim.AdamW(hf_mup.mup_param_groups(mup_model, lr=COORD_LR), lr=COORD_LR,
+                                                     weight_decay=0.0)),
+                "sp": (sp_model, torch.optim.AdamW(sp_model.parameters(), lr=COORD_LR, weight_decay=0.0))}
+            for kind, (model, optimizer) in optimizers.items():
+                done = 0
+                for step in COORD_STEPS:
+                    _steps(model, optimizer, ids, step - done)
+                    done = step
+                    for key, value in _activations(model, ids).items():
+                        sums[(kind, step, key)] = sums.get((kind, step, key), 0.0) + value / len(seeds)
+        for sum_key, value in sums.items():
+            means.setdefault(sum_key, []).append(value)
+    slopes = {f"{key}@{step}": round(_slope(widths, v), 3) for (kind, step, key), v in means.items() if kind == "mup"}
+    worst = max(slopes, key=lambda k: abs(slopes[k]))
+    low, high = DEFAULT_BAND
+    sp = round(_slope(widths, means[("sp", COORD_STEPS[-1], "logits")]), 3)
+    return {"ok": all(low <= v <= high for v in slopes.values()), "slopes": slopes, "worst": worst,
+            "sp_logits_slope": sp, "widths": list(widths)}
+
+
+def check_model(model_type: str, class_name: str, coords: bool = True) -> dict[str, Any]:
+    """Every check for one model type; `status` is "verified", "refused" (with the reason), "failed" (a check did
+    not pass) or "skipped" (not a text model, or no tiny config builds)."""
+    import transformers
+
+    import hf_mup
+
+    row: dict[str, Any] = {"model_type": model_type, "class": class_name}
+    cls = getattr(transformers, class_name, None)
+    causal = "Masked" not in class_name
+    try:
+        config = tiny_config(model_type, 2 * BASE)
+        if any(hasattr(config, k) for k in ("text_config", "vision_config", "audio_config")) \
+                or getattr(config, "is_encoder_decoder", False) or cls is None:
+            return {**row, "status": "skipped", "reason": "not a text-only decoder or encoder"}
+        from hf_mup.plan import meta_model
+
+        size = sum(p.numel() for p in meta_model(cls, config).parameters())
+        if size > MAX_PARAMETERS:
+            return {**row, "status": "skipped", "reason": f"the tiny config still has {size / 1e6:.0f}M parameters "
+                    "(sizes this walk does not set)"}
+        stock = _stock(cls, config, 0)
+        _logits(stock, _batch())
+    except Exception as e:  # a model that will not build or run from a tiny config here: not checked
+        return {**row, "status": "skipped", "reason": f"tiny model not built: {type(e).__name__}: {str(e)[:160]}"}
+    row["moe"] = any(getattr(config, k, None) for k in MOE_FIELDS) and any(p.dim() == 3 for p in stock.parameters())
+    try:
+        _mup(cls, config, 0)
+    except hf_mup.MuPError as e:
+        return {**row, "status": "refused", "reason": str(e)}
+    except Exception as e:  # a bug of hf_mup's on this model: counted as failing
+        return {**row, "status": "failed", "convert": {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}",
+                                                       "where": traceback.format_exc()[-600:]}}
+    checks = {"oracle": check_oracle, "init": check_init, "base_width": check_base_width}
+    for name, check in checks.items():
+        row[name] = _run(check, cls, config)
+    row["fold"] = _run(check_fold, cls, config, causal)
+    if coords:
+        row["coord_check"] = _run(check_coords, model_type, cls)
+    row["status"] = "verified" if all(row[k]["ok"] for k in (*checks, "fold", *(("coord_check",) if coords else ()))) \
+        else "failed"
+    return row
+
+
+def _run(check: Any, *args: Any) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            result: dict[str, Any] = check(*args)
+            return result
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}", "where": traceback.format_exc()[-600:]}
+
+
+def run(out: Path, only: Iterable[str] | None = None, coords: bool = True) -> list[dict[str, Any]]:
+    """Check every model type (or `only` those), writing `zoo.json` (resumable: done types are kept) and
+    `models.md` into `out`."""
+    import transformers
+
+    from ..logs import quiet_progress_bars
+
+    quiet_progress_bars()
+    transformers.logging.set_verbosity_error()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "zoo.json"
+    done = {r["model_type"]: r for r in json.loads(path.read_text())["models"]} if path.exists() else {}
+    wanted = set(only) if only else None
+    types = [(t, c) for t, c in model_types() if wanted is None or t in wanted]
+    for i, (model_type, class_name) in enumerate(types):
+        if model_type in done and wanted is None:
+            continue
+        start = time.perf_counter()
+        row = check_model(model_type, class_name, coords)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        done[model_type] = row
+        print(f"[{i + 1}/{len(types)}] {model_type}: {row['status']}"
+              + (f" ({row.get('reason', '')[:120]})" if row["status"] != "verified" else "")
+              + f"  {row['seconds']} s", flush=True)
+        path.write_text(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
+                                    "models": sorted(done.values(), key=lambda r: r["model_type"])}, indent=1))
+    rows = sorted(done.values(), key=lambda r: r["model_type"])
+    (out / "models.md").write_text(support_table(rows, transformers.__version__))
+    return rows
+
+
+def support_table(rows: list[dict[str, Any]], version: str) -> str:
+    """The docs' supported-models page, generated from the walk's rows."""
+    verified = [r for r in rows if r["status"] == "verified"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    refused = [r for r in rows if r["status"] == "refused"]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    lines = [
+        "# Supported models", "",
+        f"Generated by `hf-mup zoo` with transformers {version} (do not edit: rerun it). Each model type is built "
+        f"tiny (widths {', '.join(map(str, WIDTHS))}, base {BASE}, heads of {HEAD_DIM}, 2 layers) and checked: "
+        "per-tensor LRs against microsoft/mup (Adam and SGD), the μP init, μP = stock at the base width (at init "
+        "and after 2 Adam steps), `save_pretrained` → stock `AutoModelFor*` and `MuPModel.from_pretrained` logits "
+        "and `generate()` tokens equal, and a coordinate check (the log-log slope of every layer's mean |output| and "
+        f"of the logits against width within {DEFAULT_BAND} after {' and '.join(map(str, COORD_STEPS))} Adam steps, "
+        "averaged over 2 seeds; the stock model's logits slope beside it).", "",
+        f"**{len(verified)} verified** ({sum(bool(r.get('moe')) for r in verified)} mixture-of-experts), "
+        f"{len(failed)} failing a check, {len(refused)} refused, {len(skipped)} not checked.", "",
+        "## Verified", "",
+        "| model type | class | MoE | worst μP slope | SP logits slope | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in verified:
+        cc = r.get("coord_check", {})
+        worst = f"{cc['slopes'][cc['worst']]:+.2f} ({cc['worst']})" if "slopes" in cc else "—"
+        sp = f"{cc['sp_logits_slope']:+.2f}" if "sp_logits_slope" in cc else "—"
+        lines.append(f"| {r['model_type']} | {r['class']} | {'yes' if r.get('moe') else ''} | {worst} | {sp} | "
+                     f"{r.get('seconds', '')} |")
+    if failed:
+        lines += ["", "## Converted but failing a check (refuse to rely on these)", "", "| model type | failing |",
+                  "|---|---|"]
+        for r in failed:
+            bad = [f"{k}: {r[k].get('error') or {x: y for x, y in r[k].items() if x not in ('ok', 'where')}}"
+                   for k in ("convert", "oracle", "init", "base_width", "fold", "coord_check")
+                   if k in r and not r[k]["ok"]]
+            lines.append(f"| {r['model_type']} | {'; '.join(bad)[:300].replace('|', '/')} |")
+    lines += ["", "## Refused, with the reason", "", "| model type | reason |", "|---|---|"]
+    lines += [f"| {r['model_type']} | {r['reason'][:400].replace('|', '/')} |" for r in refused]
+    lines += ["", "## Not checked", "", "| model type | why |", "|---|---|"]
+    lines += [f"| {r['model_type']} | {r['reason'][:200].replace('|', '/')} |" for r in skipped]
+    return "\n".join(lines) + "\n"
