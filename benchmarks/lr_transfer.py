@@ -7,6 +7,7 @@ Usage:
     python benchmarks/lr_transfer.py --workers 2       # the benchmark (hours on 2 cores); kill and rerun to resume
     python benchmarks/lr_transfer.py --quick           # 2 widths, 3 LRs, 1 seed, 20 steps: minutes
     python benchmarks/lr_transfer.py --width-1024      # add width 1024 to the same study (for a GPU)
+    python benchmarks/lr_transfer.py --arch mixtral    # the same for a mixture of experts (lr_transfer_moe.*)
 
 Writes benchmarks/results/lr_transfer.{json,csv,png} (the quick run: lr_transfer_quick.*). It is an `hf_mup.lab.sweep`
 grid study in benchmarks/results/lr_transfer.db: a killed run resumes where it stopped, and `--workers N` (or the
@@ -40,6 +41,12 @@ GOAL_DRIFT = 0.5
 
 def settings(args: argparse.Namespace) -> dict:
     """The grid and the spec of the full benchmark, or of the quick run."""
+    if args.arch == "mixtral":  # the MoE run: 100 steps, unit LR steps (μP's optimum there is not known beforehand)
+        return {"stem": "lr_transfer_moe" + ("_quick" if args.quick else ""),
+                "widths": [64, 128] if args.quick else [64, 128, 256, 512],
+                "log2_lrs": [-9.0, -7.0] if args.quick else sw.parse_log2_lrs("-11:-5:1"),
+                "seeds": 1 if args.quick else 2, "steps": 20 if args.quick else 100,
+                "train_chars": 200_000 if args.quick else None, "val_blocks": 32 if args.quick else 128}
     if args.quick:
         return {"stem": "lr_transfer_quick", "widths": [64, 128], "log2_lrs": [-9.0, -7.0, -5.0], "seeds": 1,
                 "steps": 20, "train_chars": 200_000, "val_blocks": 32}
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 widths, 3 LRs, 1 seed, 20 steps: shows it works")
     p.add_argument("--width-1024", action="store_true", help="add width 1024 (a GPU's job)")
+    p.add_argument("--arch", choices=("gpt2", "mixtral"), default="gpt2",
+                   help="mixtral: the same grid for a mixture-of-experts model (4 experts, 2 per token)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the grid (one torch thread each)")
     p.add_argument("--threads", type=int, help="torch threads per process (default: 1 with --workers > 1)")
     p.add_argument("--estimate-only", action="store_true", help="print the estimated run time and exit")
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = sw.SweepSpec("grid", Recipe(arch="gpt2", width=s["widths"][0], layers=2, head_dim=16, seq_len=64,
+    spec = sw.SweepSpec("grid", Recipe(arch=args.arch, width=s["widths"][0], layers=2, head_dim=16, seq_len=64,
                                        vocab_size=256, base_width=64, mup={"output_mult": 8.0}, steps=s["steps"],
                                        batch_size=16),
                         Corpus(tokenizer="bytes", train_chars=s["train_chars"], val_blocks=s["val_blocks"]))
@@ -105,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     drift = {param: o["drift"] for param, o in lr_optima(trial_rows(study), "train_loss").items()}
     goal = {"mup_drift_max": GOAL_DRIFT, "met": drift.get("mup") is not None and drift["mup"] <= GOAL_DRIFT}
     result = report(study, out, stem=s["stem"], plot_name=s["stem"] + ".png", metric="train_loss",
-                       extra={"benchmark": "benchmarks/lr_transfer.py" + (" --quick" if args.quick else ""),
+                       extra={"benchmark": "benchmarks/lr_transfer.py" + (" --quick" if args.quick else "")
+                              + (f" --arch {args.arch}" if args.arch != "gpt2" else ""),
                               "goal": goal, "threads": torch.get_num_threads(), "workers": args.workers,
                               "versions": {"torch": torch.__version__,
                                            "transformers": __import__("transformers").__version__}})

@@ -22,14 +22,12 @@ def get_architecture(config: object) -> Architecture:
     model_type = getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
-    arch = generic_architecture(config) if model_type else None
-    if arch is None:
+    arch = generic_architecture(config) if model_type else "the config has no model_type"
+    if isinstance(arch, str):
         raise MuPError(
-            f"hf_mup cannot describe model_type {model_type!r}: it is an encoder-decoder, its config has no MLP "
-            "width field (intermediate_size, ffn_dim, ...), or transformers has no model class for it. Described by "
-            "hand: "
-            + ", ".join(ARCHITECTURES) + "; the verified models are listed in docs/models.md. Adding one is a "
-            "short file in hf_mup/architectures/."
+            f"hf_mup cannot describe model_type {model_type!r}: {arch}. Described by hand: "
+            + ", ".join(ARCHITECTURES) + "; the models verified in μP are listed in the docs (Supported models). "
+            "Adding one is a short file in hf_mup/architectures/."
         )
     return arch
 

@@ -148,12 +148,18 @@ def describe(model_type: str, width_fields: tuple[str, ...], kv_heads_attr: str 
 FAMILY_WIDTH_FIELDS = {"distilbert": ("hidden_dim",)}
 
 
-def generic_architecture(config: Any) -> Architecture | None:
-    """The generic description of `config`'s model type, or None where the config has no MLP width field."""
+def generic_architecture(config: Any) -> Architecture | str:
+    """The generic description of `config`'s model type, or why there is none."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder (hf_mup converts decoders and encoders)"
+    if not _model_classes(config.model_type):
+        return "transformers has no causal-LM, masked-LM or base model class for it"
     names = FAMILY_WIDTH_FIELDS.get(config.model_type, WIDTH_FIELDS)
     fields = tuple(f for f in names if isinstance(getattr(config, f, None), int))
-    if not fields or not _model_classes(config.model_type) or getattr(config, "is_encoder_decoder", False):
-        return None
+    if not fields:
+        return (f"its config has no MLP width field ({', '.join(names[:3])}, ...) to scale with the width (an MLP "
+                "width fixed in the modeling code, or named otherwise: FAMILY_WIDTH_FIELDS in "
+                "hf_mup/architectures/generic.py)")
     kv = "num_key_value_heads" if isinstance(getattr(config, "num_key_value_heads", None), int) else None
     head_dim = "head_dim" if isinstance(vars(config).get("head_dim"), int) else None  # (not a derived property)
     return describe(config.model_type, fields, kv, head_dim)

@@ -67,7 +67,7 @@ def add_hooks(model: nn.Module, head_dim: int, stats: dict[str, float], arch: Ar
             out = output[0] if isinstance(output, (tuple, list)) else output
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 stats[name] = out.detach().abs().mean().item()
-            if arch.is_attention(module):
+            if arch.is_attention(module) and arch.query_key is not None:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 with torch.no_grad():
                     q, k = (x.unflatten(-1, (-1, head_dim)).transpose(1, 2) for x in arch.query_key(module, hidden))

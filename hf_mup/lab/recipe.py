@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import MuPError
 
-ARCHS = ("gpt2", "bert", "llama")  # BERT trains as a masked LM, GPT-2 and Llama as causal LMs
+ARCHS = ("gpt2", "bert", "llama", "mixtral")  # BERT trains as a masked LM, the others as causal LMs
 # "mup_global_lr": a μP model trained with one LR for every tensor, deliberately broken (a coordinate check must
 # catch it; hf_mup's first-step check would refuse it, so its group is marked unchecked).
 PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
@@ -244,12 +244,12 @@ class Recipe:
 
 def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
               **kw):
-    """A small GPT-2, BERT or Llama config of hidden size `width`: fixed head size (heads = width / head_dim), MLP 4×,
-    dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
+    """A small GPT-2, BERT, Llama or Mixtral config of hidden size `width`: fixed head size (heads = width /
+    head_dim), MLP 4× (Mixtral: 4 experts of 2×, 2 per token), dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
 
     Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
     """
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+    from transformers import BertConfig, GPT2Config, LlamaConfig, MixtralConfig
 
     if width <= 0 or width % head_dim:
         raise MuPError(f"width {width} is not a positive multiple of the head size {head_dim}.")
@@ -267,6 +267,12 @@ def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_le
               "intermediate_size": 4 * width, **kw}
         return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
                            num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim, **kw)
+    if arch == "mixtral":  # Llama's shape with a mixture of 4 experts (2 per token) of MLP width 2×, router aux loss
+        kw = {"bos_token_id": 0, "eos_token_id": 0, "num_key_value_heads": width // head_dim,
+              "intermediate_size": 2 * width, "num_local_experts": 4, "num_experts_per_tok": 2,
+              "output_router_logits": True, "router_aux_loss_coef": 0.01, **kw}
+        return MixtralConfig(vocab_size=vocab_size, max_position_embeddings=seq_len, hidden_size=width,
+                             num_hidden_layers=layers, num_attention_heads=width // head_dim, head_dim=head_dim, **kw)
     raise MuPError(f"arch {arch!r} is not supported here; use one of {', '.join(ARCHS)}.")
 
 

@@ -177,7 +177,8 @@ def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_
     r, d = spec["recipe"], spec["data"]
     text = d["dataset"] or Path(d["train_file"] or "WikiText-2").name
     tokens = "bytes" if d["tokenizer"] == "bytes" else f"BPE {d['vocab_size']}"
-    model = {"gpt2": "GPT-2", "bert": "BERT masked LM", "llama": "Llama"}.get(r["arch"], r["arch"])
+    names = {"gpt2": "GPT-2", "bert": "BERT masked LM", "llama": "Llama", "mixtral": "Mixtral (MoE)"}
+    model = names.get(r["arch"], r["arch"])
     optimizer = {"adamw": "AdamW", "lion": "Lion"}[r["optimizer"]]
     fig.suptitle(f"{model}, {r['layers']} layers, head size {r['head_dim']}, seq {r['seq_len']}, {text} as "
                  f"{tokens}, {r['steps']} {optimizer} steps, batch {r['batch_size']}; ★ = best LR per width",

@@ -198,7 +198,7 @@ def check_grid(widths: Sequence[int], head_dim: int, base_width: int | None) -> 
 def check_arch(arch: str) -> None:
     if arch not in ARCHS:
         raise MuPError(f"--arch {arch!r} is not supported by the sweep; use one of {', '.join(ARCHS)} (causal LMs "
-                       "GPT-2 and Llama, masked LM BERT).")
+                       "GPT-2, Llama and Mixtral (MoE), masked LM BERT).")
 
 
 def check_n_trials(n_trials: int) -> None:

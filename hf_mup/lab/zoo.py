@@ -9,9 +9,10 @@ hf_mup: it converts, or is refused with the reason. For those that convert, the 
   `mup_param_groups` against the stock model's plain AdamW.
 - `fold`: after 2 steps, `save_pretrained` → the stock `AutoModelFor*` and `MuPModel.from_pretrained` give the μP
   model's logits, and `generate()` (causal LMs) the same tokens.
-- `coord_check`: mean |activation| of every layer's output and of the logits against width (4 widths) after 1 and 3
-  Adam steps: the log-log slope must stay in the coordinate check's band (`DEFAULT_BAND`: growth is what μP
-  prevents; the init's share shrinks as width^-1/2) for μP; the stock model's logits slope is shown beside it.
+- `coord_check`: mean |activation| of every layer's output, of the logits (and of an MoE's router logits) against
+  width (4 widths) after 1 and 3 Adam steps: the log-log slope must stay in the coordinate check's band
+  (`DEFAULT_BAND`: growth is what μP prevents; the init's share shrinks as width^-1/2) for μP; the stock model's
+  logits slope is shown beside it.
 
 Usage: `hf-mup zoo --out benchmarks/results/zoo` (all), `hf-mup zoo --only llama,mixtral` (some).
 """
@@ -219,10 +220,15 @@ def check_fold(cls: type, config: Any, causal: bool) -> dict[str, Any]:
 
 
 def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
+    """Mean |x| of each layer's output (`hidden.i`), the logits and, in an MoE, each router's logits (`router.i`)."""
+    moe = {"output_router_logits": True} if hasattr(model.config, "output_router_logits") else {}
     with torch.no_grad():
-        out = model(input_ids=ids, output_hidden_states=True)
+        out = model(input_ids=ids, output_hidden_states=True, **moe)
     stats = {f"hidden.{i}": h.float().abs().mean().item() for i, h in enumerate(out.hidden_states)}
     stats["logits"] = out.logits.float().abs().mean().item()
+    for i, r in enumerate(getattr(out, "router_logits", None) or ()):
+        if isinstance(r, torch.Tensor):
+            stats[f"router.{i}"] = r.float().abs().mean().item()
     return stats
 
 
@@ -333,7 +339,7 @@ def run(out: Path, only: Iterable[str] | None = None, coords: bool = True) -> li
     transformers.logging.set_verbosity_error()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "zoo.json"
-    done = {r["model_type"]: r for r in json.loads(path.read_text())["models"]} if path.exists() else {}
+    done = {r["model_type"]: r for r in load_rows(path)[1]} if path.exists() else {}
     wanted = set(only) if only else None
     types = [(t, c) for t, c in model_types() if wanted is None or t in wanted]
     for i, (model_type, class_name) in enumerate(types):
@@ -351,6 +357,12 @@ def run(out: Path, only: Iterable[str] | None = None, coords: bool = True) -> li
     rows = sorted(done.values(), key=lambda r: r["model_type"])
     (out / "models.md").write_text(support_table(rows, transformers.__version__))
     return rows
+
+
+def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """(transformers version, rows) of a walk's `zoo.json`."""
+    data = json.loads(Path(path).read_text())
+    return data["transformers"], sorted(data["models"], key=lambda r: r["model_type"])
 
 
 def support_table(rows: list[dict[str, Any]], version: str) -> str:
