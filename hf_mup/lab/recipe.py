@@ -245,7 +245,8 @@ class Recipe:
 def lm_config(arch: str, width: int, layers: int = 2, head_dim: int = 16, seq_len: int = 64, vocab_size: int = 2048,
               **kw):
     """A small GPT-2, BERT, Llama or Mixtral config of hidden size `width`: fixed head size (heads = width /
-    head_dim), MLP 4× (Mixtral: 4 experts of 2×, 2 per token), dropout 0, positions = `seq_len`. `kw`: more config fields (e.g. `initializer_range`, `eos_token_id`).
+    head_dim), MLP 4× (Mixtral: 4 experts of 2×, 2 per token), dropout 0, positions = `seq_len`. `kw`: more config
+    fields (e.g. `initializer_range`, `eos_token_id`).
 
     Usage: `config = lm_config("bert", 256, layers=2, head_dim=16, seq_len=32, vocab_size=512)`
     """
