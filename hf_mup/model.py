@@ -210,7 +210,8 @@ def _model_class(config: PretrainedConfig, model_class: type | str | None, arch:
         model_class = next((a for a in archs if a in arch.model_classes), arch.model_classes[0])
     if isinstance(model_class, str):
         if model_class not in arch.model_classes:
-            raise MuPError(f"hf_mup does not support {model_class}. Supported classes: {', '.join(supported_classes())}.")
+            classes = arch.model_classes if arch.generic else supported_classes()
+            raise MuPError(f"hf_mup does not support {model_class}. Supported classes: {', '.join(classes)}.")
         model_class = getattr(transformers, model_class)
     cls = cast("type[PreTrainedModel]", model_class)  # a transformers model class: checked next
     supported_class_name(cls, config, arch)

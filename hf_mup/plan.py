@@ -21,7 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import Architecture, get_architecture, supported_classes
 from .architectures.base import Index
-from .architectures.generic import reaches_scaling
+from .architectures.generic import check_verified, reaches_scaling
 from .config import MuPConfig
 from .errors import MuPError
 from .rules import Kind, TensorRule, attention_scale_factor, classify
@@ -112,8 +112,9 @@ def supported_class_name(model_class: type, config: PretrainedConfig, arch: Arch
         )
     name = next((c.__name__ for c in model_class.__mro__ if c.__name__ in arch.model_classes), None)
     if name is None:
+        classes = arch.model_classes if arch.generic else supported_classes()
         raise MuPError(
-            f"hf_mup does not support {model_class.__name__}. Supported classes: {', '.join(supported_classes())}."
+            f"hf_mup does not support {model_class.__name__}. Supported classes: {', '.join(classes)}."
         )
     return name
 
@@ -407,6 +408,8 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
     plan.routers = {n for n in plan.readouts if arch.block_relative(n) is not None and _is_router(n, model.get_submodule(n))}
     plan.readout_norm = _readout_norm(model, plan)
     check_decidable(model, plan, config)
+    if arch.generic:
+        check_verified(arch.model_type, converted=True)
     return plan
 
 

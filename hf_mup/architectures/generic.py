@@ -11,12 +11,20 @@ decide (`hf_mup.plan.check_decidable`). `hf-mup zoo` (`hf_mup.lab.zoo`) verifies
 from __future__ import annotations
 
 import functools
+import json
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import MuPError
 from .base import Architecture, QuerySlices
+
+# What `hf-mup zoo` found (written by it as verified.json beside zoo.json, copied here): the model types that passed
+# every check, and those that converted but failed one (refused below).
+VERIFIED_FILE = Path(__file__).with_name("verified.json")
 
 # Names of a separate query projection inside an attention module.
 QUERY_PROJECTIONS = ("q_proj", "query", "q_lin", "Wq", "query_proj", "q")
@@ -24,7 +32,7 @@ QUERY_PROJECTIONS = ("q_proj", "query", "q_lin", "Wq", "query_proj", "q")
 QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm")
 # Config fields that are MLP or expert widths: they grow with width like the hidden size.
 WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
-                "expert_intermediate_size", "d_ff", "ffn_hidden_size")
+                "expert_intermediate_size", "d_ff", "ffn_hidden_size", "dim_ff", "dff")
 
 
 def _fused_first(child: str) -> Any:
@@ -42,14 +50,35 @@ def _fused_per_head(child: str) -> Any:
     """Fused q/k/v rows laid out per head, [q_h | k_h | v_h] for each head h (GPT-NeoX, Persimmon)."""
     def rows(attn: Any) -> torch.Tensor:
         heads: int = attn.config.num_attention_heads
-        d: int = getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads
-        return (torch.arange(heads)[:, None] * 3 * d + torch.arange(d)).flatten()
+        return _per_head_rows(heads, getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads)
     return child, rows
+
+
+def _per_head_rows(heads: int, d: int, group: int = 3, queries: int = 1) -> torch.Tensor:
+    """Query rows of a fused projection laid out in groups of `group` head-sized blocks, the first `queries` of
+    each group queries."""
+    return (torch.arange(heads // queries)[:, None] * group * d + torch.arange(queries * d)).flatten()
+
+
+def _falcon(attn: Any) -> torch.Tensor | slice:
+    """Falcon's fused `query_key_value`: per key/value group [q … q | k | v] (new decoder architecture), [q | k | v]
+    with one key/value head (multi-query), else per head [q_h | k_h | v_h]."""
+    heads, d = attn.num_heads, attn.head_dim
+    if attn.new_decoder_architecture:
+        per_group = heads // attn.num_kv_heads
+        return _per_head_rows(heads, d, per_group + 2, per_group)
+    return slice(0, heads * d) if attn.multi_query else _per_head_rows(heads, d)
+
+
+def _gpt_bigcode(attn: Any) -> torch.Tensor | slice:
+    """GPT-BigCode's fused `c_attn`: [q | k | v] with one key/value head (multi-query), else per head."""
+    return slice(0, attn.embed_dim) if attn.multi_query else _per_head_rows(attn.num_heads, attn.head_dim)
 
 
 # model_type -> (fused projection's name, its query rows): where the query projection is fused with keys and values.
 FUSED_QUERY = {"phi3": _fused_first("qkv_proj"), "gpt_neox": _fused_per_head("query_key_value"),
-               "persimmon": _fused_per_head("query_key_value")}
+               "persimmon": _fused_per_head("query_key_value"), "falcon": ("query_key_value", _falcon),
+               "gpt_bigcode": ("c_attn", _gpt_bigcode)}
 # model_type -> settings of the Architecture that the model's structure does not show.
 FAMILIES: dict[str, dict[str, Any]] = {
     # Gemma multiplies token embeddings by √hidden in its forward, and its RMSNorm computes (1 + w)·x̂.
@@ -162,4 +191,30 @@ def generic_architecture(config: Any) -> Architecture | str:
                 "hf_mup/architectures/generic.py)")
     kv = "num_key_value_heads" if isinstance(getattr(config, "num_key_value_heads", None), int) else None
     head_dim = "head_dim" if isinstance(vars(config).get("head_dim"), int) else None  # (not a derived property)
+    check_verified(config.model_type)
     return describe(config.model_type, fields, kv, head_dim)
+
+
+@functools.cache
+def verified() -> dict[str, Any]:
+    """`verified.json`: {"transformers": version, "verified": [model types], "failing": {model type: why}}."""
+    data: dict[str, Any] = json.loads(VERIFIED_FILE.read_text())
+    return data
+
+
+CHECKING = []  # non-empty while `hf-mup zoo` checks models (it checks what it has not verified)
+
+
+def check_verified(model_type: str, converted: bool = False) -> None:
+    """Refuse a model type `hf-mup zoo` found failing a check; once it is `converted`, warn (once) if the walk has not
+    checked it."""
+    if CHECKING:
+        return
+    found = verified()
+    if model_type in found["failing"]:
+        raise MuPError(f"hf_mup's checks fail on model_type {model_type!r} (transformers {found['transformers']}): "
+                       f"{found['failing'][model_type]}. It is refused rather than trained with wrong multipliers.")
+    if converted and model_type not in found["verified"]:
+        warnings.warn(f"hf_mup: model_type {model_type!r} is converted from its structure but was not verified "
+                      f"(`hf-mup zoo` checked transformers {found['transformers']}): run `hf-mup zoo --only "
+                      f"{model_type}` to check it here.", stacklevel=4)

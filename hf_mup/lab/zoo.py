@@ -41,10 +41,17 @@ HEAD_DIM = 16
 COORD_STEPS = (1, 3)  # the coordinate check measures after these numbers of Adam steps
 COORD_LR = 1e-2
 SEQ, BATCH, VOCAB = 32, 4, 256
+CHECKS = ("convert", "oracle", "init", "base_width", "fold", "coord_check")
 MAX_PARAMETERS = 20_000_000  # at width 128: a config with sizes the walk does not set is not tiny
 WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
                 "expert_intermediate_size", "d_ff", "ffn_hidden_size")
 MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
+# Per model type, what else a tiny config of it needs (sizes whose defaults do not fit 2 layers of heads of 16).
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+    "gptj": {"rotary_dim": HEAD_DIM // 2},
+    "codegen": {"rotary_dim": HEAD_DIM // 2},
+}
 
 
 def tiny_config(model_type: str, width: int, layers: int = 2, **overrides: Any) -> Any:
@@ -63,12 +70,15 @@ def tiny_config(model_type: str, width: int, layers: int = 2, **overrides: Any) 
         "max_position_embeddings": 128, "num_key_value_heads": heads, "head_dim": HEAD_DIM, "num_experts_per_tok": 2,
         "embedding_size": 32, "type_vocab_size": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": getattr(default, "tie_word_embeddings", False),
-        **{f: 2 * width for f in WIDTH_FIELDS}, **{f: 4 for f in MOE_FIELDS}, **overrides,
+        **{f: 2 * width for f in WIDTH_FIELDS}, **{f: 4 for f in MOE_FIELDS}, **OVERRIDES.get(model_type, {}),
+        **overrides,
     }
     kwargs = {}
     for key, value in want.items():
         name = aliases.get(key, key)
-        if (name in accepted or name in vars(default)) and not (key == "head_dim" and getattr(default, name, None) is None):
+        derived = isinstance(getattr(cls, name, None), property)  # (Falcon's head_dim: computed, not set)
+        if (name in accepted or name in vars(default)) and not derived \
+                and not (key == "head_dim" and getattr(default, name, None) is None):
             kwargs[name] = value
     return cls(**kwargs)
 
@@ -277,6 +287,16 @@ def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, s
 def check_model(model_type: str, class_name: str, coords: bool = True) -> dict[str, Any]:
     """Every check for one model type; `status` is "verified", "refused" (with the reason), "failed" (a check did
     not pass) or "skipped" (not a text model, or no tiny config builds)."""
+    from hf_mup.architectures import generic
+
+    generic.CHECKING.append(True)
+    try:
+        return _check_model(model_type, class_name, coords)
+    finally:
+        generic.CHECKING.pop()
+
+
+def _check_model(model_type: str, class_name: str, coords: bool) -> dict[str, Any]:
     import transformers
 
     import hf_mup
@@ -356,7 +376,17 @@ def run(out: Path, only: Iterable[str] | None = None, coords: bool = True) -> li
                                     "models": sorted(done.values(), key=lambda r: r["model_type"])}, indent=1))
     rows = sorted(done.values(), key=lambda r: r["model_type"])
     (out / "models.md").write_text(support_table(rows, transformers.__version__))
+    (out / "verified.json").write_text(json.dumps(verified_list(rows, transformers.__version__), indent=1) + "\n")
     return rows
+
+
+def verified_list(rows: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """What the package ships as `hf_mup/architectures/verified.json`: verified and failing model types."""
+    failing = {r["model_type"]: "; ".join(f"{k}: {r[k].get('error') or 'not ok'}" for k in CHECKS
+                                          if k in r and not r[k]["ok"])[:300]
+               for r in rows if r["status"] == "failed"}
+    return {"transformers": version, "verified": [r["model_type"] for r in rows if r["status"] == "verified"],
+            "failing": failing}
 
 
 def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -397,8 +427,7 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
                   "|---|---|"]
         for r in failed:
             bad = [f"{k}: {r[k].get('error') or {x: y for x, y in r[k].items() if x not in ('ok', 'where')}}"
-                   for k in ("convert", "oracle", "init", "base_width", "fold", "coord_check")
-                   if k in r and not r[k]["ok"]]
+                   for k in CHECKS if k in r and not r[k]["ok"]]
             lines.append(f"| {r['model_type']} | {'; '.join(bad)[:300].replace('|', '/')} |")
     lines += ["", "## Refused, with the reason", "", "| model type | reason |", "|---|---|"]
     lines += [f"| {r['model_type']} | {r['reason'][:400].replace('|', '/')} |" for r in refused]

@@ -82,23 +82,36 @@ def test_transposed_experts_read_their_fan_in_from_the_other_dimension():
     assert (rule.fanin_mult, rule.fanout_mult) == (4.0, 2.0)
 
 
-@pytest.mark.parametrize("model_type, cls", [("gpt_neox", "GPTNeoXForCausalLM"), ("phi3", "Phi3ForCausalLM")])
-def test_fused_qkv_zero_inits_exactly_the_query_rows(model_type, cls):
-    model = _build(model_type, cls)
-    config = model.config
-    d, heads = config.hidden_size // config.num_attention_heads, config.num_attention_heads
-    proj = model.get_submodule(hf_mup.get_plan(model).attention[0])
-    weight = (proj.query_key_value if model_type == "gpt_neox" else proj.qkv_proj).weight
+def _blocks(heads, d, group, queries):
+    """Rows of `queries` query blocks at the start of each group of `group` head-sized blocks."""
+    return [g * group * d + i for g in range(heads // queries) for i in range(queries * d)]
+
+
+@pytest.mark.parametrize("model_type, cls, child, overrides, layout", [
+    ("gpt_neox", "GPTNeoXForCausalLM", "query_key_value", {}, "per_head"),  # [q_h | k_h | v_h] per head
+    ("phi3", "Phi3ForCausalLM", "qkv_proj", {}, "first"),  # [q | k | v]
+    ("falcon", "FalconForCausalLM", "query_key_value", {}, "first"),  # multi-query: [q | k | v]
+    ("falcon", "FalconForCausalLM", "query_key_value", {"multi_query": False}, "per_head"),
+    ("falcon", "FalconForCausalLM", "query_key_value", {"new_decoder_architecture": True, "num_kv_heads": 2},
+     "groups"),  # per key/value group: [q q q q | k | v]
+    ("gpt_bigcode", "GPTBigCodeForCausalLM", "c_attn", {}, "first"),  # multi-query
+    ("gpt_bigcode", "GPTBigCodeForCausalLM", "c_attn", {"multi_query": False}, "per_head"),
+])
+def test_fused_qkv_zero_inits_exactly_the_query_rows(model_type, cls, child, overrides, layout):
+    config = tiny_config(model_type, 128, **overrides)
+    model = hf_mup.MuPModel.from_config(config, base_hidden_size=BASE, model_class=cls)
+    heads, d = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    weight = getattr(model.get_submodule(hf_mup.get_plan(model).attention[0]), child).weight
     zero_rows = (weight.abs().amax(1) == 0).nonzero().flatten().tolist()
-    if model_type == "gpt_neox":  # per head: [q_h | k_h | v_h]
-        expected = [h * 3 * d + i for h in range(heads) for i in range(d)]
-    else:  # [q | k | v]
-        expected = list(range(heads * d))
+    expected = {"per_head": _blocks(heads, d, 3, 1), "first": list(range(heads * d)),
+                "groups": _blocks(heads, d, heads // 2 + 2, heads // 2)}[layout]
     assert zero_rows == expected
+    # the projection's other rows (keys, values) keep their init
+    assert weight.shape[0] - len(expected) > 0 and (weight.abs().amax(1) > 0).sum() == weight.shape[0] - len(expected)
 
 
 @pytest.mark.parametrize("model_type, cls", [("olmo2", "Olmo2ForCausalLM"), ("gemma3_text", "Gemma3ForCausalLM"),
-                                             ("gpt_neox", "GPTNeoXForCausalLM")])
+                                             ("gpt_neox", "GPTNeoXForCausalLM"), ("phi3", "Phi3ForCausalLM")])
 def test_attention_factor_folds_into_query_norms_and_fused_rows(model_type, cls, tmp_path):
     # attn_mult 2: a factor of 2 on the attention logits, folded into OLMo 2's full-width q_norm, Gemma 3's
     # per-head (1 + w) q_norm, or GPT-NeoX's interleaved query rows
@@ -134,3 +147,15 @@ def test_inspect_names_the_generic_description_and_the_routers():
     text = hf_mup.describe(_build("qwen2_moe", "Qwen2MoeForCausalLM", meta=True))
     assert "derived from the model" in text
     assert "MoE routers and gates" in text and "shared_expert_gate" in text or "mlp.gate" in text
+
+
+def test_unverified_model_types_warn_and_failing_ones_are_refused(monkeypatch):
+    from hf_mup.architectures import generic
+
+    found = {"transformers": "5.x", "verified": [], "failing": {"llama_like": "coord_check: not ok"}}
+    monkeypatch.setattr(generic, "verified", lambda: found)
+    with pytest.warns(UserWarning, match=r"model_type 'phi3' is converted from its structure but was not verified"):
+        _build("phi3", "Phi3ForCausalLM", meta=True)
+    found["failing"]["phi3"] = "coord_check: not ok"
+    with pytest.raises(hf_mup.MuPError, match=r"checks fail on model_type 'phi3'.*coord_check"):
+        _build("phi3", "Phi3ForCausalLM", meta=True)

@@ -1,5 +1,6 @@
 """`hf-mup zoo` (hf_mup/lab/zoo.py): a representative subset of the walk in the suite; the whole walk is a
 benchmark-style command whose results (benchmarks/results/zoo/) generate the docs' supported-models page."""
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,14 @@ def test_the_committed_walk_meets_the_goal_and_its_verified_models_still_convert
         config = zoo.tiny_config(r["model_type"], 128)
         with __import__("torch").device("meta"):
             hf_mup.MuPModel.from_config(config, base_hidden_size=64, model_class=r["class"])
+
+
+def test_the_package_ships_the_committed_walks_verdicts():
+    # hf_mup/architectures/verified.json is the walk's verified_list (hf-mup zoo writes it beside zoo.json)
+    from hf_mup.architectures.generic import VERIFIED_FILE
+
+    version, rows = zoo.load_rows(WALK)
+    assert json.loads(VERIFIED_FILE.read_text()) == zoo.verified_list(rows, version)
 
 
 def test_support_table_counts_and_lists_each_status():
