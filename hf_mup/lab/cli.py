@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("coord-check", help="coordinate check: activation size against width, μP beside SP")
-    p.add_argument("--arch", default="gpt2", help="gpt2, bert or llama")
+    p.add_argument("--arch", default="gpt2", help="gpt2, bert, llama or mixtral")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing")
     p.add_argument("--steps", type=int, default=3, help="forwards recorded, t=0 at init (the band holds for 3)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
@@ -371,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="LR-transfer grid (Figure 1) or proxy tuning, as a resumable Optuna study")
     p.add_argument("--mode", default="grid", choices=["grid", "tune"], help="grid: widths × LRs × seeds; tune: Optuna")
-    p.add_argument("--arch", default="gpt2", help="gpt2 or llama (causal LMs) or bert (masked LM: 15%% of tokens "
-                   "masked)")
+    p.add_argument("--arch", default="gpt2", help="gpt2, llama or mixtral (causal LMs; mixtral: 4 experts, 2 per "
+                   "token) or bert (masked LM: 15%% of tokens masked)")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing (tune: the one proxy width)")
     p.add_argument("--log2-lrs", default="-12:-4:1", help="start:stop:step or a list; write --log2-lrs=-12:-4:1 "
                    "(tune: the range searched)")

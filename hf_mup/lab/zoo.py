@@ -9,6 +9,8 @@ hf_mup: it converts, or is refused with the reason. For those that convert, the 
   `mup_param_groups` against the stock model's plain AdamW.
 - `fold`: after 2 steps, `save_pretrained` → the stock `AutoModelFor*` and `MuPModel.from_pretrained` give the μP
   model's logits, and `generate()` (causal LMs) the same tokens.
+- `attention`: with `attn_mult` 2, each attention module's `scaling` is read (changing it changes the logits) and the
+  factor folds into the checkpoint; a hard-coded scale refuses `attn_mult` 2.
 - `coord_check`: mean |activation| of every layer's output, of the logits (and of an MoE's router logits) against
   width (4 widths) after 1 and 3 Adam steps: the log-log slope must stay in the coordinate check's band
   (`DEFAULT_BAND`: growth is what μP prevents; the init's share shrinks as width^-1/2) for μP; the stock model's
@@ -41,7 +43,7 @@ HEAD_DIM = 16
 COORD_STEPS = (1, 3)  # the coordinate check measures after these numbers of Adam steps
 COORD_LR = 1e-2
 SEQ, BATCH, VOCAB = 32, 4, 256
-CHECKS = ("convert", "oracle", "init", "base_width", "fold", "coord_check")
+CHECKS = ("convert", "oracle", "init", "base_width", "fold", "attention", "coord_check")
 MAX_PARAMETERS = 20_000_000  # at width 128: a config with sizes the walk does not set is not tiny
 WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
                 "expert_intermediate_size", "d_ff", "ffn_hidden_size")
@@ -229,6 +231,38 @@ def check_fold(cls: type, config: Any, causal: bool) -> dict[str, Any]:
     return {"ok": ok, "stock_diff": stock_diff, "mup_diff": mup_diff, "generate_equal": same_tokens}
 
 
+def check_attention(cls: type, config: Any) -> dict[str, Any]:
+    """μP's attention factor reaches the model: with `attn_mult` 2 (after 2 steps, so the query is not zero) changing
+    each attention module's `scaling` changes the logits (it is read), and the factor folds into the checkpoint
+    (the stock model gives the μP logits). A model whose scale is hard-coded must refuse `attn_mult` 2."""
+    import transformers
+
+    import hf_mup
+
+    try:
+        model = _mup(cls, config, 0, attn_mult=2.0)
+    except hf_mup.MuPError as e:
+        return {"ok": "hard-codes its attention scale" in str(e), "attn_mult_2": "refused (a hard-coded scale)"}
+    ids = _batch()
+    _steps(model, torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2), lr=1e-2), ids, 2)
+    model.eval()
+    want = _logits(model, ids)
+    plan = hf_mup.get_plan(model)
+    assert plan is not None
+    modules = [model.get_submodule(n) for n in plan.attention if hasattr(model.get_submodule(n), "scaling")]
+    for m in modules:
+        m.scaling *= 1.5
+    read = bool(modules) and not torch.allclose(_logits(model, ids), want)
+    for m in modules:
+        m.scaling /= 1.5
+    auto = transformers.AutoModelForCausalLM if "Masked" not in cls.__name__ else transformers.AutoModelForMaskedLM
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        stock = auto.from_pretrained(tmp).eval()
+    diff = (_logits(stock, ids) - want).abs().max().item() / (want.abs().max().item() or 1.0)
+    return {"ok": read and diff < 1e-4, "scaling_read": read, "modules": len(modules), "stock_diff": diff}
+
+
 def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
     """Mean |x| of each layer's output (`hidden.i`), the logits and, in an MoE, each router's logits (`router.i`)."""
     moe = {"output_router_logits": True} if hasattr(model.config, "output_router_logits") else {}
@@ -331,10 +365,10 @@ def _check_model(model_type: str, class_name: str, coords: bool) -> dict[str, An
     for name, check in checks.items():
         row[name] = _run(check, cls, config)
     row["fold"] = _run(check_fold, cls, config, causal)
+    row["attention"] = _run(check_attention, cls, config)
     if coords:
         row["coord_check"] = _run(check_coords, model_type, cls)
-    row["status"] = "verified" if all(row[k]["ok"] for k in (*checks, "fold", *(("coord_check",) if coords else ()))) \
-        else "failed"
+    row["status"] = "verified" if all(row[k]["ok"] for k in CHECKS if k in row) else "failed"
     return row
 
 
@@ -407,7 +441,8 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
         f"tiny (widths {', '.join(map(str, WIDTHS))}, base {BASE}, heads of {HEAD_DIM}, 2 layers) and checked: "
         "per-tensor LRs against microsoft/mup (Adam and SGD), the μP init, μP = stock at the base width (at init "
         "and after 2 Adam steps), `save_pretrained` → stock `AutoModelFor*` and `MuPModel.from_pretrained` logits "
-        "and `generate()` tokens equal, and a coordinate check (the log-log slope of every layer's mean |output| and "
+        "and `generate()` tokens equal, with `attn_mult` 2 the attention modules' `scaling` read and folded (or "
+        "refused where the scale is hard-coded), and a coordinate check (the log-log slope of every layer's mean |output| and "
         f"of the logits against width within {DEFAULT_BAND} after {' and '.join(map(str, COORD_STEPS))} Adam steps, "
         "averaged over 2 seeds; the stock model's logits slope beside it).", "",
         f"**{len(verified)} verified** ({sum(bool(r.get('moe')) for r in verified)} mixture-of-experts), "

@@ -159,3 +159,18 @@ def test_unverified_model_types_warn_and_failing_ones_are_refused(monkeypatch):
     found["failing"]["phi3"] = "coord_check: not ok"
     with pytest.raises(hf_mup.MuPError, match=r"checks fail on model_type 'phi3'.*coord_check"):
         _build("phi3", "Phi3ForCausalLM", meta=True)
+
+
+@pytest.mark.parametrize("model_type, expected", [
+    ("gemma", "input_mult 0.5 on: model.embed_tokens (input_mult 1 × √(base / hidden)"),
+    ("mixtral", "MoE routers and gates (readouts inside the blocks, stock init): input × 0.25 on 2 modules"),
+    ("gpt_neox", "description: derived from the model"),
+])
+def test_hf_mup_inspect_shows_each_familys_rules(model_type, expected, tmp_path, capsys):
+    from hf_mup.lab import cli
+
+    path = tmp_path / "config.json"
+    tiny_config(model_type, 256).to_json_file(path)
+    assert cli.main(["inspect", str(path), "--base-hidden-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out and "hidden" in out

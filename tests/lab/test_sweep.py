@@ -16,7 +16,7 @@ from hf_mup import MuPError
 from hf_mup.lab import cli, lm
 from hf_mup.lab import sweep as sw
 from hf_mup.lab.data import Corpus
-from hf_mup.lab.recipe import Recipe
+from hf_mup.lab.recipe import Recipe, lm_config
 from hf_mup.lab.results import report, trial_rows
 from hf_mup.lab.storage import default_storage, load_study, storage_of, trial_id
 from hf_mup.lab.transfer import transfer
@@ -380,3 +380,14 @@ def test_llama_grid_with_options_runs(tmp_path, data):
     sw.run_grid(study, spec, sw.grid_points([32, 64], [-8.0], ["mup"], 1), data, progress=False)
     rows = [r for r in trial_rows(study) if r["state"] == "COMPLETE"]
     assert len(rows) == 2 and all(math.isfinite(r["val_loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_mixtral_grid_trains_a_mixture_of_experts_with_its_router_loss(tmp_path):
+    assert cli.main(["sweep", "--arch", "mixtral", *TINY, "--log2-lrs=-8:-7:1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["spec"]["recipe"]["arch"] == "mixtral" and result["counts"]["COMPLETE"] == 8
+    for t in result["trials"]:  # below uniform over 257 bytes after 4 steps
+        assert not t["diverged"] and 0 < t["val_loss"] < math.log(257) + 0.5
+    config = lm_config("mixtral", 64, vocab_size=257)
+    assert config.output_router_logits and config.num_local_experts == 4  # the load-balancing loss is trained
