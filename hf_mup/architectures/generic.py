@@ -202,7 +202,7 @@ def verified() -> dict[str, Any]:
     return data
 
 
-CHECKING = []  # non-empty while `hf-mup zoo` checks models (it checks what it has not verified)
+CHECKING: list[bool] = []  # non-empty while `hf-mup zoo` checks models (it checks what it has not verified)
 
 
 def check_verified(model_type: str, converted: bool = False) -> None:
