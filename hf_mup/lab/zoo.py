@@ -443,8 +443,9 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
         "and after 2 Adam steps), `save_pretrained` → stock `AutoModelFor*` and `MuPModel.from_pretrained` logits "
         "and `generate()` tokens equal, with `attn_mult` 2 the attention modules' `scaling` read and folded (or "
         "refused where the scale is hard-coded), and a coordinate check (the log-log slope of every layer's mean "
-        f"|output| and of the logits against width within {DEFAULT_BAND} after {' and '.join(map(str, COORD_STEPS))} Adam steps, "
-        "averaged over 2 seeds; the stock model's logits slope beside it).", "",
+        f"|output| and of the logits against width within {DEFAULT_BAND} after "
+        f"{' and '.join(map(str, COORD_STEPS))} Adam steps, averaged over 2 seeds; the stock model's logits slope "
+        "beside it).", "",
         f"**{len(verified)} verified** ({sum(bool(r.get('moe')) for r in verified)} mixture-of-experts), "
         f"{len(failed)} failing a check, {len(refused)} refused, {len(skipped)} not checked.", "",
         "## Verified", "",
