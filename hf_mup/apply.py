@@ -24,6 +24,7 @@ from torch import nn
 
 from .architectures.base import Index
 from .errors import MuPError
+from .architectures.generic import norm_offset, reaches_scaling
 from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"
@@ -113,7 +114,7 @@ def _scaled_outputs(model: nn.Module, plan: MuPPlan) -> dict[str, tuple[Index | 
 def scaled_attention(model: nn.Module, plan: MuPPlan) -> list[str]:
     """The attention modules whose `scaling` μP sets: all of them, but for a generic description those that have
     one (planning refused the others where their factor is not 1)."""
-    return [n for n in plan.attention if not plan.arch.generic or hasattr(model.get_submodule(n), "scaling")]
+    return [n for n in plan.attention if not plan.arch.generic or reaches_scaling(model.get_submodule(n))]
 
 
 def apply_forward(model: nn.Module, plan: MuPPlan) -> None:
@@ -233,21 +234,17 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
     """
     names = {id(p): canonical_name(n) for n, p in model.named_parameters()}
     entries: list[FoldEntry] = []
-    offset = plan.arch.norm_offset
 
-    def norm_entries(path: str, factor: float) -> list[FoldEntry]:  # a norm's gain (with its offset) and bias
-        norm = model.get_submodule(path)
-        return [(f"{path}.{p}", None, factor, offset if p == "weight" else 0.0)
-                for p, t in norm.named_parameters(recurse=False) if t is not None]
+    def offset(name: str) -> float:  # a norm gain's offset: (1 + w) norms scale 1 + w (`norm_offset`)
+        owner, _, param = name.rpartition(".")
+        return norm_offset(model.get_submodule(owner)) if param == "weight" else 0.0
 
     factor = plan.attention_scale_factor
     if factor != 1.0:
         for name in plan.attention:
             slices = plan.arch.query_fold_slices or plan.arch.query_slices
-            for p, index in slices(model.get_submodule(name)):
-                owner = type(model.get_submodule(names[id(p)].rpartition(".")[0])).__name__
-                is_norm_gain = names[id(p)].endswith(".weight") and "norm" in owner.lower()
-                entries.append((names[id(p)], index, factor, offset if is_norm_gain else 0.0))
+            entries += [(names[id(p)], index, factor, offset(names[id(p)])) for p, index in
+                        slices(model.get_submodule(name))]
     input_mult = plan.input_mult
     if input_mult != 1.0:
         entries += [(f"{name}.weight", None, input_mult, 0.0) for name in plan.embeddings]
@@ -272,7 +269,9 @@ def fold_entries(model: nn.Module, plan: MuPPlan) -> list[FoldEntry]:
             )
         norm_scale = scale / input_mult  # the shared weight already carries input_mult
         if norm_scale != 1.0:
-            entries += norm_entries(plan.readout_norm, norm_scale)
+            norm = model.get_submodule(plan.readout_norm)
+            entries += [(f"{plan.readout_norm}.{p}", None, norm_scale, offset(f"{plan.readout_norm}.{p}"))
+                        for p, t in norm.named_parameters(recurse=False) if t is not None]
     return entries
 
 

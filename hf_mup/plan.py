@@ -21,7 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import Architecture, get_architecture, supported_classes
 from .architectures.base import Index
-from .architectures.generic import check_verified, reaches_scaling
+from .architectures.generic import check_verified, is_router, reaches_scaling
 from .config import MuPConfig
 from .errors import MuPError
 from .rules import Kind, TensorRule, attention_scale_factor, classify
@@ -399,25 +399,19 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
                 tuple(cast(torch.Tensor, delta.get_submodule(name).weight).shape), 1, 0,
             )
             outside_blocks = arch.block_relative(name) is None
-            if as_linear.kind is Kind.READOUT and not in_attention(name) and (outside_blocks or _is_router(name, stock)):
+            if as_linear.kind is Kind.READOUT and not in_attention(name) and (outside_blocks or is_router(name, stock, config)):
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
                 if id(module.weight) in embedding_ids:
                     plan.tied_readouts.add(name)
-        elif _is_router(name, stock) and plan.rules.get(f"{name}.weight", TensorRule(Kind.SCALAR)).kind is Kind.READOUT:
+        elif is_router(name, stock, config) and plan.rules.get(f"{name}.weight", TensorRule(Kind.SCALAR)).kind is Kind.READOUT:
             plan.readouts[name] = mup.output_mult / plan.rules[f"{name}.weight"].fanin_mult  # a router module's own
-    plan.routers = {n for n in plan.readouts if arch.block_relative(n) is not None and _is_router(n, model.get_submodule(n))}
+    stock_layers = {n: getattr(m, "base_layer", m) for n in plan.readouts if (m := model.get_submodule(n)) is not None}
+    plan.routers = {n for n, layer in stock_layers.items() if is_router(n, layer, config)}
     plan.readout_norm = _readout_norm(model, plan)
     check_decidable(model, plan, config)
     if arch.generic:
         check_verified(arch.model_type, converted=True)
     return plan
-
-
-def _is_router(name: str, module: nn.Module) -> bool:
-    """An MoE router or gate: maps the width to a fixed number of experts (or gate values) inside a block."""
-    last = name.rpartition(".")[2].lower()
-    return ("router" in last or "gate" == last or last.endswith("_gate") or "Router" in type(module).__name__) \
-        and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
 def _readout_norm(model: nn.Module, plan: MuPPlan) -> str | None:

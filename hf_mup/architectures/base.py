@@ -40,8 +40,6 @@ class Architecture:
     Model-specific multipliers:
     - `sqrt_width_embeddings`: the model multiplies its token embeddings by √hidden (Gemma): μP divides that by
       √(hidden / base hidden), so the embeddings' output does not grow with width.
-    - `norm_offset`: the norms compute (offset + weight) · x̂ (Gemma's RMSNorm: 1); folding a factor into one
-      scales (offset + weight).
     - `extra_width_fields`: config fields besides the MLP width that grow with width (MoE experts' widths).
     - `generic`: derived from the model (`hf_mup.architectures.generic`), not described by hand.
     """
@@ -63,7 +61,6 @@ class Architecture:
     depth_scaled_init: tuple[str, ...] = ()
     pre_norm: bool = True
     sqrt_width_embeddings: bool = False
-    norm_offset: float = 0.0
     extra_width_fields: tuple[str, ...] = ()
     generic: bool = False
     is_attention_module: Callable[[nn.Module], bool] | None = None

@@ -11,7 +11,9 @@ decide (`hf_mup.plan.check_decidable`). `hf-mup zoo` (`hf_mup.lab.zoo`) verifies
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -81,12 +83,29 @@ FUSED_QUERY = {"phi3": _fused_first("qkv_proj"), "gpt_neox": _fused_per_head("qu
                "gpt_bigcode": ("c_attn", _gpt_bigcode)}
 # model_type -> settings of the Architecture that the model's structure does not show.
 FAMILIES: dict[str, dict[str, Any]] = {
-    # Gemma multiplies token embeddings by √hidden in its forward, and its RMSNorm computes (1 + w)·x̂.
-    "gemma": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
-    "gemma2": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
-    "gemma3_text": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
-    "vaultgemma": {"sqrt_width_embeddings": True, "norm_offset": 1.0},
+    # Gemma multiplies token embeddings by √hidden in its forward (its (1 + w) norms are found by `norm_offset`).
+    "gemma": {"sqrt_width_embeddings": True},
+    "gemma2": {"sqrt_width_embeddings": True},
+    "gemma3_text": {"sqrt_width_embeddings": True},
+    "vaultgemma": {"sqrt_width_embeddings": True},
 }
+# A norm's forward computing (1 + w)·x̂: Gemma's `1.0 + self.weight`, Nemotron's `self.weight + 1.0`.
+_ONE_PLUS_WEIGHT = re.compile(r"\b1(?:\.0)?\s*\+\s*self\.weight\b|\bself\.weight\s*\+\s*1(?:\.0)?\b")
+
+
+@functools.cache
+def _class_offset(cls: type) -> float:
+    try:
+        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]  # (a module class's forward)
+    except (OSError, TypeError, AttributeError):
+        return 0.0
+    return 1.0 if _ONE_PLUS_WEIGHT.search(source) else 0.0
+
+
+def norm_offset(norm: nn.Module) -> float:
+    """1 for a norm whose gain acts as (1 + w) (read from its forward), else 0: folding a factor s into it sets
+    1 + w' = s·(1 + w)."""
+    return _class_offset(type(norm))
 
 
 def _query_projection(attn: nn.Module, model_type: str) -> tuple[Any, Any] | None:
@@ -106,6 +125,19 @@ def is_attention_module(model_type: str, module: nn.Module) -> bool:
     """An attention module: named so, and holding a query projection hf_mup can find."""
     name = type(module).__name__.lower()
     return "attention" in name and _query_projection(module, model_type) is not None
+
+
+def is_router(name: str, module: nn.Module, config: Any) -> bool:
+    """An MoE router or gate: a module named so (`mlp.gate`, `shared_expert_gate`, `router`, `router.layer`) whose
+    weight maps the width to the number of experts (or to 1, a gate's value)."""
+    parts = name.lower().split(".")
+    named = any("router" in p or "gating" in p or p == "gate" or p.endswith("_gate") for p in parts) \
+        or "Router" in type(module).__name__
+    weight = getattr(module, "weight", None)
+    if not named or not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+        return False
+    experts = {getattr(config, f, None) for f in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")}
+    return weight.shape[0] in ({1} | {e for e in experts if isinstance(e, int)})
 
 
 def reaches_scaling(module: nn.Module) -> bool:

@@ -174,3 +174,20 @@ def test_hf_mup_inspect_shows_each_familys_rules(model_type, expected, tmp_path,
     assert cli.main(["inspect", str(path), "--base-hidden-size", "64"]) == 0
     out = capsys.readouterr().out
     assert expected in out and "hidden" in out
+
+
+def test_one_plus_w_norms_are_found_from_their_forward(tmp_path):
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
+
+    from hf_mup.architectures.generic import norm_offset
+
+    assert [norm_offset(n(8)) for n in (GemmaRMSNorm, NemotronLayerNorm1P, LlamaRMSNorm, torch.nn.LayerNorm)] == \
+        [1.0, 1.0, 0.0, 0.0]
+    # Nemotron ties its readout to a (1 + w) LayerNorm: the readout's multiplier folds into 1 + w (and the bias)
+    config = tiny_config("nemotron", 256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = hf_mup.MuPModel.from_config(config, base_hidden_size=BASE, model_class="NemotronForCausalLM")
+    assert hf_mup.get_plan(model).readout_norm == "model.norm"
+    _folded_logits_match(model, _step(model), tmp_path)
