@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from .architectures.base import Index
-from .errors import MuPError
 from .architectures.generic import norm_offset, reaches_scaling
+from .errors import MuPError
 from .plan import MuPPlan, canonical_name, make_plan, norm_gains
 
 PLAN_ATTR = "_mup_plan"

@@ -398,15 +398,14 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
                 tuple(cast(torch.Tensor, base.get_submodule(name).weight).shape),
                 tuple(cast(torch.Tensor, delta.get_submodule(name).weight).shape), 1, 0,
             )
-            outside_blocks = arch.block_relative(name) is None
-            if as_linear.kind is Kind.READOUT and not in_attention(name) and (outside_blocks or is_router(name, stock, config)):
+            readout_here = arch.block_relative(name) is None or is_router(name, stock, config)  # (in a block: a router)
+            if as_linear.kind is Kind.READOUT and not in_attention(name) and readout_here:
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
                 if id(module.weight) in embedding_ids:
                     plan.tied_readouts.add(name)
-        elif is_router(name, stock, config) and plan.rules.get(f"{name}.weight", TensorRule(Kind.SCALAR)).kind is Kind.READOUT:
-            plan.readouts[name] = mup.output_mult / plan.rules[f"{name}.weight"].fanin_mult  # a router module's own
-    stock_layers = {n: getattr(m, "base_layer", m) for n in plan.readouts if (m := model.get_submodule(n)) is not None}
-    plan.routers = {n for n, layer in stock_layers.items() if is_router(n, layer, config)}
+        elif is_router(name, stock, config) and (own := plan.rules.get(f"{name}.weight")) and own.kind is Kind.READOUT:
+            plan.readouts[name] = mup.output_mult / own.fanin_mult  # a router module's own weight (Mixtral's)
+    plan.routers = {n for n in plan.readouts if is_router(n, getattr(m := model.get_submodule(n), "base_layer", m), config)}
     plan.readout_norm = _readout_norm(model, plan)
     check_decidable(model, plan, config)
     if arch.generic:

@@ -93,19 +93,20 @@ FAMILIES: dict[str, dict[str, Any]] = {
 _ONE_PLUS_WEIGHT = re.compile(r"\b1(?:\.0)?\s*\+\s*self\.weight\b|\bself\.weight\s*\+\s*1(?:\.0)?\b")
 
 
-@functools.cache
-def _class_offset(cls: type) -> float:
-    try:
-        source = inspect.getsource(cls.forward)  # type: ignore[attr-defined]  # (a module class's forward)
-    except (OSError, TypeError, AttributeError):
-        return 0.0
-    return 1.0 if _ONE_PLUS_WEIGHT.search(source) else 0.0
+_OFFSETS: dict[type, float] = {}  # by norm class
 
 
 def norm_offset(norm: nn.Module) -> float:
     """1 for a norm whose gain acts as (1 + w) (read from its forward), else 0: folding a factor s into it sets
     1 + w' = s·(1 + w)."""
-    return _class_offset(type(norm))
+    cls = type(norm)
+    if cls not in _OFFSETS:
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            source = ""
+        _OFFSETS[cls] = 1.0 if _ONE_PLUS_WEIGHT.search(source) else 0.0
+    return _OFFSETS[cls]
 
 
 def _query_projection(attn: nn.Module, model_type: str) -> tuple[Any, Any] | None:

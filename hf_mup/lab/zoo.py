@@ -454,9 +454,9 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
         f"tiny (widths {', '.join(map(str, WIDTHS))}, base {BASE}, heads of {HEAD_DIM}, 2 layers) and checked: "
         "per-tensor LRs against microsoft/mup (Adam and SGD), the μP init, μP = stock at the base width (at init "
         "and after 2 Adam steps), `save_pretrained` → stock `AutoModelFor*` and `MuPModel.from_pretrained` logits "
-        "and `generate()` tokens equal (embeddings tied and untied), with `attn_mult` 2 the attention modules' `scaling` read and folded (or "
-        "refused where the scale is hard-coded), and a coordinate check (the log-log slope of every layer's mean "
-        f"|output| and of the logits against width within {DEFAULT_BAND} after "
+        "and `generate()` tokens equal (embeddings tied and untied), with `attn_mult` 2 the attention modules' "
+        "`scaling` read and folded (or refused where the scale is hard-coded), and a coordinate check (the log-log "
+        f"slope of every layer's mean |output| and of the logits against width within {DEFAULT_BAND} after "
         f"{' and '.join(map(str, COORD_STEPS))} Adam steps, averaged over 2 seeds; the stock model's logits slope "
         "beside it).", "",
         f"**{len(verified)} verified** ({sum(bool(r.get('moe')) for r in verified)} mixture-of-experts), "
