@@ -194,7 +194,8 @@ def _resized_config(config: PretrainedConfig, arch: Architecture, hidden: int, h
     resized = copy.deepcopy(config)
     resized.hidden_size = hidden
     resized.num_attention_heads = heads
-    setattr(resized, arch.intermediate_size_attr, intermediate)
+    if arch.intermediate_size_attr:  # (else the code derives the MLP width from the hidden size)
+        setattr(resized, arch.intermediate_size_attr, intermediate)
     for name in arch.extra_width_fields:  # (MoE experts' widths) as the MLP's: × the width ratio
         value = getattr(config, name)
         if (value * hidden) % config.hidden_size:
@@ -225,6 +226,9 @@ def base_configs_for(config: PretrainedConfig, mup: MuPConfig,
     base_kv, delta_kv = _base_kv_heads(config, mup, arch, base_heads)
     intermediate = arch.intermediate_size(config)
     base_intermediate = mup.base_intermediate_size
+    if base_intermediate is not None and not arch.intermediate_size_attr:
+        raise MuPError(f"{config.model_type}'s MLP width follows its hidden size in the modeling code (no config field): "
+                       "leave base_intermediate_size unset.")
     if base_intermediate is None:
         if (intermediate * base) % hidden:
             raise MuPError(

@@ -37,22 +37,32 @@ WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_siz
                 "expert_intermediate_size", "d_ff", "ffn_hidden_size", "dim_ff", "dff")
 
 
+def _heads_and_size(attn: Any) -> tuple[int, int]:
+    """(query heads, head size) of an attention module, from its attributes or its config."""
+    config = getattr(attn, "config", None)
+    heads = next((getattr(o, a) for o in (attn, config) for a in ("num_heads", "n_heads", "num_attention_heads")
+                  if isinstance(getattr(o, a, None), int)), None)
+    if heads is None:
+        raise MuPError(f"hf_mup cannot read the head count of {type(attn).__name__}.")
+    size = next((getattr(o, "head_dim") for o in (attn, config) if isinstance(getattr(o, "head_dim", None), int)),
+                None)
+    hidden = getattr(attn, "hidden_size", None) or getattr(config, "hidden_size", 0)
+    return heads, size or hidden // heads
+
+
 def _fused_first(child: str) -> Any:
-    """Fused q/k/v rows laid out [queries | keys | values] (Phi-3's `qkv_proj`): the queries are the first
-    heads × head size rows."""
-    def rows(attn: Any) -> torch.Tensor | slice:
-        proj = getattr(attn, child)
-        heads = attn.config.num_attention_heads
-        n = heads * (getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads)
-        return slice(0, n) if proj.weight.shape[0] != n else slice(None)
+    """Fused q/k/v rows laid out [queries | keys | values] (Phi-3's `qkv_proj`, MPT's `Wqkv`): the queries are the
+    first heads × head size rows."""
+    def rows(attn: Any) -> slice:
+        heads, size = _heads_and_size(attn)
+        return slice(0, heads * size)
     return child, rows
 
 
 def _fused_per_head(child: str) -> Any:
-    """Fused q/k/v rows laid out per head, [q_h | k_h | v_h] for each head h (GPT-NeoX, Persimmon)."""
+    """Fused q/k/v rows laid out per head, [q_h | k_h | v_h] for each head h (GPT-NeoX, Persimmon, BLOOM)."""
     def rows(attn: Any) -> torch.Tensor:
-        heads: int = attn.config.num_attention_heads
-        return _per_head_rows(heads, getattr(attn.config, "head_dim", None) or attn.config.hidden_size // heads)
+        return _per_head_rows(*_heads_and_size(attn))
     return child, rows
 
 
@@ -79,15 +89,18 @@ def _gpt_bigcode(attn: Any) -> torch.Tensor | slice:
 
 # model_type -> (fused projection's name, its query rows): where the query projection is fused with keys and values.
 FUSED_QUERY = {"phi3": _fused_first("qkv_proj"), "gpt_neox": _fused_per_head("query_key_value"),
-               "persimmon": _fused_per_head("query_key_value"), "falcon": ("query_key_value", _falcon),
+               "persimmon": _fused_per_head("query_key_value"), "bloom": _fused_per_head("query_key_value"),
+               "mpt": _fused_first("Wqkv"), "falcon": ("query_key_value", _falcon),
                "gpt_bigcode": ("c_attn", _gpt_bigcode)}
 # model_type -> settings of the Architecture that the model's structure does not show.
 FAMILIES: dict[str, dict[str, Any]] = {
-    # Gemma multiplies token embeddings by √hidden in its forward (its (1 + w) norms are found by `norm_offset`).
+    # Gemma and CTRL multiply token embeddings by √hidden in their forward (Gemma's (1 + w) norms are found by
+    # `norm_offset`).
     "gemma": {"sqrt_width_embeddings": True},
     "gemma2": {"sqrt_width_embeddings": True},
     "gemma3_text": {"sqrt_width_embeddings": True},
     "vaultgemma": {"sqrt_width_embeddings": True},
+    "ctrl": {"sqrt_width_embeddings": True},  # (`inputs_embeds *= np.sqrt(d_model)`, token types too)
 }
 # A norm's forward computing (1 + w)·x̂: Gemma's `1.0 + self.weight`, Nemotron's `self.weight + 1.0`.
 _ONE_PLUS_WEIGHT = re.compile(r"\b1(?:\.0)?\s*\+\s*self\.weight\b|\bself\.weight\s*\+\s*1(?:\.0)?\b")
@@ -190,8 +203,8 @@ def describe(model_type: str, width_fields: tuple[str, ...], kv_heads_attr: str 
     return Architecture(
         model_type=model_type,
         model_classes=_model_classes(model_type),
-        intermediate_size=functools.partial(_field, width_fields[0]),
-        intermediate_size_attr=width_fields[0],
+        intermediate_size=functools.partial(_field, width_fields[0] if width_fields else "hidden_size"),
+        intermediate_size_attr=width_fields[0] if width_fields else "",
         extra_width_fields=width_fields[1:],
         attention_classes=(),
         is_attention_module=functools.partial(is_attention_module, model_type),
@@ -217,11 +230,9 @@ def generic_architecture(config: Any) -> Architecture | str:
     if not _model_classes(config.model_type):
         return "transformers has no causal-LM, masked-LM or base model class for it"
     names = FAMILY_WIDTH_FIELDS.get(config.model_type, WIDTH_FIELDS)
+    # No field: the modeling code derives the MLP width from the hidden size (BLOOM's 4×), which resizing scales
+    # already; a fixed width that no field names would show up as a tensor check_decidable refuses.
     fields = tuple(f for f in names if isinstance(getattr(config, f, None), int))
-    if not fields:
-        return (f"its config has no MLP width field ({', '.join(names[:3])}, ...) to scale with the width (an MLP "
-                "width fixed in the modeling code, or named otherwise: FAMILY_WIDTH_FIELDS in "
-                "hf_mup/architectures/generic.py)")
     kv = "num_key_value_heads" if isinstance(getattr(config, "num_key_value_heads", None), int) else None
     head_dim = "head_dim" if isinstance(vars(config).get("head_dim"), int) else None  # (not a derived property)
     check_verified(config.model_type)

@@ -13,7 +13,7 @@ hf_mup: it converts, or is refused with the reason. For those that convert, the 
 - `attention`: with `attn_mult` 2, each attention module's `scaling` is read (changing it changes the logits) and the
   factor folds into the checkpoint; a hard-coded scale refuses `attn_mult` 2.
 - `coord_check`: mean |activation| of every layer's output, of the logits (and of an MoE's router logits) against
-  width (4 widths) after 1 and 3 Adam steps: the log-log slope must stay in the coordinate check's band
+  width (4 widths) after 1 and 3 Adam steps, and of the token embeddings' share of the first hidden state at init: the log-log slope must stay in the coordinate check's band
   (`DEFAULT_BAND`: growth is what μP prevents; the init's share shrinks as width^-1/2) for μP; the stock model's
   logits slope is shown beside it.
 
@@ -272,6 +272,22 @@ def check_attention(cls: type, config: Any) -> dict[str, Any]:
     return {"ok": read and diff < 1e-4, "scaling_read": read, "modules": len(modules), "stock_diff": diff}
 
 
+def _token_share(model: Any, ids: torch.Tensor) -> float:
+    """Mean |what the token embeddings add to the first hidden state|: a multiplier the model puts on its embeddings
+    (CTRL's and Gemma's √hidden) shows in its slope against width, where positions added to it can hide it there."""
+    table = model.get_input_embeddings().weight
+
+    def first_hidden() -> torch.Tensor:
+        return model(input_ids=ids, output_hidden_states=True).hidden_states[0].float()
+
+    with torch.no_grad():
+        full, saved = first_hidden(), table.detach().clone()
+        table.zero_()
+        without = first_hidden()
+        table.copy_(saved)
+    return (full - without).abs().mean().item()
+
+
 def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
     """Mean |x| of each layer's output (`hidden.i`), the logits and, in an MoE, each router's logits (`router.i`)."""
     moe = {"output_router_logits": True} if hasattr(model.config, "output_router_logits") else {}
@@ -310,6 +326,8 @@ def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, s
                 "mup": (mup_model, torch.optim.AdamW(hf_mup.mup_param_groups(mup_model, lr=COORD_LR), lr=COORD_LR,
                                                      weight_decay=0.0)),
                 "sp": (sp_model, torch.optim.AdamW(sp_model.parameters(), lr=COORD_LR, weight_decay=0.0))}
+            key = ("mup", 0, "embeddings")  # the token embeddings' share of the first hidden state, at init
+            sums[key] = sums.get(key, 0.0) + _token_share(mup_model, ids) / len(seeds)
             for kind, (model, optimizer) in optimizers.items():
                 done = 0
                 for step in COORD_STEPS:
@@ -457,7 +475,8 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
         "and `generate()` tokens equal (embeddings tied and untied), with `attn_mult` 2 the attention modules' "
         "`scaling` read and folded (or refused where the scale is hard-coded), and a coordinate check (the log-log "
         f"slope of every layer's mean |output| and of the logits against width within {DEFAULT_BAND} after "
-        f"{' and '.join(map(str, COORD_STEPS))} Adam steps, averaged over 2 seeds; the stock model's logits slope "
+        f"{' and '.join(map(str, COORD_STEPS))} Adam steps, and of the token embeddings' share of the first hidden "
+        "state at init, averaged over 2 seeds; the stock model's logits slope "
         "beside it).", "",
         f"**{len(verified)} verified** ({sum(bool(r.get('moe')) for r in verified)} mixture-of-experts), "
         f"{len(failed)} failing a check, {len(refused)} refused, {len(skipped)} not checked.", "",
