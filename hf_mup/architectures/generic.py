@@ -39,13 +39,12 @@ WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_siz
 
 def _heads_and_size(attn: Any) -> tuple[int, int]:
     """(query heads, head size) of an attention module, from its attributes or its config."""
-    config = getattr(attn, "config", None)
+    config: Any = getattr(attn, "config", None)
     heads = next((getattr(o, a) for o in (attn, config) for a in ("num_heads", "n_heads", "num_attention_heads")
                   if isinstance(getattr(o, a, None), int)), None)
     if heads is None:
         raise MuPError(f"hf_mup cannot read the head count of {type(attn).__name__}.")
-    size = next((getattr(o, "head_dim") for o in (attn, config) if isinstance(getattr(o, "head_dim", None), int)),
-                None)
+    size = next((o.head_dim for o in (attn, config) if isinstance(getattr(o, "head_dim", None), int)), None)
     hidden = getattr(attn, "hidden_size", None) or getattr(config, "hidden_size", 0)
     return heads, size or hidden // heads
 

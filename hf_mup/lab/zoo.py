@@ -13,7 +13,8 @@ hf_mup: it converts, or is refused with the reason. For those that convert, the 
 - `attention`: with `attn_mult` 2, each attention module's `scaling` is read (changing it changes the logits) and the
   factor folds into the checkpoint; a hard-coded scale refuses `attn_mult` 2.
 - `coord_check`: mean |activation| of every layer's output, of the logits (and of an MoE's router logits) against
-  width (4 widths) after 1 and 3 Adam steps, and of the token embeddings' share of the first hidden state at init: the log-log slope must stay in the coordinate check's band
+  width (4 widths) after 1 and 3 Adam steps, and of the token embeddings' share of the first hidden state at init:
+  the log-log slope must stay in the coordinate check's band
   (`DEFAULT_BAND`: growth is what μP prevents; the init's share shrinks as width^-1/2) for μP; the stock model's
   logits slope is shown beside it.
 
@@ -326,8 +327,8 @@ def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, s
                 "mup": (mup_model, torch.optim.AdamW(hf_mup.mup_param_groups(mup_model, lr=COORD_LR), lr=COORD_LR,
                                                      weight_decay=0.0)),
                 "sp": (sp_model, torch.optim.AdamW(sp_model.parameters(), lr=COORD_LR, weight_decay=0.0))}
-            key = ("mup", 0, "embeddings")  # the token embeddings' share of the first hidden state, at init
-            sums[key] = sums.get(key, 0.0) + _token_share(mup_model, ids) / len(seeds)
+            share = ("mup", 0, "embeddings")  # the token embeddings' share of the first hidden state, at init
+            sums[share] = sums.get(share, 0.0) + _token_share(mup_model, ids) / len(seeds)
             for kind, (model, optimizer) in optimizers.items():
                 done = 0
                 for step in COORD_STEPS:
