@@ -54,6 +54,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "gptj": {"rotary_dim": HEAD_DIM // 2},
     "codegen": {"rotary_dim": HEAD_DIM // 2},
+    "dots1": {"n_shared_experts": 1},
 }
 
 
@@ -81,8 +82,7 @@ def tiny_config(model_type: str, width: int, layers: int = 2, **overrides: Any) 
     for key, value in want.items():
         name = aliases.get(key, key)
         derived = isinstance(getattr(cls, name, None), property)  # (Falcon's head_dim: computed, not set)
-        if (name in accepted or name in vars(default)) and not derived \
-                and not (key == "head_dim" and getattr(default, name, None) is None):
+        if (name in accepted or name in vars(default)) and not derived:
             kwargs[name] = value
     return cls(**kwargs)
 
