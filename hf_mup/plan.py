@@ -453,12 +453,12 @@ def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -
     layouts = _layouts(model)
     for name, rule in plan.rules.items():
         module = name.rpartition(".")[0]
-        ndim = 2 if layouts[id(params[name])][0] is not None else 1  # a matrix (or stacked ones), or vectors
-        if ndim >= 2 and rule.kind is Kind.READOUT and module not in plan.readouts:
+        matrix = layouts[id(params[name])][0] is not None  # (or stacked matrices; else a vector or vectors)
+        if matrix and rule.kind is Kind.READOUT and module not in plan.readouts:
             problems.append(f"{name} maps the width to a fixed size but is not a readout hf_mup can scale"
                             + (" (inside a block: is a width field of the config not scaled?)"
                                if arch.block_relative(name) is not None else ""))
-        elif ndim >= 2 and rule.kind is Kind.INPUT and arch.block_relative(name) is not None:
+        elif matrix and rule.kind is Kind.INPUT and arch.block_relative(name) is not None:
             problems.append(f"{name} maps a fixed size to the width inside a block (a low-rank or per-layer "
                             "projection): no μP rule is derived for it")
     if arch.generic:
