@@ -228,6 +228,8 @@ def generic_architecture(config: Any) -> Architecture | str:
         return "it is an encoder-decoder (hf_mup converts decoders and encoders)"
     if not _model_classes(config.model_type):
         return "transformers has no causal-LM, masked-LM or base model class for it"
+    if not isinstance(getattr(config, "num_attention_heads", None), int):
+        return "it has no attention heads (num_attention_heads): hf_mup describes transformers with attention"
     names = FAMILY_WIDTH_FIELDS.get(config.model_type, WIDTH_FIELDS)
     # No field: the modeling code derives the MLP width from the hidden size (BLOOM's 4×), which resizing scales
     # already; a fixed width that no field names would show up as a tensor check_decidable refuses.

@@ -13,7 +13,7 @@ hf_mup: it converts, or is refused with the reason. For those that convert, the 
 - `attention`: with `attn_mult` 2, each attention module's `scaling` is read (changing it changes the logits) and the
   factor folds into the checkpoint; a hard-coded scale refuses `attn_mult` 2.
 - `coord_check`: mean |activation| of every layer's output, of the logits (and of an MoE's router logits) against
-  width (4 widths) after 1 and 3 Adam steps, and of the token embeddings' share of the first hidden state at init:
+  width (4 widths) after 1 and 2 Adam steps, and of the token embeddings' share of the first hidden state at init:
   the log-log slope must stay in the coordinate check's band
   (`DEFAULT_BAND`: growth is what μP prevents; the init's share shrinks as width^-1/2) for μP; the stock model's
   logits slope is shown beside it.
@@ -43,7 +43,9 @@ from .coord_check import DEFAULT_BAND
 WIDTHS = (64, 128, 256, 512)
 BASE = 64
 HEAD_DIM = 16
-COORD_STEPS = (1, 3)  # the coordinate check measures after these numbers of Adam steps
+# The coordinate check measures after these numbers of Adam steps: its band (DEFAULT_BAND) is calibrated for t <= 2
+# (hf_mup/lab/coord_check.py); by t = 3 a correct μP model's slopes can leave it.
+COORD_STEPS = (1, 2)
 COORD_LR = 1e-2
 SEQ, BATCH, VOCAB = 32, 4, 256
 CHECKS = ("convert", "oracle", "init", "base_width", "fold", "fold_tied", "fold_untied", "attention", "coord_check")
@@ -251,8 +253,8 @@ def check_attention(cls: type, config: Any) -> dict[str, Any]:
 
     try:
         model = _mup(cls, config, 0, attn_mult=2.0)
-    except hf_mup.MuPError as e:
-        return {"ok": "hard-codes its attention scale" in str(e), "attn_mult_2": "refused (a hard-coded scale)"}
+    except hf_mup.MuPError as e:  # right only where the scale is hard-coded or the factor cannot be folded
+        return {"ok": "attn_mult=1" in str(e), "attn_mult_2": f"refused: {str(e)[:200]}"}
     ids = _batch()
     _steps(model, torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2), lr=1e-2), ids, 2)
     model.eval()
@@ -293,7 +295,10 @@ def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
     """Mean |x| of each layer's output (`hidden.i`), the logits and, in an MoE, each router's logits (`router.i`)."""
     moe = {"output_router_logits": True} if hasattr(model.config, "output_router_logits") else {}
     with torch.no_grad():
-        out = model(input_ids=ids, output_hidden_states=True, **moe)
+        try:
+            out = model(input_ids=ids, output_hidden_states=True, **moe)
+        except (IndexError, TypeError):  # (a model whose router logits are not returned this way: without them)
+            out = model(input_ids=ids, output_hidden_states=True)
     stats = {f"hidden.{i}": h.float().abs().mean().item() for i, h in enumerate(out.hidden_states)}
     stats["logits"] = out.logits.float().abs().mean().item()
     for i, r in enumerate(getattr(out, "router_logits", None) or ()):
