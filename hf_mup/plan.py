@@ -470,9 +470,10 @@ def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -
                     problems.append(f"{name} ({type(module).__name__}) hard-codes its attention scale, which μP's "
                                     f"factor {factor:g} must change: keep the head size fixed and attn_mult=1")
                 elif factor != 1.0 and not (arch.query_fold_slices or arch.query_slices)(module):
-                    problems.append(f"{name} ({type(module).__name__}) normalises its queries without a gain after "
-                                    f"their projection, so μP's attention factor {factor:g} cannot be folded into "
-                                    "a checkpoint: keep the head size fixed and attn_mult=1")
+                    problems.append(f"{name} ({type(module).__name__}) normalises its queries after their "
+                                    "projection with a norm that has no gain or is shared with the keys, so μP's "
+                                    f"attention factor {factor:g} cannot be folded into a checkpoint: keep the head "
+                                    "size fixed and attn_mult=1")
             elif "attention" in type(module).__name__.lower() and any(
                     isinstance(getattr(c, "base_layer", c), (nn.Linear, Conv1D)) for c in module.children()) and (
                     plan.mup.zero_init_query or factor != 1.0):

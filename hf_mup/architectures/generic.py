@@ -31,7 +31,9 @@ VERIFIED_FILE = Path(__file__).with_name("verified.json")
 # Names of a separate query projection inside an attention module.
 QUERY_PROJECTIONS = ("q_proj", "query", "q_lin", "Wq", "query_proj", "q")
 # Norms applied to the queries after their projection (QK-norm): the attention factor is folded into them.
-QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm")
+QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm", "query_layernorm", "q_layer_norm")
+# Norms shared by queries and keys: a factor folded into one would scale both (refused where the factor is not 1).
+SHARED_QK_NORMS = ("qk_norm", "qk_layernorm")
 # Config fields that are MLP or expert widths: they grow with width like the hidden size.
 WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
                 "expert_intermediate_size", "d_ff", "ffn_hidden_size", "dim_ff", "dff")
@@ -171,6 +173,8 @@ def _query_slices(model_type: str, attn: nn.Module) -> QuerySlices:
 
 
 def _query_fold_slices(model_type: str, attn: nn.Module) -> QuerySlices:
+    if any(isinstance(attn._modules.get(name), nn.Module) for name in SHARED_QK_NORMS):
+        return []  # nowhere to fold the factor into the queries alone
     for name in QUERY_NORMS:  # a norm after the projection would undo a factor folded into it
         norm = attn._modules.get(name)
         if norm is not None:
@@ -234,6 +238,10 @@ def generic_architecture(config: Any) -> Architecture | str:
     # No field: the modeling code derives the MLP width from the hidden size (BLOOM's 4×), which resizing scales
     # already; a fixed width that no field names would show up as a tensor check_decidable refuses.
     fields = tuple(f for f in names if isinstance(getattr(config, f, None), int))
+    try:
+        getattr(config, "head_dim", None)
+    except (AttributeError, RuntimeError):  # (transformers' per-layer attributes raise on the global one)
+        return "its attention shape varies per layer (per-layer configs): hf_mup describes one shape for all layers"
     kv = "num_key_value_heads" if isinstance(getattr(config, "num_key_value_heads", None), int) else None
     head_dim = "head_dim" if isinstance(vars(config).get("head_dim"), int) else None  # (not a derived property)
     check_verified(config.model_type)
