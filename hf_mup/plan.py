@@ -349,6 +349,14 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
     head_dim, base_head_dim, _ = _head_dims(config, mup, arch)
     base, delta = (meta_model(type(model), c) for c in base_configs_for(config, mup, arch))
     base_params, delta_params = dict(base.named_parameters()), dict(delta.named_parameters())
+    model_params = {canonical_name(n) for n, _ in model.named_parameters()}
+    if (only_base := sorted(base_params.keys() - model_params)) or base_params.keys() != delta_params.keys():
+        raise MuPError(
+            f"The base model (hidden size {mup.base_hidden_size}) of this {config.model_type} model has other "
+            f"tensors than the model ({', '.join((only_base or sorted(base_params.keys() ^ delta_params.keys()))[:4])}"
+            "): a config field that should grow with the width stays fixed, so the model changes shape as it "
+            "narrows. hf_mup cannot compare their shapes."
+        )
     layouts = _layouts(model)
     attention = [canonical_name(n) for n, m in model.named_modules() if arch.is_attention(m)]
 
@@ -462,6 +470,10 @@ def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -
             problems.append(f"{name} maps a fixed size to the width inside a block (a low-rank or per-layer "
                             "projection): no μP rule is derived for it")
     if arch.generic:
+        output = getattr(model, "get_output_embeddings", lambda: None)()
+        if output is not None and not plan.readouts:
+            problems.append(f"no layer maps the width to the outputs ({type(model).__name__}'s output layer is not "
+                            "a readout of the width: a projection of its own comes first)")
         factor = plan.attention_scale_factor
         for name, module in model.named_modules():
             name = canonical_name(name)
@@ -475,8 +487,8 @@ def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -
                                     f"attention factor {factor:g} cannot be folded into a checkpoint: keep the head "
                                     "size fixed and attn_mult=1")
             elif "attention" in type(module).__name__.lower() and any(
-                    isinstance(getattr(c, "base_layer", c), (nn.Linear, Conv1D)) for c in module.children()) and (
-                    plan.mup.zero_init_query or factor != 1.0):
+                    isinstance(w := getattr(getattr(c, "base_layer", c), "weight", None), nn.Parameter)
+                    and w.dim() >= 2 for c in module.children()) and (plan.mup.zero_init_query or factor != 1.0):
                 problems.append(f"{name} ({type(module).__name__}): hf_mup cannot find its query projection, which "
                                 "zero_init_query and the attention factor need: set zero_init_query=False, keep the "
                                 "head size fixed and attn_mult=1")

@@ -36,7 +36,8 @@ QUERY_NORMS = ("q_norm", "q_layernorm", "query_norm", "query_layernorm", "q_laye
 SHARED_QK_NORMS = ("qk_norm", "qk_layernorm")
 # Config fields that are MLP or expert widths: they grow with width like the hidden size.
 WIDTH_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
-                "expert_intermediate_size", "d_ff", "ffn_hidden_size", "dim_ff", "dff")
+                "expert_intermediate_size", "d_ff", "ffn_hidden_size", "dim_ff", "dff",
+                "word_embed_proj_dim")  # (OPT's: the width of its input/output projections, the hidden size's)
 
 
 def _heads_and_size(attn: Any) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import hf_mup
-from hf_mup.lab.zoo import tiny_config
+from hf_mup.lab.zoo_checks import tiny_config
 from hf_mup.rules import Kind
 
 BASE = 64
