@@ -486,9 +486,9 @@ def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -
                                     "projection with a norm that has no gain or is shared with the keys, so μP's "
                                     f"attention factor {factor:g} cannot be folded into a checkpoint: keep the head "
                                     "size fixed and attn_mult=1")
-            elif "attention" in type(module).__name__.lower() and any(
-                    isinstance(w := getattr(getattr(c, "base_layer", c), "weight", None), nn.Parameter)
-                    and w.dim() >= 2 for c in module.children()) and (plan.mup.zero_init_query or factor != 1.0):
+            elif "attention" in type(module).__name__.lower() and (plan.mup.zero_init_query or factor != 1.0) \
+                    and any(len(param_shape(p)) >= 2 for p in module.parameters()) \
+                    and not any(arch.is_attention(m) for m in module.modules()):  # (not a container of attention)
                 problems.append(f"{name} ({type(module).__name__}): hf_mup cannot find its query projection, which "
                                 "zero_init_query and the attention factor need: set zero_init_query=False, keep the "
                                 "head size fixed and attn_mult=1")

@@ -184,6 +184,11 @@ def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
     return data["transformers"], sorted(data["models"], key=lambda r: r["model_type"])
 
 
+def _cell(text: str, limit: int) -> str:
+    """`text` as one Markdown table cell: one line, no column bar, at most `limit` characters."""
+    return " ".join(text.split())[:limit].replace("|", "/")
+
+
 def support_table(rows: list[dict[str, Any]], version: str) -> str:
     """The docs' supported-models page, generated from the walk's rows."""
     verified = [r for r in rows if r["status"] == "verified"]
@@ -215,14 +220,14 @@ def support_table(rows: list[dict[str, Any]], version: str) -> str:
         lines.append(f"| {r['model_type']} | {r['class']} | {'yes' if r.get('moe') else ''} | {worst} | {sp} | "
                      f"{r.get('seconds', '')} |")
     if failed:
-        lines += ["", "## Converted but failing a check (refuse to rely on these)", "", "| model type | failing |",
+        lines += ["", "## Failing a check (hf_mup refuses them, naming the check)", "", "| model type | failing |",
                   "|---|---|"]
         for r in failed:
             bad = [f"{k}: {r[k].get('error') or {x: y for x, y in r[k].items() if x not in ('ok', 'where')}}"
                    for k in CHECKS if k in r and not r[k]["ok"]]
-            lines.append(f"| {r['model_type']} | {'; '.join(bad)[:300].replace('|', '/')} |")
+            lines.append(f"| {r['model_type']} | {_cell('; '.join(bad), 300)} |")
     lines += ["", "## Refused, with the reason", "", "| model type | reason |", "|---|---|"]
-    lines += [f"| {r['model_type']} | {r['reason'][:400].replace('|', '/')} |" for r in refused]
+    lines += [f"| {r['model_type']} | {_cell(r['reason'], 400)} |" for r in refused]
     lines += ["", "## Not checked", "", "| model type | why |", "|---|---|"]
-    lines += [f"| {r['model_type']} | {r['reason'][:200].replace('|', '/')} |" for r in skipped]
+    lines += [f"| {r['model_type']} | {_cell(r['reason'], 200)} |" for r in skipped]
     return "\n".join(lines) + "\n"
