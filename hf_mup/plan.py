@@ -245,8 +245,9 @@ def base_configs_for(config: PretrainedConfig, mup: MuPConfig,
 
 
 def is_norm(module: nn.Module) -> bool:
-    """A normalisation layer (LayerNorm, RMSNorm, Qwen3's q/k norms), by class name as transformers names them."""
-    return "Norm" in type(module).__name__
+    """A normalisation layer (LayerNorm, RMSNorm, Qwen3's q/k norms), by class name as transformers names them, and a
+    leaf (not `RobertaPreLayerNormLMHead`, a head whose class name says "Norm")."""
+    return "Norm" in type(module).__name__ and not module._modules
 
 
 def norm_gains(model: nn.Module) -> list[nn.Parameter]:
@@ -426,22 +427,26 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
 
 
 def _readout_norm(model: nn.Module, plan: MuPPlan) -> str | None:
-    """The norm whose output only the tied readout reads: described by hand, else the one norm outside the blocks
-    and the embeddings nearest the readout (in its parent, else further up): an MLM head's transform norm, a
-    decoder's final norm. None when there is none, or two at the same distance."""
+    """The norm whose output only the tied readout reads: described by hand, else the norm outside the blocks and the
+    embeddings nearest the readout (in its parent, else further up; of two there, the one registered last before the
+    readout): an MLM head's transform norm, a decoder's final norm. None when there is none."""
     if not plan.tied_readouts:
         return None
     if not plan.arch.generic:
         return plan.arch.tied_readout_norms.get(plan.model_class)
-    path = min(plan.tied_readouts).split(".")[:-1]
+    readout = min(plan.tied_readouts)
+    order = {canonical_name(n): i for i, (n, _) in enumerate(model.named_modules())}
+    path = readout.split(".")[:-1]
     while True:
         prefix = ".".join(path)
         scope = model.get_submodule(prefix)
-        found = [canonical_name(f"{prefix}.{n}" if prefix else n) for n, m in scope.named_modules()
+        found = [canonical_name(".".join(filter(None, (prefix, n)))) for n, m in scope.named_modules()
                  if is_norm(m) and any(True for _ in m.parameters(recurse=False))]
         found = [n for n in found if plan.arch.block_relative(n) is None and "embed" not in n]
+        if len(found) > 1:  # (a decoder's final norm and an MLM head's: the head's, registered after it, is last)
+            found = [max((n for n in found if order[n] < order[readout]), key=order.__getitem__, default="")]
         if found or not path:
-            return found[0] if len(found) == 1 else None
+            return found[0] if len(found) == 1 and found[0] else None
         path.pop()
 
 

@@ -53,8 +53,8 @@ def _heads_and_size(attn: Any) -> tuple[int, int]:
 
 
 def _fused_first(child: str) -> Any:
-    """Fused q/k/v rows laid out [queries | keys | values] (Phi-3's `qkv_proj`, MPT's `Wqkv`): the queries are the
-    first heads × head size rows."""
+    """Fused q/k/v rows laid out [queries | keys | values] (Phi-3's `qkv_proj`, MPT's and ModernBERT's `Wqkv`): the
+    queries are the first heads × head size rows."""
     def rows(attn: Any) -> slice:
         heads, size = _heads_and_size(attn)
         return slice(0, heads * size)
@@ -92,7 +92,8 @@ def _gpt_bigcode(attn: Any) -> torch.Tensor | slice:
 # model_type -> (fused projection's name, its query rows): where the query projection is fused with keys and values.
 FUSED_QUERY = {"phi3": _fused_first("qkv_proj"), "gpt_neox": _fused_per_head("query_key_value"),
                "persimmon": _fused_per_head("query_key_value"), "bloom": _fused_per_head("query_key_value"),
-               "mpt": _fused_first("Wqkv"), "falcon": ("query_key_value", _falcon),
+               "mpt": _fused_first("Wqkv"), "modernbert": _fused_first("Wqkv"),
+               "modernbert-decoder": _fused_first("Wqkv"), "falcon": ("query_key_value", _falcon),
                "gpt_bigcode": ("c_attn", _gpt_bigcode)}
 # model_type -> settings of the Architecture that the model's structure does not show.
 FAMILIES: dict[str, dict[str, Any]] = {

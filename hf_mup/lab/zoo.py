@@ -47,6 +47,7 @@ from .zoo_checks import (
     check_fold,
     check_init,
     check_oracle,
+    is_masked_lm,
     logits_of,
     mup_model,
     stock_model,
@@ -88,7 +89,7 @@ def _check_model(model_type: str, class_name: str, coords: bool) -> dict[str, An
 
     row: dict[str, Any] = {"model_type": model_type, "class": class_name}
     cls = getattr(transformers, class_name, None)
-    causal = "Masked" not in class_name
+    causal = not is_masked_lm(class_name)
     try:
         config = tiny_config(model_type, 2 * BASE)
         if any(hasattr(config, k) for k in ("text_config", "vision_config", "audio_config")) \

@@ -31,6 +31,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "gptj": {"rotary_dim": HEAD_DIM // 2},
     "codegen": {"rotary_dim": HEAD_DIM // 2},
     "dots1": {"n_shared_experts": 1},
+    **{t: {"qk_rope_head_dim": HEAD_DIM, "qk_nope_head_dim": HEAD_DIM, "v_head_dim": HEAD_DIM, "kv_lora_rank": 32,
+           "q_lora_rank": 32} for t in ("deepseek_v2", "deepseek_v3", "axk1", "youtu")},  # latent attention's ranks
 }
 
 
@@ -64,6 +66,14 @@ def tiny_config(model_type: str, width: int, layers: int = 2, **overrides: Any) 
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+
+
+def is_masked_lm(class_name: str) -> bool:
+    """Whether transformers maps a model class as a masked LM (`FlaubertWithLMHeadModel` is one, without the name)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    names = auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()
+    return any(class_name == n or isinstance(n, tuple) and class_name in n for n in names)
 
 
 def token_batch(seed: int = 0) -> torch.Tensor:
@@ -230,7 +240,7 @@ def check_attention(cls: type, config: Any) -> dict[str, Any]:
     read = bool(modules) and not torch.allclose(logits_of(model, ids), want)
     for m in modules:
         m.scaling /= 1.5
-    auto = transformers.AutoModelForCausalLM if "Masked" not in cls.__name__ else transformers.AutoModelForMaskedLM
+    auto = transformers.AutoModelForMaskedLM if is_masked_lm(cls.__name__) else transformers.AutoModelForCausalLM
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         stock = auto.from_pretrained(tmp).eval()
