@@ -420,7 +420,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             plan.readouts[name] = mup.output_mult / own.fanin_mult  # a router module's own weight (Mixtral's)
     plan.routers = {n for n in plan.readouts if is_router(n, getattr(m := model.get_submodule(n), "base_layer", m), config)}
     plan.readout_norm = _readout_norm(model, plan)
-    check_decidable(model, plan, config)
+    check_decidable(model, plan, config, layouts)
     if arch.generic:
         check_verified(arch.model_type, converted=True)
     return plan
@@ -458,12 +458,11 @@ def _embed_scale(module: nn.Module) -> float | None:
     return float(scale) if isinstance(scale, (int, float)) else None
 
 
-def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig) -> None:
+def check_decidable(model: nn.Module, plan: MuPPlan, config: PretrainedConfig, layouts: dict[int, Layout]) -> None:
     """Refuse, with the reasons and tensor names, a model whose every tensor's μP rule cannot be decided or whose
     μP multipliers cannot all be applied: no model is converted partly."""
     arch, problems = plan.arch, []
     params = {canonical_name(n): p for n, p in model.named_parameters()}
-    layouts = _layouts(model)
     for name, rule in plan.rules.items():
         module = name.rpartition(".")[0]
         matrix = layouts[id(params[name])][0] is not None  # (or stacked matrices; else a vector or vectors)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import inspect
 import math
 import tempfile
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..architectures.generic import FAMILY_WIDTH_FIELDS, WIDTH_FIELDS
-from .coord_check import DEFAULT_BAND
+from .coord_check import DEFAULT_BAND, loglog_slope
 
 WIDTHS = (64, 128, 256, 512)
 BASE = 64
@@ -280,12 +279,6 @@ def _activations(model: Any, ids: torch.Tensor) -> dict[str, float]:
     return stats
 
 
-def _slope(widths: Iterable[int], values: Iterable[float]) -> float:
-    xs, ys = [math.log2(w) for w in widths], [math.log2(max(v, 1e-30)) for v in values]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-
-
 def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, seeds: tuple[int, ...] = (0, 1),
                  **overrides: Any) -> dict[str, Any]:
     """Coordinate check: each layer's output and the logits after `COORD_STEPS` Adam steps, against width (μP), and
@@ -316,9 +309,10 @@ def check_coords(model_type: str, cls: type, widths: tuple[int, ...] = WIDTHS, s
                         sums[(kind, step, key)] = sums.get((kind, step, key), 0.0) + value / len(seeds)
         for sum_key, value in sums.items():
             means.setdefault(sum_key, []).append(value)
-    slopes = {f"{key}@{step}": round(_slope(widths, v), 3) for (kind, step, key), v in means.items() if kind == "mup"}
+    slopes = {f"{key}@{step}": round(loglog_slope(widths, [max(x, 1e-30) for x in v]), 3)
+              for (kind, step, key), v in means.items() if kind == "mup"}
     worst = max(slopes, key=lambda k: abs(slopes[k]))
     low, high = DEFAULT_BAND
-    sp = round(_slope(widths, means[("sp", COORD_STEPS[-1], "logits")]), 3)
+    sp = round(loglog_slope(widths, means[("sp", COORD_STEPS[-1], "logits")]), 3)
     return {"ok": all(low <= v <= high for v in slopes.values()), "slopes": slopes, "worst": worst,
             "sp_logits_slope": sp, "widths": list(widths)}
