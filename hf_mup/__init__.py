@@ -22,7 +22,7 @@ from .fold import fold
 from .lion import Lion
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
 from .optim import check_optimizer, mup_min_lrs, mup_optimizer, mup_param_groups
-from .rules import Kind, TensorRule, optimizer_family
+from .rules import Kind, TensorRule, optimizer_family, timescale_of, weight_decay_from_timescale
 
 __version__ = "0.1.0"
 
@@ -58,4 +58,6 @@ __all__ = [
     "mup_optimizer",
     "mup_param_groups",
     "optimizer_family",
+    "timescale_of",
+    "weight_decay_from_timescale",
 ]

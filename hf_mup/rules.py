@@ -41,6 +41,7 @@ leaves ε alone: `eps_width_scaling=False`.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from .errors import MuPError
@@ -225,3 +226,30 @@ def weight_decay_for_group(weight_decay: float, lr: float, lr_mult: float, mode:
     if mode == "independent":
         return weight_decay / (lr * lr_mult) if lr > 0 else 0.0
     raise MuPError(f"Unknown weight_decay_mode {mode!r}; use 'width_independent', 'coupled' or 'independent'.")
+
+
+def weight_decay_from_timescale(timescale: float, lr: float, steps: int) -> float:
+    """AdamW's `weight_decay` λ whose timescale is `timescale` of training: λ = 1/(η·τ·steps).
+
+    Usage: `args.weight_decay = weight_decay_from_timescale(0.5, lr=2**-8, steps=20_000)`
+
+    AdamW's decay makes the weights an exponential moving average of the updates over τ_iter = 1/(η·λ) steps (Wang &
+    Aitchison, arXiv 2405.13698); Power Lines (arXiv 2505.13738) write τ = B/(η·λ·D) = τ_iter/steps, a fraction of
+    training. With `weight_decay_mode` "width_independent", every μP group's lr·wd is η·λ, so each group forgets on
+    this timescale (CompleteP's depth factor aside). Refuses a timescale of one step or less (η·λ ≥ 1 would remove
+    every weight each step).
+    """
+    if not (math.isfinite(timescale) and timescale > 0) or not (math.isfinite(lr) and lr > 0) or steps < 1:
+        raise MuPError(f"weight-decay timescale {timescale!r}, LR {lr!r}, steps {steps!r}: the timescale and the LR "
+                       "must be positive and finite, the steps at least 1.")
+    if timescale * steps <= 1:
+        raise MuPError(f"a weight-decay timescale of {timescale:g} of {steps} steps is {timescale * steps:.3g} step(s): "
+                       "η·λ ≥ 1 would remove every weight each step. Give a timescale of more than 1/steps "
+                       "(a fraction of training: 1 forgets over the whole run).")
+    return 1.0 / (lr * timescale * steps)
+
+
+def timescale_of(weight_decay: float, lr: float, steps: int) -> float:
+    """The timescale (a fraction of training) of AdamW's `weight_decay` at LR `lr` over `steps`: 1/(η·λ·steps);
+    inf without decay. The inverse of `weight_decay_from_timescale`."""
+    return math.inf if weight_decay <= 0 else 1.0 / (lr * weight_decay * steps)

@@ -20,7 +20,7 @@ from .errors import MuPError
 from .model import MuPModel, is_mup, unwrap
 from .optim import base_lr, check_optimizer, default_eps, mup_param_groups
 from .plan import canonical_name
-from .rules import optimizer_family
+from .rules import optimizer_family, weight_decay_from_timescale
 
 KINDS = ("hidden", "input", "readout")
 # How each of transformers' `lr_scheduler_type`s keeps μP's per-group LR ratios under MuPTrainer. "relative": it
@@ -44,14 +44,29 @@ class MuPTrainer(Trainer):
     - Builds μP parameter groups for the optimizer `args.optim` names, with `args.learning_rate` as η and
       `args.weight_decay` applied in `mup_weight_decay_mode` ("width_independent", "coupled", "independent") to the
       parameters the Trainer decays (not biases and norms). HF schedulers then scale every group relatively.
+    - `mup_weight_decay_timescale=τ` sets the decay as a timescale instead, a fraction of training: λ =
+      1/(η·τ·max_steps) (`hf_mup.rules.weight_decay_from_timescale`), so the same τ means the same forgetting at any
+      LR and length (Wang & Aitchison; Power Lines). `args.weight_decay` must then be 0.
     - Refuses, with a `MuPError`, an optimizer passed through `optimizers=` that lacks μP groups.
     - Logs the learning rate of each kind of tensor (`learning_rate/hidden`, `/input`, `/readout`).
     A stock (non-μP) model is trained exactly as `Trainer` would, so SP baselines can share the script.
     """
 
-    def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent",
+                 mup_weight_decay_timescale: float | None = None, **kwargs: Any) -> None:
         self.mup_weight_decay_mode = mup_weight_decay_mode
+        self.mup_weight_decay_timescale = mup_weight_decay_timescale
         super().__init__(*args, **kwargs)
+        if mup_weight_decay_timescale is not None:
+            if self.args.weight_decay:
+                raise MuPError(f"MuPTrainer(mup_weight_decay_timescale={mup_weight_decay_timescale:g}) with "
+                               f"args.weight_decay={self.args.weight_decay:g}: give one (the timescale sets the decay; "
+                               "leave weight_decay at 0).")
+            if mup_weight_decay_mode != "width_independent":
+                raise MuPError("mup_weight_decay_timescale needs mup_weight_decay_mode='width_independent': a timescale "
+                               "is every group's lr·wd, which only that mode keeps equal.")
+            if self.args.max_steps > 0:  # a timescale that is one step or less: refused before any work
+                weight_decay_from_timescale(mup_weight_decay_timescale, self.args.learning_rate, self.args.max_steps)
         if getattr(self, "is_deepspeed_enabled", False):  # refuse an optimizer DeepSpeed builds; fold ZeRO-3 saves
             from .apply import fold_deepspeed_saves
             from .zero import check_config
@@ -99,6 +114,11 @@ class MuPTrainer(Trainer):
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
+        if self.mup_weight_decay_timescale is not None and (
+                self.optimizer is not None or opt_model is None or not is_mup(opt_model)):
+            raise MuPError("mup_weight_decay_timescale sets the decay of the optimizer MuPTrainer builds for a μP "
+                           "model; for an optimizer passed through optimizers= or a stock model, give weight_decay="
+                           "hf_mup.weight_decay_from_timescale(τ, lr, steps) yourself.")
         if self.optimizer is not None or opt_model is None or not is_mup(opt_model):
             return super().create_optimizer(model)
         if self.optimizer_cls_and_kwargs is not None:
@@ -113,7 +133,7 @@ class MuPTrainer(Trainer):
         groups = mup_param_groups(
             opt_model,
             lr=self.args.learning_rate,
-            weight_decay=self.args.weight_decay,
+            weight_decay=self.mup_weight_decay(),
             optimizer=family,
             weight_decay_mode=self.mup_weight_decay_mode,
             no_decay=lambda name: name not in decay,
@@ -122,6 +142,17 @@ class MuPTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)
         return self.optimizer
+
+    def mup_weight_decay(self) -> float:
+        """The λ the optimizer gets: `args.weight_decay`, or the one `mup_weight_decay_timescale` gives over the run's
+        steps (`state.max_steps` once training starts, else `args.max_steps`)."""
+        if self.mup_weight_decay_timescale is None:
+            return self.args.weight_decay
+        steps = getattr(self.state, "max_steps", 0) or self.args.max_steps
+        if steps <= 0:
+            raise MuPError("mup_weight_decay_timescale needs the run's length: set args.max_steps, or build the "
+                           "optimizer inside train().")
+        return weight_decay_from_timescale(self.mup_weight_decay_timescale, self.args.learning_rate, steps)
 
     def create_scheduler(self, num_training_steps: int,
                          optimizer: torch.optim.Optimizer | None = None) -> torch.optim.lr_scheduler.LRScheduler:

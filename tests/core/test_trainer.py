@@ -215,3 +215,35 @@ def test_weight_decay_through_wrappers(tmp_path, wrapper):
     finally:
         if wrapper == "ddp":
             torch.distributed.destroy_process_group()
+
+
+def test_weight_decay_timescale_sets_every_groups_decay(tmp_path):
+    """mup_weight_decay_timescale=τ: every decayed μP group forgets at lr·λ = 1/(τ·max_steps) per step, whatever its
+    LR multiplier; biases and norms stay undecayed."""
+    trainer = MuPTrainer(model=_model(), args=_args(tmp_path, weight_decay=0.0), train_dataset=_dataset(),
+                         mup_weight_decay_timescale=0.5)
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    decayed = [g for g in groups if g["weight_decay"] > 0]
+    assert {g["mup_kind"] for g in decayed} == {"hidden", "input"}  # (GPT-2 ties its readout to the input)
+    assert len({g["lr_mult"] for g in decayed}) > 1  # groups with different LRs, one timescale
+    for g in decayed:
+        assert LR * g["lr_mult"] * g["weight_decay"] == pytest.approx(1 / (0.5 * 10))
+    assert trainer.mup_weight_decay() == pytest.approx(hf_mup.weight_decay_from_timescale(0.5, LR, 10))
+    assert hf_mup.timescale_of(trainer.mup_weight_decay(), LR, 10) == pytest.approx(0.5)
+
+
+def test_weight_decay_timescale_refusals(tmp_path):
+    with pytest.raises(hf_mup.MuPError, match="give one"):
+        MuPTrainer(model=_model(), args=_args(tmp_path), train_dataset=_dataset(), mup_weight_decay_timescale=0.5)
+    with pytest.raises(hf_mup.MuPError, match="η·λ ≥ 1"):  # 0.05 of 10 steps: half a step
+        MuPTrainer(model=_model(), args=_args(tmp_path, weight_decay=0.0), train_dataset=_dataset(),
+                   mup_weight_decay_timescale=0.05)
+    with pytest.raises(hf_mup.MuPError, match="width_independent"):
+        MuPTrainer(model=_model(), args=_args(tmp_path, weight_decay=0.0), train_dataset=_dataset(),
+                   mup_weight_decay_timescale=0.5, mup_weight_decay_mode="coupled")
+    stock = transformers.GPT2LMHeadModel(make_config("GPT2LMHeadModel", WIDTH))
+    trainer = MuPTrainer(model=stock, args=_args(tmp_path, weight_decay=0.0), train_dataset=_dataset(),
+                         mup_weight_decay_timescale=0.5)
+    with pytest.raises(hf_mup.MuPError, match="stock model"):
+        trainer.train()
