@@ -14,6 +14,7 @@ Presets (any TrainingArguments flag, e.g. --learning_rate, overrides them):
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -87,6 +88,12 @@ class RecipeArguments:
     base_hidden_size: int | None = None
     mup_weight_decay_mode: str | None = field(default=None, metadata={
         "help": "width_independent (default), coupled or independent; with --hparams: the recipe's"})
+    weight_decay_timescale: float | None = field(default=None, metadata={
+        "help": "AdamW's decay as a timescale, a fraction of training (λ = 1/(lr·τ·max_steps), every μP group "
+                "alike); instead of --weight_decay; with --hparams: replaces the recipe's decay"})
+    warmup_tokens: int | None = field(default=None, metadata={
+        "help": "warmup in tokens: warmup_steps = tokens / (global batch × block size), so it stays put when the "
+                "batch changes (not with --hparams, whose recipe sets its warmup)"})
     resume: bool = field(default=False, metadata={"help": "resume from the last checkpoint in output_dir"})
 
 
@@ -107,7 +114,7 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
             raise MuPError(f"{known.hparams} holds a {r.arch} recipe; this recipe trains GPT-2: transfer from a GPT-2 "
                            "study.")
         # The transferred optimizer and schedule are passed to the Trainer: its flags for them would do nothing.
-        ignored = [a.split("=")[0] for a in argv if a.split("=")[0] in RECIPE_OWNS]
+        ignored = [a.split("=")[0] for a in argv if a.split("=")[0] in (*RECIPE_OWNS, "--warmup_tokens")]
         if ignored:
             raise MuPError(f"{', '.join(ignored)} with --hparams: the transferred recipe sets the optimizer and "
                            f"schedule ({r.optimizer}, {r.schedule} after {r.warmup_frac:g} of the steps, down to "
@@ -120,15 +127,22 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, TrainingArguments]:
                            "disable_tqdm": not quiet_progress_bars(), "dataloader_pin_memory": _accelerator(),
                            **preset["train"], **from_recipe})
     recipe, training = parser.parse_args_into_dataclasses(argv)
+    if recipe.warmup_tokens is not None:
+        block = recipe.block_size or preset["block_size"]
+        tokens_per_step = (training.per_device_train_batch_size * training.gradient_accumulation_steps
+                           * training.world_size * block)
+        training.warmup_steps = max(1, math.ceil(recipe.warmup_tokens / tokens_per_step))
     recipe.mup_defaults = dict(preset["mup"])
     recipe.init_overrides = {}
     recipe.config_overrides = {}
     recipe.transferred = None
     if transferred is not None:
+        decay = ({"weight_decay": 0.0, "weight_decay_timescale": recipe.weight_decay_timescale}
+                 if recipe.weight_decay_timescale is not None else {"weight_decay": training.weight_decay})
         r = transferred.replace(lr=training.learning_rate, betas=(training.adam_beta1, training.adam_beta2),
-                                eps=training.adam_epsilon, weight_decay=training.weight_decay,
-                                clip=training.max_grad_norm, steps=training.max_steps,
-                                weight_decay_mode=recipe.mup_weight_decay_mode or transferred.weight_decay_mode)
+                                eps=training.adam_epsilon, clip=training.max_grad_norm, steps=training.max_steps,
+                                weight_decay_mode=recipe.mup_weight_decay_mode or transferred.weight_decay_mode,
+                                **decay)
         recipe.transferred = r
         recipe.mup_defaults = r.mup_settings()  # exactly the proxy's (a multiplier it did not set stays at 1)
         recipe.config_overrides = dict(r.config)  # config fields the proxy trained with (e.g. its activation)
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
         mup_weight_decay_mode=recipe.mup_weight_decay_mode or "width_independent",
+        mup_weight_decay_timescale=None if recipe.transferred is not None else recipe.weight_decay_timescale,
     )
     last = None
     if recipe.resume and os.path.isdir(training.output_dir):

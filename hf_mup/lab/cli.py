@@ -75,6 +75,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from .. import MuPModel, describe
 
+    if args.hparams:
+        from .transfer import Transferred, training_table
+
+        result = Transferred.load(args.hparams)
+        print(f"{args.hparams}: the {result.recipe.arch} recipe transferred from study "
+              f"{result.source.get('study')!r} (rule {result.source.get('rule', {}).get('name', 'copy')})")
+        for m in result.source.get("moves", []):
+            if m["from"] != m["to"]:
+                print(f"  {m['setting']}: {m['from']:.4g} → {m['to']:.4g} ({m['rule']}: {m['why']})")
+        print(training_table(result.recipe))
+        if args.config is None:
+            return 0
+    if args.config is None:
+        raise MuPError("give a config (or checkpoint folder) to inspect, or --hparams hparams.json.")
     config = load_config(args.config)
     has_mup = args.base_hidden_size is not None or getattr(config, "mup", None)
     compressed = getattr(config, "compression", None) or getattr(config, "quantization_config", None)
@@ -205,7 +219,8 @@ def sweep_spec(args: argparse.Namespace, widths: list[int], lrs: list[float]):
     recipe = Recipe(arch=args.arch, width=width, layers=args.layers, head_dim=args.head_dim, seq_len=args.seq_len,
                     vocab_size=corpus.vocab_size, initializer_range=args.initializer_range,
                     base_width=args.base_width or widths[0], mup=mup, warmup_frac=args.warmup,
-                    final_lr_frac=args.final_lr_frac, clip=args.clip, batch_size=args.batch_size, steps=args.steps)
+                    final_lr_frac=args.final_lr_frac, clip=args.clip, batch_size=args.batch_size, steps=args.steps,
+                    weight_decay_timescale=args.weight_decay_timescale)
     return SweepSpec(args.mode, recipe, corpus, (min(lrs), max(lrs)))
 
 
@@ -226,7 +241,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not lrs:
         raise MuPError("The log2-LR grid is empty: give e.g. --log2-lrs=-12:-4:1.")
     params = [p.strip() for p in args.parametrization.split(",") if p.strip()]
-    points = sw.grid_points(widths, lrs, params, args.seeds) if args.mode == "grid" else []
+    batch_sizes = _int_list(args.batch_sizes) if args.batch_sizes else []
+    tokens = sw.parse_counts(args.tokens, "--tokens") if args.tokens else []
+    timescales = sw.parse_counts(args.timescales, "--timescales") if args.timescales else []
+    if args.mode == "tune" and (batch_sizes or tokens or timescales):
+        raise MuPError("--batch-sizes, --tokens and --timescales are grid axes: use --mode grid (at one width, the "
+                       "horizon grid hf-mup transfer --rule fitted reads).")
+    points = (sw.grid_points(widths, lrs, params, args.seeds, batch_sizes, tokens, timescales)
+              if args.mode == "grid" else [])
     if args.mode == "tune" and len(widths) != 1:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
     if args.mode == "tune":
@@ -264,6 +286,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = report(study, out, metric=f"{args.metric}_loss")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
           + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
+    if "horizon_fit" in result:
+        from .scaling import fit_summary
+
+        print(f"horizon fit: {fit_summary(result['horizon_fit'])}; wrote {out / 'horizon_fit.json'} and "
+              f"{out / 'horizon.png'} (hf-mup transfer --rule fitted --fit {out / 'horizon_fit.json'})")
     if args.mode == "grid":
         for param, o in result["optimum"][f"{args.metric}_loss"].items():
             best = ", ".join(f"w{w}: {v['log2_lr']:g}" if v["log2_lr"] is not None else f"w{w}: -"
@@ -284,12 +311,18 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     storage = args.storage or default_storage(args.out)
     study = load_study(args.study, storage)
+    fit = json.loads(Path(args.fit).read_text()) if args.fit else None
     result = transfer(study, load_config(args.target_config), args.target_tokens, args.batch_size,
-                      allow_depth_change=args.allow_depth_change)
+                      allow_depth_change=args.allow_depth_change, rule=args.rule, fit=fit,
+                      allow_extrapolation=args.allow_extrapolation)
     result.save(args.output)
     r, src, cost = result.recipe, result.source, result.cost
-    print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}): "
-          f"{r.optimizer} lr {r.lr:.4g}, betas {r.betas}, weight_decay {r.weight_decay:g} ({r.weight_decay_mode}), "
+    decay = (f"weight-decay timescale {r.weight_decay_timescale:.3g} of training (λ {r.decay:.4g})"
+             if r.weight_decay_timescale else f"weight_decay {r.weight_decay:g} ({r.weight_decay_mode})")
+    print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}, batch "
+          f"{src['proxy_batch_size']}, {src['proxy_tokens']:,} tokens), {src['rule']['name']} rule "
+          f"({src['rule']['source']}): {r.optimizer} lr {r.lr:.4g}, betas {r.betas}, {decay}, batch {r.batch_size}, "
+          f"{r.steps:,} steps, "
           f"{r.schedule} schedule, warmup {r.warmup_frac:g}, initializer_range {r.initializer_range:.4g}, "
           + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.mup.items()))
     for note in result.notes:
@@ -332,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="show what μP does to every parameter of a model")
-    p.add_argument("config", help="a config.json, a checkpoint folder, or a Hub model (owner/name)")
+    p.add_argument("config", nargs="?", help="a config.json, a checkpoint folder, or a Hub model (owner/name)")
+    p.add_argument("--hparams", help="an hparams.json from hf-mup transfer: show what it trains with per μP group "
+                   "(LR, weight decay, its timescale), its batch, steps and warmup, and what the scaling rule moved")
     p.add_argument("--base-hidden-size", type=int, help="the proxy's width (read from config.mup when omitted)")
     p.add_argument("--model-class", help="e.g. GPT2ForSequenceClassification (default: config.architectures[0])")
     p.add_argument("--size", action="store_true", help="also load the checkpoint and report its inference size "
@@ -383,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-sizes", help="grid: also at each of these batch sizes, e.g. 8,16,32 (a horizon grid: "
+                   "horizon_fit.json and horizon.png fit η* against batch and tokens)")
+    p.add_argument("--tokens", help="grid: also at each of these token horizons, e.g. 25k,100k,400k (steps = tokens "
+                   "/ (batch × seq len))")
+    p.add_argument("--timescales", help="grid: also at each of these AdamW weight-decay timescales, fractions of "
+                   "training, e.g. 0.25,1,4 (λ = 1/(lr·τ·steps))")
+    p.add_argument("--weight-decay-timescale", type=float, default=0.0, help="the decay every trial trains with, as a "
+                   "timescale (fraction of training); 0: no weight decay")
     add_model_args(p, seq_len=64, batch_size=16)
     p.add_argument("--base-layers", type=int, help="depth scaling (CompleteP) with this base depth, so the tuned "
                    "settings transfer to other depths (e.g. --base-layers 2 with --layers 2); default: off")
@@ -419,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-config", required=True, help="the target's config.json (or checkpoint folder)")
     p.add_argument("--target-tokens", type=float, help="target training tokens (default: 20 per parameter)")
     p.add_argument("--batch-size", type=int, help="the target's batch (default: the proxy's); steps = tokens / batch")
+    p.add_argument("--rule", default="published", choices=["published", "fitted", "copy"], help="how the LR, the "
+                   "weight-decay timescale and the warmup move with the target's batch and tokens: the papers' "
+                   "exponents (default), the ones a horizon sweep measured (--fit), or copied (plain μTransfer)")
+    p.add_argument("--fit", help="with --rule fitted: the horizon_fit.json of an hf-mup sweep over --batch-sizes / "
+                   "--tokens")
+    p.add_argument("--allow-extrapolation", action="store_true", help="with --rule fitted: accept a target batch or "
+                   "token count more than 8× outside what the fit measured")
     p.add_argument("--allow-depth-change", action="store_true", help="copy the settings to a target of another "
                    "depth although the proxy was tuned without depth scaling (--base-layers): the optimum may move")
     p.add_argument("--output", default="hparams.json")

@@ -190,9 +190,11 @@ class Pipeline:
 
         study = load_study("proxy", self.storage or default_storage(self.out))
         # allow_depth_change: the BERT presets shrink the proxy in depth too, without depth scaling, as Tensor
-        # Programs V did (the comparison reproduces theirs); transfer notes it in hparams.json.
+        # Programs V did (the comparison reproduces theirs); transfer notes it in hparams.json. rule "copy": Tensor
+        # Programs V copied the proxy's settings to the longer run too (the committed results were made so);
+        # benchmarks/horizon_transfer.py measures the rules that move them.
         result = transfer(study, self.target_config(), target_tokens=self.pretrain_tokens(),
-                          batch_size=self.preset.pretrain_batch, allow_depth_change=True)
+                          batch_size=self.preset.pretrain_batch, allow_depth_change=True, rule="copy")
         result.save(self.out / "hparams.json")
         return {"learning_rate": result.recipe.lr, "mup": dict(result.recipe.mup), "fraction": result.cost["fraction"]}
 

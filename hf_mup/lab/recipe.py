@@ -100,6 +100,9 @@ class Recipe:
     eps: float = 1e-8
     weight_decay: float = 0.0
     weight_decay_mode: str = "width_independent"
+    # AdamW's decay as a timescale τ, a fraction of training (Wang & Aitchison; Power Lines' B/(ηλD)): weight_decay
+    # becomes 1/(lr·τ·steps) (`hf_mup.rules.weight_decay_from_timescale`); 0: off, weight_decay applies
+    weight_decay_timescale: float = 0.0
     decay_norms_and_biases: bool = False  # False: no decay on biases and norm weights (HF Trainer, Megatron-LM)
     # the schedule: linear warmup over warmup_frac of the steps, then `schedule` down to final_lr_frac of the LR
     schedule: str = "cosine"
@@ -157,6 +160,16 @@ class Recipe:
                 raise MuPError(f"Recipe {name}={value!r}: a positive finite number.")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise MuPError(f"Recipe betas={self.betas!r}: two numbers in [0, 1).")
+        if self.weight_decay_timescale:
+            if self.weight_decay:
+                raise MuPError(f"Recipe sets weight_decay={self.weight_decay:g} and weight_decay_timescale="
+                               f"{self.weight_decay_timescale:g}: give one (the timescale sets the decay).")
+            if self.weight_decay_mode != "width_independent":
+                raise MuPError(f"Recipe weight_decay_timescale with weight_decay_mode={self.weight_decay_mode!r}: a "
+                               "timescale is every group's lr·wd, which only 'width_independent' keeps equal.")
+            from ..rules import weight_decay_from_timescale
+
+            weight_decay_from_timescale(self.weight_decay_timescale, self.lr, self.steps)  # refuses η·λ >= 1
         if not (self.weight_decay >= 0 and self.clip >= 0 and 0 <= self.warmup_frac <= 1 and 0 <= self.final_lr_frac <= 1):
             raise MuPError("Recipe: weight_decay and clip must be >= 0, warmup_frac and final_lr_frac in [0, 1].")
 
@@ -220,9 +233,27 @@ class Recipe:
 
     # ---------------------------------------------------------------------------------- optimizer, schedule
 
+    @property
+    def decay(self) -> float:
+        """AdamW's weight_decay λ the run applies: `weight_decay`, or the one `weight_decay_timescale` gives."""
+        from ..rules import weight_decay_from_timescale
+
+        if self.weight_decay_timescale:
+            return weight_decay_from_timescale(self.weight_decay_timescale, self.lr, self.steps)
+        return self.weight_decay
+
+    @property
+    def timescale(self) -> float:
+        """The decay's timescale as a fraction of training: 1/(decay per step · steps), the decay per step being
+        lr·λ (in "independent" mode λ itself; in "coupled" mode the base LR's group's); inf without decay."""
+        from ..rules import timescale_of
+
+        lr = 1.0 if self.weight_decay_mode == "independent" else self.lr
+        return self.weight_decay_timescale or timescale_of(self.weight_decay, lr, self.steps)
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """The optimizer's parameter groups for `model` (`param_groups`, with the recipe's settings)."""
-        return param_groups(model, self.parametrization, self.lr, self.optimizer, self.weight_decay,
+        return param_groups(model, self.parametrization, self.lr, self.optimizer, self.decay,
                             self.weight_decay_mode, self.decay_norms_and_biases, self.eps)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -231,8 +262,8 @@ class Recipe:
 
         groups = self.param_groups(model)
         if self.optimizer == "lion":
-            return Lion(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+            return Lion(groups, lr=self.lr, betas=self.betas, weight_decay=self.decay)
+        return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.decay)
 
     def lr_factor(self) -> Callable[[int], float]:
         """The schedule as a factor on each group's own LR (μP groups stay relative): `LambdaLR`'s lambda."""

@@ -26,6 +26,10 @@ def trial_rows(study) -> list[dict]:
                "width": t.params.get("width", study.user_attrs["spec"]["recipe"]["width"]),
                "seed": t.params.get("seed", 0), "log2_lr": t.params.get("log2_lr")}
         row["lr"] = 2.0 ** row["log2_lr"] if row["log2_lr"] is not None else None
+        recipe = a.get("recipe") or study.user_attrs["spec"]["recipe"]
+        row["batch_size"] = recipe["batch_size"]  # the horizon grid's cell (grid_points' optional axes)
+        row["token_horizon"] = t.params.get("tokens", recipe["steps"] * recipe["batch_size"] * recipe["seq_len"])
+        row["timescale"] = recipe.get("weight_decay_timescale") or None
         for k in ("initializer_range", "input_mult", "output_mult", "attn_mult"):
             row[k] = hp.get(k)
         for k in ("train_loss", "val_loss"):
@@ -60,10 +64,32 @@ def trial_line(study) -> str:
     return f"trial {r['number']} ({point}): {result}{seconds}; {done} complete"
 
 
-def lr_optima(rows: list[dict], metric: str = "train_loss") -> dict:
-    """Per parametrization: the seed-mean loss curve of each width, its argmin log2 LR, and the drift across widths."""
-    out: dict[str, Any] = {}
+def cell_of(row: dict) -> tuple:
+    """A grid row's (batch size, token horizon, timescale): one cell of a horizon grid."""
+    return row["batch_size"], row["token_horizon"], row["timescale"] or 0.0
+
+
+def base_cell(rows: list[dict], one_timescale: bool = False) -> list[dict]:
+    """The complete rows at the grid's smallest batch size and, at it, the smallest token horizon (every row of a
+    grid over widths and LRs only); with `one_timescale`, only those at its most common timescale. `transfer`
+    picks its LR and timescale here, Figure 1 plots the most common timescale; `fit_horizon` reads every cell."""
     done = [r for r in rows if r["state"] == "COMPLETE"]
+    if not done:
+        return []
+    base = min(cell_of(r)[:2] for r in done)
+    done = [r for r in done if cell_of(r)[:2] == base]
+    if one_timescale:
+        taus = [cell_of(r)[2] for r in done]
+        common = max(sorted(set(taus)), key=taus.count)
+        done = [r for r in done if cell_of(r)[2] == common]
+    return done
+
+
+def lr_optima(rows: list[dict], metric: str = "train_loss") -> dict:
+    """Per parametrization: the seed-mean loss curve of each width, its argmin log2 LR, and the drift across widths
+    (at the grid's `base_cell`)."""
+    out: dict[str, Any] = {}
+    done = base_cell(rows, one_timescale=True)
     for param in sorted({r["parametrization"] for r in done}):
         curves: dict[int, dict[float, list[float]]] = {}
         seen = set()
@@ -122,6 +148,13 @@ def report(study, out: str | Path, stem: str = "results", plot_name: str | None 
         result["plot_metric"] = metric
         if plot_name and done:
             plot_lr_transfer(result["optimum"][metric], spec, out / plot_name, metric)
+        if len({cell_of(r) for r in done}) > 1:  # a horizon grid: η* (and τ*) against batch and tokens, fitted
+            from .scaling import fit_horizon, plot_horizon
+
+            result["horizon_fit"] = fit = fit_horizon(rows, metric)
+            (out / "horizon_fit.json").write_text(json.dumps(_json_safe(fit), indent=1, ensure_ascii=False))
+            if plot_name:
+                plot_horizon(fit, out / "horizon.png", f"{spec['recipe']['arch']} width {fit['width']}, {metric}")
     else:
         ok = [r for r in done if not r["diverged"]]
         result["best"] = min(ok, key=lambda r: r["val_loss"]) if ok else None

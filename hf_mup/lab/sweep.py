@@ -44,6 +44,7 @@ MODES = ("grid", "tune")
 TUNE_SPACE = {"initializer_range": (2**-8, 2**-3), "input_mult": (2**-3, 2**5), "output_mult": (2**-3, 2**5),
               "attn_mult": (2**-3, 2**3)}
 MULTIPLIERS = ("input_mult", "output_mult", "attn_mult")
+CELL_KEYS = {"batch_size": "b", "tokens": "d", "timescale": "tau"}  # a grid's optional axes (grid_points), key tags
 # Multipliers an architecture ignores, fixed at 1 and left out of its tune space. BERT sums its three embeddings into
 # a LayerNorm, which undoes any common factor: input_mult has no effect there (MuPModel warns when it is set).
 NO_EFFECT = {"bert": ("input_mult",)}
@@ -76,13 +77,45 @@ def parse_log2_lrs(text: str) -> list[float]:
     return [start + i * step for i in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
 
 
+def parse_counts(text: str, what: str = "--tokens") -> list[float]:
+    """"40k,80k,1.5M" (suffixes k, M, G; or plain numbers) into positive numbers, increasing."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}
+    values = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(float(item[:-1]) * scale[item[-1].lower()] if item[-1].lower() in scale else float(item))
+        except ValueError:
+            raise MuPError(f"{what}: expected numbers like 40k,80k,1.5M; got {item!r}.") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values) or values != sorted(set(values)):
+        raise MuPError(f"{what}: distinct positive numbers in increasing order, got {text!r}.")
+    return values
+
+
 def grid_points(widths: Sequence[int], log2_lrs: Sequence[float], parametrizations: Sequence[str],
-                seeds: int) -> list[dict]:
-    """Every (parametrization, width, log2 LR, seed) of the grid, validated.
+                seeds: int, batch_sizes: Sequence[int] = (), tokens: Sequence[float] = (),
+                timescales: Sequence[float] = ()) -> list[dict]:
+    """Every (parametrization, width, log2 LR, seed) of the grid, validated; with `batch_sizes`, `tokens` (the
+    horizon: steps = tokens / (batch · sequence length)) or `timescales` (AdamW's decay as a fraction of training),
+    every point also at each of those: the grid `hf_mup.lab.scaling.fit_horizon` fits.
 
     Usage: `points = grid_points([64, 128, 256], parse_log2_lrs("-10:-4:1"), ["mup", "sp"], seeds=2)`
     """
     check_widths(widths)
+    axes: dict[str, list[float]] = {"batch_size": [int(b) for b in batch_sizes],
+                                    "tokens": [int(round(d)) for d in tokens], "timescale": [float(t) for t in timescales]}
+    for name, values in axes.items():
+        if values and (min(values) <= 0 or values != sorted(set(values))):
+            raise MuPError(f"--{name.replace('_', '-')}s: distinct positive values in increasing order, got {values}.")
+    cells: list[dict[str, float]] = [{}]
+    for name, values in axes.items():
+        cells = [{**c, name: v} for c in cells for v in values] if values else cells
+    return [{**p, **c} for p in _grid_points(widths, log2_lrs, parametrizations, seeds) for c in cells]
+
+
+def _grid_points(widths: Sequence[int], log2_lrs: Sequence[float], parametrizations: Sequence[str],
+                 seeds: int) -> list[dict]:
     lrs = sorted({round(x, 6) for x in log2_lrs})
     if not lrs:
         raise MuPError("The log2-LR grid is empty: give e.g. --log2-lrs=-12:-4:1.")
@@ -102,8 +135,14 @@ def check_widths(widths: Sequence[int]) -> None:
         raise MuPError(f"--widths must be distinct positive widths in increasing order, got {list(widths)}.")
 
 
+def _axes(p: dict) -> dict:
+    axes = [k for k in CELL_KEYS if k in p]
+    return {"axes": axes} if axes else {}
+
+
 def point_key(p: dict) -> str:
-    return f"{p['parametrization']}/w{p['width']}/lr{p['log2_lr']:g}/s{p['seed']}"
+    cell = "".join(f"/{tag}{p[k]:g}" for k, tag in CELL_KEYS.items() if k in p)
+    return f"{p['parametrization']}/w{p['width']}/lr{p['log2_lr']:g}/s{p['seed']}{cell}"
 
 
 
@@ -178,8 +217,15 @@ class SweepSpec:
 
     def grid_recipe(self, point: Mapping[str, Any]) -> Recipe:
         """What a grid point trains: the spec's recipe at the point's parametrization, width, LR and seed."""
-        return self.recipe.replace(parametrization=point["parametrization"], width=point["width"],
-                                   lr=2.0 ** point["log2_lr"], seed=point["seed"])
+        r = self.recipe.replace(parametrization=point["parametrization"], width=point["width"],
+                                lr=2.0 ** point["log2_lr"], seed=point["seed"])
+        if "batch_size" in point or "tokens" in point:
+            batch = int(point.get("batch_size", r.batch_size))
+            steps = max(1, round(point.get("tokens", r.tokens) / (batch * r.seq_len)))
+            r = r.replace(batch_size=batch, steps=steps)
+        if "timescale" in point:
+            r = r.replace(weight_decay=0.0, weight_decay_timescale=float(point["timescale"]))
+        return r
 
     def tune_recipe(self, hp: Mapping[str, float]) -> Recipe:
         """What a tune trial trains: the spec's μP recipe with the sampled LR, init and multipliers."""
@@ -248,6 +294,13 @@ def grid_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: 
         p = {"parametrization": trial.suggest_categorical("parametrization", GRID_PARAMETRIZATIONS),
              "width": trial.suggest_int("width", 1, 1 << 20), "log2_lr": trial.suggest_float("log2_lr", -64, 16),
              "seed": trial.suggest_int("seed", 0, 1 << 30)}
+        axes = trial.user_attrs.get("axes", ())  # the enqueued point's optional axes (CELL_KEYS)
+        if "batch_size" in axes:
+            p["batch_size"] = trial.suggest_int("batch_size", 1, 1 << 30)
+        if "tokens" in axes:
+            p["tokens"] = trial.suggest_int("tokens", 1, 1 << 60)
+        if "timescale" in axes:
+            p["timescale"] = trial.suggest_float("timescale", 1e-9, 1e9, log=True)
         return _record(trial, run_trial(spec, spec.grid_recipe(p), data, device, progress, desc=key))
 
     return objective
@@ -312,7 +365,7 @@ def run_grid(study, spec: SweepSpec, points: list[dict], data: tuple, device: st
         bar.update(done - bar.n)
         for k, p in keys.items():
             if k not in held:
-                study.enqueue_trial(p, user_attrs={"point": k})
+                study.enqueue_trial(p, user_attrs={"point": k, **_axes(p)})
                 held[k] = S.WAITING
         if any(held[k] == S.WAITING for k in keys):
             study.optimize(objective, n_trials=1)

@@ -23,7 +23,8 @@ import torch
 
 from ..errors import MuPError
 from .recipe import Recipe, config_fields_of, shape_of
-from .results import trial_rows
+from .results import base_cell, trial_rows
+from .scaling import rule_named
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,26 @@ def best_trial(study) -> tuple[Recipe, dict[str, Any]]:
         return Recipe.from_dict(recipes[best["number"]]), {
             "trial": best["number"], "proxy_width": best["width"], "val_loss": best["val_loss"],
             "train_loss": best["train_loss"]}
-    mup = [r for r in rows if r["parametrization"] == "mup"]
+    mup = [r for r in base_cell(rows) if r["parametrization"] == "mup"]
     if not mup:
         raise MuPError(f"grid study {study.study_name!r} has no complete μP trial to transfer from.")
     width = max(r["width"] for r in mup)
-    by_lr: dict[float, list[dict]] = {}
+    by_point: dict[tuple, list[dict]] = {}  # (log2 LR, timescale): a horizon grid's base cell may vary both
     for r in mup:
         if r["width"] == width:
-            by_lr.setdefault(r["log2_lr"], []).append(r)
-    lr = min(by_lr, key=lambda x: sum(r["val_loss"] for r in by_lr[x]) / len(by_lr[x]))
-    best = min(by_lr[lr], key=lambda r: r["val_loss"])
-    val = sum(r["val_loss"] for r in by_lr[lr]) / len(by_lr[lr])
+            by_point.setdefault((r["log2_lr"], r["timescale"] or 0.0), []).append(r)
+    point = min(by_point, key=lambda x: sum(r["val_loss"] for r in by_point[x]) / len(by_point[x]))
+    best = min(by_point[point], key=lambda r: r["val_loss"])
+    val = sum(r["val_loss"] for r in by_point[point]) / len(by_point[point])
     return Recipe.from_dict(recipes[best["number"]]).replace(seed=0), {
-        "trial": best["number"], "trials": sorted(r["number"] for r in by_lr[lr]), "proxy_width": width,
-        "val_loss": val, "rule": "μP LR with the lowest seed-mean validation loss at the widest width"}
+        "trial": best["number"], "trials": sorted(r["number"] for r in by_point[point]), "proxy_width": width,
+        "val_loss": val, "rule": "μP LR (and timescale) with the lowest seed-mean validation loss at the widest "
+                                 "width (the smallest batch and token horizon of a horizon grid)"}
 
 
 def transfer(study, target_config, target_tokens: float | None = None, batch_size: int | None = None,
-             allow_depth_change: bool = False) -> Transferred:
+             allow_depth_change: bool = False, rule: str = "published", fit: dict[str, Any] | None = None,
+             allow_extrapolation: bool = False) -> Transferred:
     """The target's recipe: the best proxy trial's, at the target's shape, for `target_tokens` in batches of
     `batch_size` (default: the proxy's), and the tuning cost.
 
@@ -92,6 +95,12 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     Everything the proxy trained with carries over: the LR, init and multipliers, μP settings, optimizer, β, ε,
     weight decay and its mode, schedule, warmup and clipping. The target's config gives the shape and any field it
     sets beyond it (an MLP size, key/value heads, rope settings: `Recipe.config`, a note where the proxy differed).
+
+    Batch size and tokens: `rule` moves the LR, the weight-decay timescale and the warmup from the proxy's batch and
+    tokens to the target's (`hf_mup.lab.scaling`): "published" (the papers' exponents, the default), "fitted" (the
+    exponents `fit`, a `fit_horizon` result, measured on the proxy; past the measured range by more than
+    `EXTRAPOLATION_LIMIT` refused unless `allow_extrapolation`) or "copy" (plain μTransfer). `source["moves"]`
+    lists what moved, by which rule and by how much.
 
     Depth: a proxy tuned with depth scaling (`hf-mup sweep --base-layers`, CompleteP) transfers to any depth; without
     it a target of another depth is refused, since μP fixes the LR across width only, unless `allow_depth_change`
@@ -117,16 +126,21 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
             "target the proxy's depth, or copy the settings anyway, as Tensor Programs V did for BERT: hf-mup transfer "
             "--allow-depth-change (transfer(..., allow_depth_change=True))."
         )
+    scaling = rule_named(rule, fit)
     best, source = best_trial(study)
     shape = shape_of(target_config)
-    target = best.replace(**shape, batch_size=batch_size or best.batch_size)
+    target = best.replace(**shape)
     fields = config_fields_of(target_config, target)  # what the target's config sets beyond its shape
     target = target.replace(config=fields)
     with torch.device("meta"):  # validates the base width against the target, allocates nothing
         model = MuPModel.from_config(target.model_config(), **target.mup_settings())
+        proxy_params = sum(p.numel() for p in MuPModel.from_config(best.model_config(),
+                                                                  **best.mup_settings()).parameters())
     n_params = sum(p.numel() for p in model.parameters())
     tokens = float(target_tokens) if target_tokens else 20.0 * n_params
-    target = target.replace(steps=max(1, math.ceil(tokens / (target.batch_size * target.seq_len))))
+    extrapolated = scaling.check_range(batch_size or best.batch_size, tokens, allow_extrapolation)
+    target, moves = scaling.apply(target, batch_size or best.batch_size, tokens, proxy_params, n_params,
+                                  allow_extrapolation, proxy=best)
     flops = [r["flops"] for r in trial_rows(study) if r["flops"]]
     cost: dict[str, Any] = {"trials": len(flops), "tuning_flops": float(sum(flops)), "target_params": n_params,
                             "target_tokens": tokens, "target_flops": 6.0 * n_params * tokens}
@@ -138,10 +152,51 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
                      + (f"depth scaling (CompleteP, α = {best.mup.get('depth_alpha', 1.0):g}, base "
                         f"{best.mup['base_num_layers']} layers) carries the settings over" if depth_scaled else
                         "copied without depth scaling (allow_depth_change): the optimum may move"))
-    for name in ("head_dim", "vocab_size", "seq_len", "batch_size"):
+    for name in ("head_dim", "vocab_size", "seq_len"):
         if getattr(target, name) != getattr(best, name):
             notes.append(f"the target's {name} ({getattr(target, name)}) differs from the proxy's "
                          f"({getattr(best, name)}): μP transfers across width only, so the optimum may move")
+    notes += extrapolated
+    if scaling.name != "copy" and (target.batch_size != best.batch_size or target.tokens != best.tokens):
+        notes += [f"{m['setting']}: {_number(m['from'])} → {_number(m['to'])} ({m['rule']} rule: {m['why']})"
+                  for m in moves if m["from"] != m["to"]]
+    elif target.batch_size != best.batch_size or target.tokens != best.tokens:
+        notes.append(f"batch {best.batch_size} → {target.batch_size}, tokens {best.tokens:.3g} → {target.tokens:.3g} "
+                     "with the proxy's LR and decay copied (rule 'copy'): the optimum may move with both")
     source = {"study": study.study_name, "mode": spec["mode"], "task": target.task, **source,
-              "log2_lr": math.log2(best.lr), "base_width": best.base_width, "proxy_steps": best.steps}
+              "log2_lr": math.log2(best.lr), "base_width": best.base_width, "proxy_steps": best.steps,
+              "proxy_batch_size": best.batch_size, "proxy_tokens": best.tokens, "proxy_params": proxy_params,
+              "rule": {"name": scaling.name, "lr_batch": scaling.lr_batch, "lr_tokens": scaling.lr_tokens,
+                       "timescale_tpp": scaling.timescale_tpp, "se": scaling.se, "source": scaling.source},
+              "moves": moves}
     return Transferred(target, source, cost, tuple(notes))
+
+
+def training_table(recipe: Recipe) -> str:
+    """What `recipe` trains with, per μP group: LR, weight decay λ, the decay per step (lr·λ) and its timescale as a
+    fraction of training; then the batch, steps, tokens and warmup. Built on the meta device: nothing is allocated.
+
+    Usage: `print(training_table(Transferred.load("hparams.json").recipe))` (`hf-mup inspect --hparams`)
+    """
+    with torch.device("meta"):
+        model = recipe.build_model("meta")
+    rows: dict[tuple[str, float, float], int] = {}
+    for g in recipe.param_groups(model):
+        kind = g.get("mup_kind", "all")
+        lr, wd = g["lr"], g.get("weight_decay", recipe.decay)
+        key = (kind, lr, wd)
+        rows[key] = rows.get(key, 0) + sum(p.numel() for p in g["params"])
+    lines = [f"{'tensors':10s} {'params':>12s} {'LR':>10s} {'λ':>10s} {'lr·λ/step':>10s} {'timescale':>10s}"]
+    for (kind, lr, wd), n in sorted(rows.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        tau = 1.0 / (lr * wd * recipe.steps) if wd else math.inf
+        lines.append(f"{kind:10s} {n:12,d} {lr:10.4g} {wd:10.4g} {lr * wd:10.3g} "
+                     + (f"{tau:10.3g}" if math.isfinite(tau) else f"{'no decay':>10s}"))
+    warmup = max(1, round(recipe.warmup_frac * recipe.steps))
+    lines.append(f"batch {recipe.batch_size} × seq {recipe.seq_len}, {recipe.steps:,} steps = {recipe.tokens:,} tokens; "
+                 f"warmup {warmup:,} steps = {warmup * recipe.batch_size * recipe.seq_len:,} tokens "
+                 f"({recipe.warmup_frac:g} of training), then {recipe.schedule} to {recipe.final_lr_frac:g} of the LR")
+    return "\n".join(lines)
+
+
+def _number(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:.4g}"

@@ -74,7 +74,10 @@ def test_grid_cli_writes_csv_json_png(tmp_path, capsys):
     mup64 = [t for t in result["trials"] if t["parametrization"] == "mup" and t["width"] == 64]
     best = min(mup64, key=lambda t: t["val_loss"])
     hp = json.loads(out.read_text())
-    assert hp["recipe"]["lr"] == 2.0 ** best["log2_lr"]
+    # the published rule moves the LR from the proxy's tokens to the target's (20 per parameter), batch unchanged
+    tokens = hp["cost"]["target_tokens"] / hp["source"]["proxy_tokens"]
+    assert hp["recipe"]["lr"] == pytest.approx(2.0 ** best["log2_lr"] * tokens**-0.32)
+    assert hp["source"]["rule"]["name"] == "published" and hp["source"]["moves"][0]["setting"] == "learning rate"
     assert hp["source"]["proxy_width"] == 64 and hp["recipe"]["mup"]["output_mult"] == 1.0
 
 
@@ -175,11 +178,11 @@ def test_tune_three_trials_and_transfer(tmp_path, data, capsys):
                                   "n_positions": 32, "vocab_size": 256}))
     out = tmp_path / "hparams.json"
     assert cli.main(["transfer", "--study", "tune", "--storage", url, "--target-config", str(target),
-                     "--target-tokens", "1e6", "--output", str(out)]) == 0
+                     "--target-tokens", "1e6", "--rule", "copy", "--output", str(out)]) == 0
     hp = json.loads(out.read_text())
     assert hp["recipe"]["base_width"] == 32
     assert hp["recipe"]["mup"] == {k: best.params[k] for k in ("output_mult", "input_mult", "attn_mult")}
-    assert hp["recipe"]["lr"] == 2.0 ** best.params["log2_lr"]
+    assert hp["recipe"]["lr"] == 2.0 ** best.params["log2_lr"]  # copied: plain μTransfer
     assert hp["recipe"]["initializer_range"] == best.params["initializer_range"]
     assert hp["source"]["trial"] == best.number and hp["source"]["proxy_width"] == 32
     cost = hp["cost"]

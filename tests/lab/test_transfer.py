@@ -42,7 +42,7 @@ def study(tmp_path_factory):
 @pytest.mark.slow
 def test_every_setting_reaches_the_target_recipe(study, tmp_path):
     target_config = Recipe(arch="gpt2", width=128, base_width=32, vocab_size=256, seq_len=32).model_config()
-    result = transfer(study, target_config, target_tokens=4 * 32 * 10, batch_size=4)
+    result = transfer(study, target_config, target_tokens=4 * 32 * 10, batch_size=4, rule="copy")
     r = result.recipe
     for name, value in SETTINGS.items():
         assert getattr(r, name) == value, name
@@ -72,7 +72,7 @@ def test_the_target_run_trains_with_the_transferred_recipe(study, tmp_path):
     spec.loader.exec_module(module)
     target_config = Recipe(arch="gpt2", width=128, base_width=32, vocab_size=256, seq_len=64, layers=2,
                            head_dim=16).model_config()
-    transfer(study, target_config, batch_size=4).save(tmp_path / "hparams.json")
+    transfer(study, target_config, batch_size=4, rule="copy").save(tmp_path / "hparams.json")
     args, training = module.parse_args(["--preset", "tiny", "--hparams", str(tmp_path / "hparams.json"),
                                         "--output_dir", str(tmp_path / "out"), "--max_steps", "7"])
     r = args.transferred
@@ -85,6 +85,30 @@ def test_the_target_run_trains_with_the_transferred_recipe(study, tmp_path):
     args, training = module.parse_args(["--preset", "tiny", "--hparams", str(tmp_path / "hparams.json"),
                                         "--output_dir", str(tmp_path / "out"), "--learning_rate", "0.001"])
     assert args.transferred.lr == 0.001 and args.transferred.optimizer == "lion"
+    # --weight_decay_timescale replaces the recipe's decay: λ = 1/(lr·τ·steps) in the optimizer the Trainer gets
+    args, training = module.parse_args(["--preset", "tiny", "--hparams", str(tmp_path / "hparams.json"),
+                                        "--output_dir", str(tmp_path / "out"), "--weight_decay", "0",
+                                        "--weight_decay_timescale", "0.5", "--max_steps", "40",
+                                        "--mup_weight_decay_mode", "width_independent"])
+    r = args.transferred
+    assert r.weight_decay_timescale == 0.5 and r.decay == pytest.approx(1 / (r.lr * 0.5 * 40))
+    with pytest.raises(MuPError, match="--warmup_tokens with --hparams"):
+        module.parse_args(["--preset", "tiny", "--hparams", str(tmp_path / "hparams.json"), "--warmup_tokens", "64"])
+
+
+def test_recipe_warmup_in_tokens_and_timescale_without_hparams(tmp_path):
+    """recipes/gpt2_wikitext.py --warmup_tokens: warmup steps = tokens / (global batch × block); the same tokens at
+    another batch give other steps."""
+    spec = importlib.util.spec_from_file_location("gpt2_wikitext", RECIPES / "gpt2_wikitext.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    for batch, steps in ((16, 10), (4, 40)):  # 10240 tokens in blocks of 64
+        args, training = module.parse_args(["--preset", "tiny", "--output_dir", str(tmp_path), "--warmup_tokens",
+                                            "10240", "--per_device_train_batch_size", str(batch)])
+        assert training.warmup_steps == steps
+    args, _ = module.parse_args(["--preset", "tiny", "--output_dir", str(tmp_path), "--weight_decay_timescale", "1"])
+    assert args.weight_decay_timescale == 1.0
 
 
 def test_recipe_round_trips_and_refuses_bad_settings():
