@@ -86,8 +86,13 @@ class ScalingRule:
         tpp_ratio = d_ratio * proxy_params / target_params
         steps = max(1, math.ceil(tokens / (batch_size * recipe.seq_len)))
         lr = recipe.lr * b_ratio**self.lr_batch * d_ratio**self.lr_tokens
-        moves = [_move("learning rate", self, recipe.lr, lr,
-                       f"× (batch {b_ratio:.3g}×)^{self.lr_batch:+.3g} × (tokens {d_ratio:.3g}×)^{self.lr_tokens:+.3g}")]
+        why = f"× (batch {b_ratio:.3g}×)^{self.lr_batch:+.3g} × (tokens {d_ratio:.3g}×)^{self.lr_tokens:+.3g}"
+        se_b, se_d = ((self.se or {}).get(k) for k in ("lr_batch", "lr_tokens"))
+        spread = None
+        if se_b is not None or se_d is not None:  # the fit's standard errors, propagated to the log2 move
+            spread = math.hypot(math.log2(b_ratio) * (se_b or 0.0), math.log2(d_ratio) * (se_d or 0.0))
+            why += f"; ± {spread:.2f} log2 from the fit's standard errors"
+        moves = [{**_move("learning rate", self, recipe.lr, lr, why), "log2_factor_se": spread}]
         changes: dict[str, Any] = {"lr": lr, "batch_size": batch_size, "steps": steps}
         if (recipe.weight_decay or recipe.weight_decay_timescale) and self.name != "copy":  # copy keeps λ (or τ)
             tau = proxy.timescale * tpp_ratio**self.timescale_tpp

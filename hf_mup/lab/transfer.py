@@ -160,6 +160,10 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     if scaling.name != "copy" and (target.batch_size != best.batch_size or target.tokens != best.tokens):
         notes += [f"{m['setting']}: {_number(m['from'])} → {_number(m['to'])} ({m['rule']} rule: {m['why']})"
                   for m in moves if m["from"] != m["to"]]
+        if scaling.name == "published":
+            notes.append("the published exponents were fit on LLMs of 50M+ parameters over billions of tokens; at a "
+                         "small scale the optimum can move otherwise (docs: Batch size and training length): measure "
+                         "them on the proxy (hf-mup sweep --batch-sizes / --tokens) and use --rule fitted")
     elif target.batch_size != best.batch_size or target.tokens != best.tokens:
         notes.append(f"batch {best.batch_size} → {target.batch_size}, tokens {best.tokens:.3g} → {target.tokens:.3g} "
                      "with the proxy's LR and decay copied (rule 'copy'): the optimum may move with both")
