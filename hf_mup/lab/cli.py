@@ -76,15 +76,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .. import MuPModel, describe
 
     if args.hparams:
-        from .transfer import Transferred, training_table
+        from .transfer import Transferred
 
-        result = Transferred.load(args.hparams)
-        print(f"{args.hparams}: the {result.recipe.arch} recipe transferred from study "
-              f"{result.source.get('study')!r} (rule {result.source.get('rule', {}).get('name', 'copy')})")
-        for m in result.source.get("moves", []):
-            if m["from"] != m["to"]:
-                print(f"  {m['setting']}: {m['from']:.4g} → {m['to']:.4g} ({m['rule']}: {m['why']})")
-        print(training_table(result.recipe))
+        print(Transferred.load(args.hparams).describe())
         if args.config is None:
             return 0
     if args.config is None:
@@ -241,14 +235,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not lrs:
         raise MuPError("The log2-LR grid is empty: give e.g. --log2-lrs=-12:-4:1.")
     params = [p.strip() for p in args.parametrization.split(",") if p.strip()]
-    batch_sizes = _int_list(args.batch_sizes) if args.batch_sizes else []
-    tokens = sw.parse_counts(args.tokens, "--tokens") if args.tokens else []
-    timescales = sw.parse_counts(args.timescales, "--timescales") if args.timescales else []
-    if args.mode == "tune" and (batch_sizes or tokens or timescales):
-        raise MuPError("--batch-sizes, --tokens and --timescales are grid axes: use --mode grid (at one width, the "
-                       "horizon grid hf-mup transfer --rule fitted reads).")
-    points = (sw.grid_points(widths, lrs, params, args.seeds, batch_sizes, tokens, timescales)
-              if args.mode == "grid" else [])
+    axes = sw.parse_axes(args.mode, args.batch_sizes, args.tokens, args.timescales)
+    points = sw.grid_points(widths, lrs, params, args.seeds, *axes) if args.mode == "grid" else []
     if args.mode == "tune" and len(widths) != 1:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
     if args.mode == "tune":
@@ -286,11 +274,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = report(study, out, metric=f"{args.metric}_loss")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
           + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
-    if "horizon_fit" in result:
-        from .scaling import fit_summary
-
-        print(f"horizon fit: {fit_summary(result['horizon_fit'])}; wrote {out / 'horizon_fit.json'} and "
-              f"{out / 'horizon.png'} (hf-mup transfer --rule fitted --fit {out / 'horizon_fit.json'})")
+    if "horizon_fit" in result:  # a grid over batch sizes / tokens / timescales
+        print(f"horizon fit: {result['horizon_fit']['summary']}; wrote {out / 'horizon_fit.json'}, horizon.png")
     if args.mode == "grid":
         for param, o in result["optimum"][f"{args.metric}_loss"].items():
             best = ", ".join(f"w{w}: {v['log2_lr']:g}" if v["log2_lr"] is not None else f"w{w}: -"
@@ -311,25 +296,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     storage = args.storage or default_storage(args.out)
     study = load_study(args.study, storage)
-    fit = json.loads(Path(args.fit).read_text()) if args.fit else None
     result = transfer(study, load_config(args.target_config), args.target_tokens, args.batch_size,
-                      allow_depth_change=args.allow_depth_change, rule=args.rule, fit=fit,
-                      allow_extrapolation=args.allow_extrapolation)
+                      args.allow_depth_change, args.rule, json.loads(Path(args.fit).read_text()) if args.fit else None,
+                      args.allow_extrapolation)
     result.save(args.output)
-    r, src, cost = result.recipe, result.source, result.cost
-    decay = (f"weight-decay timescale {r.weight_decay_timescale:.3g} of training (λ {r.decay:.4g})"
-             if r.weight_decay_timescale else f"weight_decay {r.weight_decay:g} ({r.weight_decay_mode})")
-    print(f"from trial {src['trial']} of study {args.study!r} (proxy width {src['proxy_width']}, batch "
-          f"{src['proxy_batch_size']}, {src['proxy_tokens']:,} tokens), {src['rule']['name']} rule "
-          f"({src['rule']['source']}): {r.optimizer} lr {r.lr:.4g}, betas {r.betas}, {decay}, batch {r.batch_size}, "
-          f"{r.steps:,} steps, "
-          f"{r.schedule} schedule, warmup {r.warmup_frac:g}, initializer_range {r.initializer_range:.4g}, "
-          + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.mup.items()))
-    for note in result.notes:
-        print(f"note: {note}")
-    print(f"tuning cost: {cost['tuning_flops']:.3g} FLOPs over {cost['trials']} trials = {cost['fraction']:.3%} of "
-          f"the target's training ({cost['target_params']:,} params × {cost['target_tokens']:.3g} tokens × 6 = "
-          f"{cost['target_flops']:.3g} FLOPs)")
+    print(result.summary())
     print(f"wrote {args.output}")
     return 0
 
@@ -366,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show what μP does to every parameter of a model")
     p.add_argument("config", nargs="?", help="a config.json, a checkpoint folder, or a Hub model (owner/name)")
-    p.add_argument("--hparams", help="an hparams.json from hf-mup transfer: show what it trains with per μP group "
-                   "(LR, weight decay, its timescale), its batch, steps and warmup, and what the scaling rule moved")
+    p.add_argument("--hparams", help="an hparams.json: its per-group LR and decay, batch, steps, warmup, moves")
     p.add_argument("--base-hidden-size", type=int, help="the proxy's width (read from config.mup when omitted)")
     p.add_argument("--model-class", help="e.g. GPT2ForSequenceClassification (default: config.architectures[0])")
     p.add_argument("--size", action="store_true", help="also load the checkpoint and report its inference size "
@@ -418,14 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--batch-sizes", help="grid: also at each of these batch sizes, e.g. 8,16,32 (a horizon grid: "
-                   "horizon_fit.json and horizon.png fit η* against batch and tokens)")
-    p.add_argument("--tokens", help="grid: also at each of these token horizons, e.g. 25k,100k,400k (steps = tokens "
-                   "/ (batch × seq len))")
-    p.add_argument("--timescales", help="grid: also at each of these AdamW weight-decay timescales, fractions of "
-                   "training, e.g. 0.25,1,4 (λ = 1/(lr·τ·steps))")
-    p.add_argument("--weight-decay-timescale", type=float, default=0.0, help="the decay every trial trains with, as a "
-                   "timescale (fraction of training); 0: no weight decay")
+    p.add_argument("--batch-sizes", help="grid: also at these batch sizes, e.g. 8,16,32 (fits horizon_fit.json)")
+    p.add_argument("--tokens", help="grid: also at these token horizons, e.g. 25k,100k (steps = tokens/(batch·seq))")
+    p.add_argument("--timescales", help="grid: also at these weight-decay timescales (fractions of training)")
+    p.add_argument("--weight-decay-timescale", type=float, default=0.0, help="AdamW's decay as a timescale; 0: none")
     add_model_args(p, seq_len=64, batch_size=16)
     p.add_argument("--base-layers", type=int, help="depth scaling (CompleteP) with this base depth, so the tuned "
                    "settings transfer to other depths (e.g. --base-layers 2 with --layers 2); default: off")
@@ -462,13 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-config", required=True, help="the target's config.json (or checkpoint folder)")
     p.add_argument("--target-tokens", type=float, help="target training tokens (default: 20 per parameter)")
     p.add_argument("--batch-size", type=int, help="the target's batch (default: the proxy's); steps = tokens / batch")
-    p.add_argument("--rule", default="published", choices=["published", "fitted", "copy"], help="how the LR, the "
-                   "weight-decay timescale and the warmup move with the target's batch and tokens: the papers' "
-                   "exponents (default), the ones a horizon sweep measured (--fit), or copied (plain μTransfer)")
-    p.add_argument("--fit", help="with --rule fitted: the horizon_fit.json of an hf-mup sweep over --batch-sizes / "
-                   "--tokens")
-    p.add_argument("--allow-extrapolation", action="store_true", help="with --rule fitted: accept a target batch or "
-                   "token count more than 8× outside what the fit measured")
+    p.add_argument("--rule", default="published", choices=["published", "fitted", "copy"], help="how the LR, decay "
+                   "and warmup move to the target's batch and tokens (docs: Batch size and training length)")
+    p.add_argument("--fit", help="with --rule fitted: the horizon_fit.json of a sweep over --batch-sizes / --tokens")
+    p.add_argument("--allow-extrapolation", action="store_true", help="accept a target > 8× outside the fit's range")
     p.add_argument("--allow-depth-change", action="store_true", help="copy the settings to a target of another "
                    "depth although the proxy was tuned without depth scaling (--base-layers): the optimum may move")
     p.add_argument("--output", default="hparams.json")

@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw", "lion")
 SCHEDULES = ("cosine", "linear")  # after the linear warmup, down to final_lr_frac of the LR
 WEIGHT_DECAY_MODES = ("width_independent", "coupled", "independent")  # hf_mup.rules.weight_decay_for_group
 SP_INITS = ("fixed", "fan_in")  # SP's init std: initializer_range, or 1/√width
+LATER_FIELDS = ("weight_decay_timescale",)  # written only when set (Recipe.to_dict)
 # transformers config fields the recipe's shape sets (lm_config): refused in Recipe.config
 SHAPE_CONFIG_KEYS = frozenset({"vocab_size", "n_positions", "max_position_embeddings", "n_embd", "hidden_size", "n_layer",
                                "num_hidden_layers", "n_head", "num_attention_heads", "head_dim", "initializer_range"})
@@ -176,8 +177,10 @@ class Recipe:
     # ------------------------------------------------------------------------------------------------- JSON
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as JSON-ready data (lists for tuples)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The recipe as JSON-ready data (lists for tuples). A field added since studies were first stored is left out
+        at its default (`LATER_FIELDS`), so a stored study's spec still matches the recipe that made it."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.name in LATER_FIELDS and getattr(self, f.name) == f.default)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:

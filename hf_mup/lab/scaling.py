@@ -243,6 +243,7 @@ def fit_horizon(rows: list[dict], metric: str = "val_loss") -> dict[str, Any]:
     out: dict[str, Any] = {"metric": metric, "width": width, "n_params": _n_params(done, width), "cells": table,
                            "lr": _fit_lr([c for c in table if c["timescale"] == common_tau], common_tau),
                            "timescale": _fit_timescale(table)}
+    out["summary"] = fit_summary(out)
     return out
 
 

@@ -93,6 +93,17 @@ def parse_counts(text: str, what: str = "--tokens") -> list[float]:
     return values
 
 
+def parse_axes(mode: str, batch_sizes: str | None, tokens: str | None,
+               timescales: str | None) -> tuple[list[int], list[float], list[float]]:
+    """`hf-mup sweep`'s --batch-sizes, --tokens and --timescales: grid axes only."""
+    if mode != "grid" and (batch_sizes or tokens or timescales):
+        raise MuPError("--batch-sizes, --tokens and --timescales are grid axes: use --mode grid (at one width: the "
+                       "horizon grid hf-mup transfer --rule fitted reads).")
+    return ([int(b) for b in parse_counts(batch_sizes, "--batch-sizes")] if batch_sizes else [],
+            parse_counts(tokens, "--tokens") if tokens else [],
+            parse_counts(timescales, "--timescales") if timescales else [])
+
+
 def grid_points(widths: Sequence[int], log2_lrs: Sequence[float], parametrizations: Sequence[str],
                 seeds: int, batch_sizes: Sequence[int] = (), tokens: Sequence[float] = (),
                 timescales: Sequence[float] = ()) -> list[dict]:

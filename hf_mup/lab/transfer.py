@@ -54,6 +54,33 @@ class Transferred:
     def load(cls, path: str | Path) -> Transferred:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def summary(self) -> str:
+        """What `hf-mup transfer` prints: where the recipe came from, by which rule, what it trains with, the notes
+        and the tuning cost."""
+        r, src, cost = self.recipe, self.source, self.cost
+        decay = (f"weight-decay timescale {r.weight_decay_timescale:.3g} of training (λ {r.decay:.4g})"
+                 if r.weight_decay_timescale else f"weight_decay {r.weight_decay:g} ({r.weight_decay_mode})")
+        rule = src.get("rule", {"name": "copy", "source": "copied"})
+        lines = [f"from trial {src['trial']} of study {src['study']!r} (proxy width {src['proxy_width']}, batch "
+                 f"{src.get('proxy_batch_size')}, {src.get('proxy_tokens', 0):,} tokens), {rule['name']} rule "
+                 f"({rule['source']}): {r.optimizer} lr {r.lr:.4g}, betas {r.betas}, {decay}, batch {r.batch_size}, "
+                 f"{r.steps:,} steps, {r.schedule} schedule, warmup {r.warmup_frac:g}, initializer_range "
+                 f"{r.initializer_range:.4g}, "
+                 + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.mup.items())]
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"tuning cost: {cost['tuning_flops']:.3g} FLOPs over {cost['trials']} trials = "
+                     f"{cost['fraction']:.3%} of the target's training ({cost['target_params']:,} params × "
+                     f"{cost['target_tokens']:.3g} tokens × 6 = {cost['target_flops']:.3g} FLOPs)")
+        return "\n".join(lines)
+
+    def describe(self) -> str:
+        """What `hf-mup inspect --hparams` prints: what the scaling rule moved, then `training_table`."""
+        lines = [f"the {self.recipe.arch} recipe transferred from study {self.source.get('study')!r} (rule "
+                 f"{self.source.get('rule', {}).get('name', 'copy')})"]
+        lines += [f"  {m['setting']}: {m['from']:.4g} → {m['to']:.4g} ({m['rule']}: {m['why']})"
+                  for m in self.source.get("moves", []) if m["from"] != m["to"]]
+        return "\n".join([*lines, training_table(self.recipe)])
+
 
 def best_trial(study) -> tuple[Recipe, dict[str, Any]]:
     """(the proxy recipe to copy, where it came from), by the rule in this module's docstring."""

@@ -114,6 +114,8 @@ def test_recipe_warmup_in_tokens_and_timescale_without_hparams(tmp_path):
 def test_recipe_round_trips_and_refuses_bad_settings():
     r = Recipe(**{k: v for k, v in SETTINGS.items()})
     assert Recipe.from_json(r.to_json()) == r and hash(Recipe.from_json(r.to_json())) == hash(r)
+    timed = Recipe(weight_decay_timescale=0.5)
+    assert Recipe.from_json(timed.to_json()) == timed and "weight_decay_timescale" not in Recipe().to_dict()
     with pytest.raises(MuPError, match="unknown Recipe field"):
         Recipe.from_dict({**r.to_dict(), "decay": "cosine"})
     with pytest.raises(MuPError, match="optimizer='sgd'"):
