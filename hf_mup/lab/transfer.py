@@ -3,7 +3,8 @@
 Usage:
     result = transfer(study, target_config, target_tokens=2e9)
     result.save("hparams.json")          # recipes/gpt2_wikitext.py --hparams hparams.json trains from it
-    result.recipe                        # the proxy's recipe at the target's shape: everything it trained with
+    result.recipe                        # the proxy's recipe at the target's shape: everything it trained with,
+                                         # moved to the target's batch and tokens by a scaling rule (default: published)
 
 The target is a config of the proxy's architecture: GPT-2 or Llama (causal LMs) or BERT (masked LM).
 
