@@ -444,9 +444,10 @@ def _readout_norm(model: nn.Module, plan: MuPPlan) -> str | None:
                  if is_norm(m) and any(True for _ in m.parameters(recurse=False))]
         found = [n for n in found if plan.arch.block_relative(n) is None and "embed" not in n]
         if len(found) > 1:  # (a decoder's final norm and an MLM head's: the head's, registered after it, is last)
-            found = [max((n for n in found if order[n] < order[readout]), key=order.__getitem__, default="")]
+            before = [n for n in found if order[n] < order[readout]]
+            return max(before, key=order.__getitem__) if before else None
         if found or not path:
-            return found[0] if len(found) == 1 and found[0] else None
+            return found[0] if found else None
         path.pop()
 
 

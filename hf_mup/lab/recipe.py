@@ -220,6 +220,11 @@ class Recipe:
         """Tokens the run reads: steps × batch × sequence length."""
         return self.steps * self.batch_size * self.seq_len
 
+    @property
+    def warmup_steps(self) -> int:
+        """The linear warmup's length in steps, as `lr_lambda` counts it."""
+        return warmup_steps(self.steps, self.warmup_frac)
+
     def model_config(self) -> Any:
         """The transformers config of the recipe's shape (`hf_mup.lab.lm.lm_config`)."""
         std = self.width**-0.5 if self.parametrization == "sp" and self.sp_init == "fan_in" else self.initializer_range
@@ -373,13 +378,18 @@ def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: s
                         {"params": [p for n, p in params if skip(n)], "lr": lr, "weight_decay": 0.0}) if g["params"]]
 
 
+def warmup_steps(steps: int, warmup_frac: float) -> int:
+    """`round(warmup_frac · steps)`, at least 1: the warmup `lr_lambda` runs."""
+    return max(1, round(warmup_frac * steps))
+
+
 def lr_lambda(steps: int, warmup_frac: float = 0.1, final_lr_frac: float = 0.1,
               schedule: str = "cosine") -> Callable[[int], float]:
     """Linear warmup over `round(warmup_frac · steps)` steps (at least 1), then cosine (or linear) decay to
     `final_lr_frac`: a factor on each group's own LR."""
     if schedule not in SCHEDULES:
         raise MuPError(f"unknown schedule {schedule!r}: use {' or '.join(SCHEDULES)}.")
-    warmup = max(1, round(warmup_frac * steps))
+    warmup = warmup_steps(steps, warmup_frac)
 
     def f(step: int) -> float:
         if step < warmup:

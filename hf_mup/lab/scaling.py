@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MuPError
+from ..rules import weight_decay_from_timescale
 from .recipe import Recipe
 
 # How far past the measured batch sizes / token counts a fitted rule goes: a note beyond the range, an error
@@ -100,17 +101,14 @@ class ScalingRule:
                                f"× (tokens per parameter {tpp_ratio:.3g}×)^{self.timescale_tpp:+.3g}"))
             if recipe.weight_decay_timescale:  # the recipe's own vocabulary: a timescale stays a timescale ...
                 changes["weight_decay_timescale"] = tau
-            else:  # ... and a λ a λ, in its mode (independent: the decay per step is λ itself)
-                per_step = 1.0 / (tau * steps)
-                if per_step >= 1:
-                    raise MuPError(f"the {self.name} rule gives a weight-decay timescale of {tau:.3g} of {steps} steps: "
-                                   "η·λ ≥ 1 would remove every weight each step. Use another rule or a longer run.")
-                changes["weight_decay"] = per_step if recipe.weight_decay_mode == "independent" else per_step / lr
+            else:  # ... and a λ a λ, in its mode (independent: the decay per step is λ itself, as at an LR of 1)
+                changes["weight_decay"] = weight_decay_from_timescale(
+                    tau, 1.0 if recipe.weight_decay_mode == "independent" else lr, steps)  # refuses η·λ ≥ 1
         target = recipe.replace(**changes)  # validates: a timescale of one step or less is refused here
         if target.decay != proxy.decay:
             moves.append(_move("weight_decay λ", self, proxy.decay, target.decay,
                                f"the timescale at the target's LR and {steps} steps ({recipe.weight_decay_mode})"))
-        warm = lambda r: max(1, round(r.warmup_frac * r.steps)) * r.batch_size * r.seq_len  # noqa: E731 (lr_lambda's)
+        warm = lambda r: r.warmup_steps * r.batch_size * r.seq_len  # noqa: E731
         moves.append({"setting": "warmup tokens", "rule": "fraction of training", "from": warm(proxy),
                       "to": warm(target), "factor": warm(target) / max(1, warm(proxy)),
                       "why": f"warmup stays {recipe.warmup_frac:g} of training"})

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import MuPError
+from ..rules import timescale_of
 from .recipe import Recipe, config_fields_of, shape_of
 from .results import base_cell, trial_rows
 from .scaling import rule_named
@@ -220,10 +221,10 @@ def training_table(recipe: Recipe) -> str:
         rows[key] = rows.get(key, 0) + sum(p.numel() for p in g["params"])
     lines = [f"{'tensors':10s} {'params':>12s} {'LR':>10s} {'λ':>10s} {'lr·λ/step':>10s} {'timescale':>10s}"]
     for (kind, lr, wd), n in sorted(rows.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-        tau = 1.0 / (lr * wd * recipe.steps) if wd else math.inf
+        tau = timescale_of(wd, lr, recipe.steps)
         lines.append(f"{kind:10s} {n:12,d} {lr:10.4g} {wd:10.4g} {lr * wd:10.3g} "
                      + (f"{tau:10.3g}" if math.isfinite(tau) else f"{'no decay':>10s}"))
-    warmup = max(1, round(recipe.warmup_frac * recipe.steps))
+    warmup = recipe.warmup_steps
     lines.append(f"batch {recipe.batch_size} × seq {recipe.seq_len}, {recipe.steps:,} steps = {recipe.tokens:,} tokens; "
                  f"warmup {warmup:,} steps = {warmup * recipe.batch_size * recipe.seq_len:,} tokens "
                  f"({recipe.warmup_frac:g} of training), then {recipe.schedule} to {recipe.final_lr_frac:g} of the LR")
