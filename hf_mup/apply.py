@@ -22,6 +22,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import torch
 from torch import nn
 
+from .adapters import stock_layer
 from .architectures.base import Index
 from .architectures.generic import norm_offset, reaches_scaling
 from .errors import MuPError
@@ -296,12 +297,21 @@ def scale_parameters(model: nn.Module, entries: list[FoldEntry], inverse: bool =
 
 
 def _state_dict_keys(model: nn.Module, prefix: str) -> dict[str, list[str]]:
-    """Canonical parameter name -> its keys in a state dict of `model` (a tied weight has several)."""
+    """Canonical parameter name -> its keys in a state dict of `model`: a tied weight has several, and so has a
+    layer with a trained copy (PEFT's modules_to_save: two tensors, one name)."""
     ids = {id(p): canonical_name(n) for n, p in model.named_parameters()}
     keys: dict[str, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         keys.setdefault(ids[id(p)], []).append(prefix + n)
     return keys
+
+
+def _tied_keys(model: nn.Module, prefix: str) -> list[list[str]]:
+    """The keys of each tensor that is in a state dict of `model` under more than one key (a tied weight)."""
+    keys: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        keys.setdefault(id(p), []).append(prefix + n)
+    return [k for k in keys.values() if len(k) > 1]
 
 
 def fold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]) -> None:
@@ -315,7 +325,7 @@ def fold_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, 
         for key in keys.get(name, ()):
             if key in state_dict:
                 folded[key] = _scaled(folded.get(key, state_dict[key]), index, factor, offset)
-    for key_list in keys.values():  # a tied weight: one tensor under each of its keys
+    for key_list in _tied_keys(module, prefix):  # a tied weight: one tensor under each of its keys
         present = [k for k in key_list if k in folded]
         for k in present[1:]:
             folded[k] = folded[present[0]]
@@ -373,7 +383,9 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
                 "multiplier. Leave the readout out of target_modules (or use modules_to_save)."
             )
         if scale != 1.0 and not _has_hook(module._forward_pre_hooks, ScaleInput, scale):
-            problems.append(f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
+            problems.append(f"{NEW_ADAPTER}'s trained copy of the readout {name!r} (PEFT's modules_to_save: the "
+                            "multiplier goes on its wrapper)" if "original_module" in module._modules else
+                            f"the readout {name!r} was replaced (its multiplier {scale:g} is not applied)")
     for name in _scaled_outputs(model, plan):  # refuses an adapter there that is not plain LoRA
         wrapper = adapter_of(model, name)
         if wrapper is not None:
@@ -383,8 +395,8 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
             module = _child(model, name)
             if module is not None and _has_hook(module._forward_hooks, ScaleOutput, plan.input_mult):
                 continue
-            inner = None if module is None else module._modules.get("base_layer")
-            if inner is not None and _has_hook(inner._forward_hooks, ScaleOutput, plan.input_mult):
+            inner = None if module is None else stock_layer(module)
+            if inner is not module and inner is not None and _has_hook(inner._forward_hooks, ScaleOutput, plan.input_mult):
                 problems.append(f"{NEW_ADAPTER} on the embedding {name!r} (input_mult goes on the adapter's output too)")
             else:
                 problems.append(f"the embedding {name!r} was replaced (input_mult {plan.input_mult:g} is not applied)")
@@ -400,6 +412,10 @@ def diagnose(model: nn.Module, plan: MuPPlan, full: bool = True) -> list[str]:
                     for b in lora_outputs(module, repr(name))):
                 problems.append(f"{NEW_ADAPTER} on the residual branch {name!r} (its output gets the depth multiplier)")
     if full:
+        known = plan.rules.keys() | set(plan.extra)
+        new = [n for n in (canonical_name(raw) for raw, _ in model.named_parameters()) if n not in known]
+        if new:  # an adapter where μP scales nothing (no hook to notice it): its tensors need their rules
+            problems.append(f"{NEW_ADAPTER}'s (or a new module's) tensors: {', '.join(new[:3])}, ...")
         expected = plan.attention_scale_factor
         for name in scaled_attention(model, plan):
             attn: Any = model.get_submodule(name)  # a transformers attention module (float `scaling`)

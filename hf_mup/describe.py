@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .errors import MuPError
 from .model import get_plan, unwrap
 from .optim import scales_eps
-from .plan import meta_model, norm_gains
+from .plan import canonical_name, meta_model, norm_gains
 from .rules import Kind
 
 # The config fields of the architecture knobs (Lingle's ablations that live in the transformers config).
@@ -107,6 +107,11 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
             ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"),
                       rule.lr_mult("sgd"), id(p) not in fixed, rule.eps_mult("adamw"))
         )
+    shapes = {canonical_name(n): tuple(p.shape) for n, p in model.named_parameters()}
+    for name, rule in plan.adapters.items():  # PEFT's init: A Kaiming-uniform (∝ 1/√fan-in), B zero
+        init = "PEFT's (∝ 1/√fan-in)" if rule.kind is Kind.DOWN else "PEFT's"
+        rows.append(ParamInfo(name, shapes[name], rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"),
+                              rule.lr_mult("sgd"), True, rule.eps_mult("adamw")))
     return rows
 
 
@@ -129,7 +134,7 @@ def describe(model: nn.Module) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    counts = {k.value: sum(r.kind == k.value for r in rows) for k in Kind}
+    counts = {k.value: n for k in Kind if (n := sum(r.kind == k.value for r in rows)) or k is not Kind.DOWN}
     mup = plan.mup
     config = cast(PretrainedConfig, unwrap(model).config)  # a transformers model's
     scale = "· √(d_base/d)" if mup.attention_scale == "1/d" else "(1/sqrt(d))"
@@ -152,6 +157,9 @@ def describe(model: nn.Module) -> str:
          f"{plan.depth_mult ** (mup.depth_alpha - 1):g}, SGD LR × m_L^(2α-1) = "
          f"{plan.depth_mult ** (2 * mup.depth_alpha - 1):g}, Adam ε × m_L^-α = {plan.residual_scale:g}"
          if mup.base_num_layers is not None else "depth: no depth scaling (base_num_layers unset)"),
+        *([f"adapters: {len(plan.adapters)} LoRA-family tensors by their μP rules (hf_mup.rules, \"Adapters\"): A "
+           "(width → rank) down, B (rank → width) input; mup_param_groups(..., adapters='plain') trains them at η"]
+          if plan.adapters else []),
         "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "")
                                         for n, s in plan.readouts.items() if n not in plan.routers) or "nothing"),
         *([f"MoE routers and gates (readouts inside the blocks, stock init): input × "

@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
+from .adapters import ADAPTER_RULES
 from .apply import PLAN_ATTR, fold_deepspeed_saves
 from .errors import MuPError
 from .model import get_plan, unwrap
@@ -20,7 +21,7 @@ from .plan import MuPPlan, canonical_name, is_norm
 from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
-UNSCALED = "unscaled"  # the group kind of tensors with no μP rule (adapters): trained at the plain LR
+UNSCALED = "unscaled"  # the group kind of tensors trained at the plain LR: no μP rule, or adapters="plain"
 # Above this, "independent" weight decay (a fraction of the weights removed per step) is almost surely a coupled value.
 INDEPENDENT_WD_WARN = 1e-2
 DEFAULT_EPS = 1e-8  # torch's Adam/AdamW ε: the base ε of depth-scaled groups when none is given
@@ -59,6 +60,7 @@ def mup_param_groups(
     weight_decay_mode: str = "width_independent",
     no_decay: NoDecay = None,
     eps: float | None = None,
+    adapters: str = "mup",
 ) -> list[dict[str, Any]]:
     """Parameter groups for `torch.optim.*` with μP's per-tensor learning rates and weight decay.
 
@@ -70,14 +72,19 @@ def mup_param_groups(
     `hf_mup.rules.optimizer_family` decides which μP rules apply. `weight_decay_mode`: "width_independent"
     (lr·wd the same at every width, microsoft/mup's default), "coupled" (plain) or "independent" (the decay per
     step is `weight_decay`, whatever the LR). `no_decay`: parameter names (substrings) or a predicate on the name;
-    by default biases and norm weights. Trainable tensors with no μP rule (an adapter's) get a group of their own at
-    the plain LR (`mup_kind` "unscaled"), with a warning naming them.
+    by default biases and norm weights. `adapters`: "mup" (PEFT's LoRA, rsLoRA and DoRA tensors by their μP rules,
+    `hf_mup.rules`, "Adapters"; their groups carry `mup_adapter`) or "plain" (every adapter tensor at the plain LR,
+    `mup_kind` "unscaled": the rule before hf_mup had one, kept for comparison). Trainable tensors with no μP rule
+    (other adapters, a head the stock model lacks) get a group of their own at the plain LR, with a warning naming them.
     `eps`: Adam's ε (default 1e-8, torch's). Where μP scales ε (with width, `eps_width_scaling`, and with depth)
     every group of an Adam-like optimizer carries its own `eps` (ε × the tensor's factor, `eps_mult`), which
     overrides the optimizer's: give the optimizer the same `eps=`, or build both with `hf_mup.mup_optimizer`.
     `check_optimizer` (run by hf_mup at every optimizer's first step) refuses an optimizer built with another ε.
     """
     family = optimizer_family(optimizer)
+    if adapters not in ADAPTER_RULES:
+        raise MuPError(f"adapters={adapters!r}: use 'mup' (adapter tensors by their μP rules) or 'plain' (all at the "
+                       "plain LR).")
     plan = get_plan(model)
     if plan is None:
         raise MuPError(
@@ -94,14 +101,15 @@ def mup_param_groups(
     model = unwrap(model)
     skip_decay = no_decay_predicate(model, no_decay)
     per_group_eps = scales_eps(plan, family)
-    groups: dict[tuple[str, float, float, float], dict[str, Any]] = {}
+    groups: dict[tuple[str, bool, float, float, float], dict[str, Any]] = {}
     unscaled: list[str] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = canonical_name(name)
-        rule = plan.rules.get(name)
-        if rule is None:
+        adapter = name in plan.adapters
+        rule = plan.rules.get(name) or (plan.adapters.get(name) if adapters == "mup" else None)
+        if rule is None and not adapter:
             unscaled.append(name)
         kind = UNSCALED if rule is None else rule.kind.value
         rule = rule or NO_RULE
@@ -109,7 +117,7 @@ def mup_param_groups(
         decays = weight_decay != 0 and not skip_decay(name)
         group_wd = (weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode, rule.width_lr_mult(family))
                     if decays else 0.0)
-        key = (kind, lr_mult, group_wd, eps_mult)
+        key = (kind, adapter, lr_mult, group_wd, eps_mult)
         if key not in groups:
             groups[key] = {
                 "params": [],
@@ -120,6 +128,8 @@ def mup_param_groups(
                 "mup_kind": kind,
                 "mup_optimizer": family,
             }
+            if adapter:
+                groups[key]["mup_adapter"] = adapters
             if per_group_eps:
                 groups[key].update(eps=(DEFAULT_EPS if eps is None else eps) * eps_mult, eps_mult=eps_mult)
         groups[key]["params"].append(p)
@@ -133,14 +143,21 @@ def mup_param_groups(
     return list(groups.values())
 
 
+def adapter_rule(plan: MuPPlan, name: str, group: dict[str, Any]) -> TensorRule:
+    """The rule an adapter tensor (or another tensor the stock model lacks) trains by in `group`: its μP rule, or
+    every factor 1 where it has none or its group chose the plain LR (`mup_param_groups(..., adapters="plain")`)."""
+    rule = plan.adapters.get(name)
+    return NO_RULE if rule is None or group.get("mup_adapter") == "plain" else rule
+
+
 def scales_eps(plan: MuPPlan, family: str) -> bool:
     """Whether μP's groups carry their own Adam ε for this plan and optimizer family (a factor ≠ 1 on some tensor)."""
-    return family == ADAM_LIKE and any(r.eps_mult(family) != 1.0 for r in plan.rules.values())
+    return family == ADAM_LIKE and any(r.eps_mult(family) != 1.0 for r in [*plan.rules.values(), *plan.adapters.values()])
 
 
 def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
                   weight_decay: float = 0.0, weight_decay_mode: str = "width_independent", no_decay: NoDecay = None,
-                  **optimizer_kwargs: Any) -> torch.optim.Optimizer:
+                  adapters: str = "mup", **optimizer_kwargs: Any) -> torch.optim.Optimizer:
     """A μP optimizer in one call: `mup_param_groups` and the optimizer built from the same LR and ε.
 
     Usage: `opt = hf_mup.mup_optimizer(model, torch.optim.AdamW, lr=3e-3, weight_decay=0.1, eps=1e-6, betas=(0.9, 0.95))`
@@ -150,7 +167,7 @@ def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = tor
     """
     eps = optimizer_kwargs.get("eps", default_eps(optimizer))
     groups = mup_param_groups(model, lr, weight_decay, optimizer=optimizer, weight_decay_mode=weight_decay_mode,
-                              no_decay=no_decay, eps=eps)
+                              no_decay=no_decay, eps=eps, adapters=adapters)
     # (a torch.optim class takes `lr`: the base class's __init__, which the annotation gives, does not)
     built = cast(Callable[..., torch.optim.Optimizer], optimizer)(groups, lr=lr, **optimizer_kwargs)
     check_optimizer(model, built)
@@ -171,7 +188,8 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
 
     Catches the commonest silent μP failures: `torch.optim.AdamW(model.parameters())`, groups built for another
     model or optimizer, and tensors left out of the optimizer. Also re-checks (and, after module surgery, re-applies)
-    the forward multipliers and attention scales (`get_plan`). Does nothing for a stock model.
+    the forward multipliers and attention scales (`get_plan`). Does nothing for a stock model; skips groups marked
+    `"mup_unchecked": True` (a deliberately non-μP ablation).
     """
     plan = get_plan(model)
     if plan is None:
@@ -198,6 +216,8 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
         if group is None:
             left_out.append(name)
             continue
+        if group.get("mup_unchecked"):  # a deliberately non-μP ablation (the lab's global LR, LoRA+)
+            continue
         if "lr_mult" not in group:
             raise MuPError(
                 f"The optimizer {type(optimizer).__name__} has no μP parameter groups (parameter {name!r} is in a "
@@ -212,7 +232,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
                 f"The parameter groups were made for {rules_for!r} but the optimizer is {type(optimizer).__name__}: "
                 f"pass optimizer={family!r} to hf_mup.mup_param_groups."
             )
-        rule = plan.rules.get(name, NO_RULE)
+        rule = plan.rules.get(name) or adapter_rule(plan, name, group)
         expected = rule.lr_mult(rules_for)
         assert rules_for is not None  # (lr_mult raised a MuPError for None: no rules for an optimizer "NoneType")
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias, TypeVar, cast
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
+from .adapters import adapter_rules, stock_layer
 from .architectures import Architecture, get_architecture, supported_classes
 from .architectures.base import Index
 from .architectures.generic import check_verified, is_router, reaches_scaling
@@ -35,10 +37,17 @@ Layout: TypeAlias = tuple[int | None, int | None]
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "base_layer.")
 
 
+# PEFT's `modules_to_save` wrapper (a task head trained beside the adapters): the stock layer as `original_module`,
+# a trained copy per adapter as `modules_to_save.<adapter>`; both stand for the stock layer.
+_SAVED_COPY = re.compile(r"\.(?:original_module|modules_to_save\.[^.]+)(?=\.|$)")
+
+
 def canonical_name(name: str) -> str:
     """A parameter's (or module's) name in the bare transformers model, whatever wrappers it went through."""
     for segment in WRAPPER_SEGMENTS:
         name = name.replace(segment, "")
+    if "module" in name:
+        name = _SAVED_COPY.sub("", name)
     return name.removesuffix(".base_layer")
 
 
@@ -55,7 +64,8 @@ class MuPPlan:
     head_dim: int
     base_head_dim: int
     rules: dict[str, TensorRule]  # by name in `model.named_parameters()`
-    extra: list[str] = field(default_factory=list)  # parameters the stock model lacks (adapters): no μP rule
+    extra: list[str] = field(default_factory=list)  # parameters the stock model lacks (adapters, new heads)
+    adapters: dict[str, TensorRule] = field(default_factory=dict)  # the LoRA-family ones among them: their rules
     readouts: dict[str, float] = field(default_factory=dict)  # readout module -> scale on its input
     tied_readouts: set[str] = field(default_factory=set)  # readouts whose weight is an input embedding's
     embeddings: list[str] = field(default_factory=list)  # embedding modules whose output gets input_mult
@@ -380,14 +390,24 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
             rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
+        rules[name] = rule
+
+    def with_width_and_depth(name: str, rule: TensorRule) -> TensorRule:  # Adam's ε and CompleteP's factors
         if mup.eps_width_scaling and rule.kind is not Kind.SCALAR:
             rule = replace(rule, eps_width_mult=config.hidden_size / mup.base_hidden_size)
         in_block = arch.block_relative(name)
         if depth_mult != 1.0 and in_block is not None:
             rule = replace(rule, depth_mult=depth_mult, depth_alpha=mup.depth_alpha,
                            stock_init_depth_power=0.5 if in_block in arch.depth_scaled_init else 0.0)
-        rules[name] = rule
-    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, depth_mult=depth_mult,
+        return rule
+
+    modules: dict[str, nn.Module] = {}
+    for raw_name, module in model.named_modules():
+        modules.setdefault(canonical_name(raw_name), module)  # (an adapter's wrapper before the layer inside)
+    rules = {name: with_width_and_depth(name, rule) for name, rule in rules.items()}
+    adapters = {name: with_width_and_depth(name, rule)
+                for name, rule in adapter_rules(extra, modules, base, delta).items()} if extra else {}
+    plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, adapters, depth_mult=depth_mult,
                    hidden_size=config.hidden_size)
     plan.query_outputs = _query_outputs(model, arch, layouts)
     base_modules = dict(base.named_modules())
@@ -399,7 +419,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
             continue  # a wrapper's inner module (listed at the wrapper), or a module the stock model lacks
         if mup.base_num_layers is not None and arch.block_relative(name) in arch.residual_outputs:
             plan.residuals.append(name)
-        stock = getattr(module, "base_layer", module)  # the stock layer inside an adapter wrapper
+        stock = stock_layer(module)  # the stock layer inside an adapter wrapper
         if isinstance(stock, nn.Embedding) and plan.rules[param_names[id(stock.weight)]].kind is Kind.INPUT:
             plan.embeddings.append(name)
         elif arch.is_attention(module):
@@ -407,14 +427,14 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
         elif isinstance(stock, nn.Linear):
             # Judge the Linear from its own (out, in) view: a tied weight is listed under its embedding's name.
             as_linear = classify(
-                tuple(param_shape(cast(torch.Tensor, module.weight))),
+                tuple(param_shape(stock.weight)),
                 tuple(cast(torch.Tensor, base.get_submodule(name).weight).shape),
                 tuple(cast(torch.Tensor, delta.get_submodule(name).weight).shape), 1, 0,
             )
             readout_here = arch.block_relative(name) is None or is_router(name, stock, config)  # (in a block: a router)
             if as_linear.kind is Kind.READOUT and not in_attention(name) and readout_here:
                 plan.readouts[name] = mup.output_mult / as_linear.fanin_mult
-                if id(module.weight) in embedding_ids:
+                if id(stock.weight) in embedding_ids:
                     plan.tied_readouts.add(name)
         elif is_router(name, stock, config) and (own := plan.rules.get(f"{name}.weight")) and own.kind is Kind.READOUT:
             plan.readouts[name] = mup.output_mult / own.fanin_mult  # a router module's own weight (Mixtral's)

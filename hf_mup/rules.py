@@ -8,6 +8,8 @@ A tensor's *kind* follows from which of its dimensions grow with width (compared
 | input   | fan-out only         | σ        | η       | η·m                     |
 | readout | fan-in only          | σ or 0   | η       | η·m                     |
 | scalar  | none                 | σ        | η       | η                       |
+| down    | fan-in only, no 1/m  | σ/√m     | η/m     | η/m                     |
+|         | forward multiplier   |          |         |                         |
 
 m is the fan-in multiplier (fan-out for input tensors). Forward multipliers (input_mult, output_mult/m,
 the 1/d attention scale) are applied by `hf_mup.model`; they are not per-tensor.
@@ -31,6 +33,18 @@ factor (Table 1: hidden λ·m_N), so "width_independent" divides by the width pa
 init that itself depends on depth (GPT-2's c_proj, σ/√(2L)) is held at the base depth, σ/√(2·L_base), as
 Megatron-LM's `depth_mup` recipe does (its output-projection init × m_L^0.5): at L = L_base the model is exactly the
 width-only μP model.
+
+Adapters (PEFT's LoRA, rsLoRA, DoRA; `hf_mup.adapters` reads their shapes off the layer they wrap): an adapter adds
+s·B·A·x to a layer's output, with a rank r that stays fixed as the model widens. A (r × fan-in) maps the width to the
+rank and no multiplier follows it: a "down" tensor, η/m for Adam (and SGD), its init PEFT's Kaiming ∝ 1/√fan-in,
+which is σ/√m already. B (fan-out × r) maps the rank to the width: an "input" tensor, η for Adam, η·m for SGD, zero
+init. An embedding's A (r × vocab) has no width dimension (scalar: η); its B is an input tensor. DoRA's magnitude
+(one entry per output feature) is a vector along the fan-out: input. So at base width every adapter tensor trains at
+η (plain LoRA) and, at m× the base, B's LR is m× A's: LoRA+'s ratio (Hayou et al. 2024, arXiv 2402.12354, Θ(width)
+from the same infinite-width analysis), anchored at the base width instead of fixed. The forward scale s = α/r
+(rsLoRA: α/√r) depends on r only, so it is the same at every width; keep r, α and use_rslora the same on the proxy
+and the target. Adapters inside a block take the block's depth factors; on a residual branch B's output also carries
+the branch multiplier (`hf_mup.apply`).
 
 Adam's ε (`MuPConfig.eps_width_scaling`, on by default): × 1/m_N, m_N = hidden / base hidden, on every tensor with a
 width dimension (all kinds but scalar), as CompleteP's Table 1 and reference code (which scales the one global ε by
@@ -120,6 +134,10 @@ class Kind(str, enum.Enum):
     INPUT = "input"
     READOUT = "readout"
     SCALAR = "scalar"
+    DOWN = "down"  # fan-in only, with no 1/m multiplier after it: a LoRA adapter's A (width → rank)
+
+
+_FANIN_SCALED = (Kind.HIDDEN, Kind.DOWN)  # kinds whose init and Adam LR divide by the fan-in multiplier
 
 
 @dataclass(frozen=True)
@@ -142,15 +160,15 @@ class TensorRule:
     @property
     def init_scale(self) -> float:
         """Factor on the stock HF init std (zero-inits are decided by the model, not here)."""
-        width = self.fanin_mult**-0.5 if self.kind is Kind.HIDDEN else 1.0
+        width = self.fanin_mult**-0.5 if self.kind in _FANIN_SCALED else 1.0
         depth: float = self.depth_mult**self.stock_init_depth_power  # (float ** float is typed Any: complex if < 0)
         return width * depth
 
     def width_lr_mult(self, optimizer: object = "adamw") -> float:
         """The width part of `lr_mult` (what weight decay's "width_independent" mode divides by)."""
         if optimizer_family(optimizer) == ADAM_LIKE:
-            return 1.0 / self.fanin_mult if self.kind is Kind.HIDDEN else 1.0
-        if self.kind is Kind.HIDDEN:
+            return 1.0 / self.fanin_mult if self.kind in _FANIN_SCALED else 1.0
+        if self.kind in _FANIN_SCALED:
             return self.fanout_mult / self.fanin_mult
         return 1.0 if self.kind is Kind.SCALAR else self.width_mult
 

@@ -22,7 +22,7 @@ from .optim import base_lr, check_optimizer, default_eps, mup_param_groups
 from .plan import canonical_name
 from .rules import optimizer_family, weight_decay_from_timescale
 
-KINDS = ("hidden", "input", "readout")
+KINDS = ("hidden", "input", "readout", "down")
 # How each of transformers' `lr_scheduler_type`s keeps μP's per-group LR ratios under MuPTrainer. "relative": it
 # multiplies every group's initial LR by one factor (LambdaLR); "default_lr": the same, with an absolute end value
 # read against optimizer.defaults["lr"], which MuPTrainer sets to η; "floors": per-group absolute floors and ceilings,
@@ -47,14 +47,17 @@ class MuPTrainer(Trainer):
     - `mup_weight_decay_timescale=τ` sets the decay as a timescale instead, a fraction of training: λ =
       1/(η·τ·max_steps) (`hf_mup.rules.weight_decay_from_timescale`), so the same τ means the same forgetting at any
       LR and length (Wang & Aitchison; Power Lines). `args.weight_decay` must then be 0.
+    - PEFT adapters (LoRA, rsLoRA, DoRA) train by their μP rules (`hf_mup.rules`, "Adapters");
+      `mup_adapters="plain"` trains them all at η instead, for comparison.
     - Refuses, with a `MuPError`, an optimizer passed through `optimizers=` that lacks μP groups.
     - Logs the learning rate of each kind of tensor (`learning_rate/hidden`, `/input`, `/readout`).
     A stock (non-μP) model is trained exactly as `Trainer` would, so SP baselines can share the script.
     """
 
     def __init__(self, *args: Any, mup_weight_decay_mode: str = "width_independent",
-                 mup_weight_decay_timescale: float | None = None, **kwargs: Any) -> None:
+                 mup_weight_decay_timescale: float | None = None, mup_adapters: str = "mup", **kwargs: Any) -> None:
         self.mup_weight_decay_mode = mup_weight_decay_mode
+        self.mup_adapters = mup_adapters
         self.mup_weight_decay_timescale = mup_weight_decay_timescale
         super().__init__(*args, **kwargs)
         if mup_weight_decay_timescale is not None:
@@ -138,6 +141,7 @@ class MuPTrainer(Trainer):
             weight_decay_mode=self.mup_weight_decay_mode,
             no_decay=lambda name: name not in decay,
             eps=optimizer_kwargs.get("eps", default_eps(optimizer_cls)),
+            adapters=self.mup_adapters,
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)
