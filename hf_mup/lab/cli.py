@@ -4,76 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from ..errors import MuPError
 from ..extras import require
 from ..logs import progress_enabled, quiet_progress_bars
+from .configs import load_config
 from .coord_check import DEFAULT_BAND
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "vocab.txt")
 
 
-HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def load_config(path: str):
-    """A transformers config from a config.json file, a checkpoint folder or (online) a Hub name.
-
-    Every failure is a `MuPError` naming `path`: no such file or folder, not a config, the Hub unreachable.
-    """
-    from transformers import AutoConfig
-
-    if os.path.isfile(path):
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise MuPError(f"{path} is not a readable JSON file ({e}).") from None
-        if not isinstance(data, dict) or "model_type" not in data:
-            raise MuPError(f"{path} has no model_type; it is not a transformers config.json.")
-        try:
-            return AutoConfig.for_model(data.pop("model_type"), **data)
-        except (TypeError, ValueError) as e:
-            raise MuPError(f"{path} is not a valid transformers config: {_first_line(e)}") from None
-    if not os.path.isdir(path) and (path.endswith(".json") or not HUB_NAME.fullmatch(path)):
-        raise MuPError(f"{path}: no such file or folder (expected a config.json, a checkpoint folder or a Hub "
-                       "model name).")
-    if not os.path.isdir(path) and "/" not in path and not _in_hub_cache(path):
-        # A bare name (my_ckpt) that is no folder here: a typo'd local path, far likelier than a legacy Hub name. Say
-        # so at once instead of retrying the Hub for half a minute.
-        raise MuPError(f"{path}: no such file or folder here (expected a config.json or a checkpoint folder; a Hub "
-                       "model is named owner/name, e.g. openai-community/gpt2).")
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        where = "the folder" if os.path.isdir(path) else "a local folder or a Hub model (offline?)"
-        raise MuPError(f"cannot load a config from {path!r} as {where}: {_first_line(e)}") from None
-
-
-def _in_hub_cache(name: str) -> bool:
-    """Whether the Hub cache here holds `name`'s config.json (a legacy Hub name such as gpt2, downloaded before)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # an invalid repo id, an unreadable cache: not cached
-        return False
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     import torch
 
     from .. import MuPModel, describe
+    from ..model import unwrap
 
     if args.hparams:
         from .transfer import Transferred
@@ -101,9 +51,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise MuPError(f"{args.config} has no μP settings (config.mup): pass --base-hidden-size N.")
     with torch.device("meta"):  # nothing is allocated, whatever the size
         model = MuPModel.from_config(config, base_hidden_size=args.base_hidden_size, model_class=args.model_class)
-    print(f"{type(model).__name__}, hidden size {config.hidden_size}")
+        if args.lora:  # RANK[:module,module...]; PEFT's default targets for the model type without a list
+            peft = _import_peft()
+            rank, _, targets = args.lora.partition(":")
+            lora = peft.LoraConfig(r=int(rank), target_modules=targets.split(",") if targets else None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PEFT's notes: Conv1D's fan_in_fan_out set for you, deprecations
+                model = peft.get_peft_model(model, lora)
+    print(f"{type(unwrap(model)).__name__}, hidden size {config.hidden_size}" + (f", LoRA {args.lora}" if args.lora else ""))
     print(describe(model))
     return 0
+
+
+def _import_peft():
+    try:
+        import peft
+    except ImportError:
+        raise MuPError("hf-mup inspect --lora adds PEFT's adapters: pip install peft") from None
+    return peft
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -343,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", action="store_true", help="also load the checkpoint and report its inference size "
                    "(params, nonzeros, bits, bytes); automatic for a compressed checkpoint")
     p.add_argument("--json", help="with --size: write the per-tensor size report here")
+    p.add_argument("--lora", metavar="RANK[:MODULES]", help="add PEFT LoRA adapters (e.g. 8, 8:q_proj,v_proj) and "
+                   "show their μP rules")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("compress", help="prune and/or quantize a checkpoint (a μP one is folded already)")

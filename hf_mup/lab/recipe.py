@@ -35,7 +35,10 @@ OPTIMIZERS = ("adamw", "lion")
 SCHEDULES = ("cosine", "linear")  # after the linear warmup, down to final_lr_frac of the LR
 WEIGHT_DECAY_MODES = ("width_independent", "coupled", "independent")  # hf_mup.rules.weight_decay_for_group
 SP_INITS = ("fixed", "fan_in")  # SP's init std: initializer_range, or 1/√width
-LATER_FIELDS = ("weight_decay_timescale",)  # written only when set (Recipe.to_dict)
+LATER_FIELDS = ("weight_decay_timescale", "adapters")  # written only when set (Recipe.to_dict)
+# How adapter tensors train: hf_mup's ADAPTER_RULES ("mup", "plain"), and "loraplus": plain, with B's LR × the ratio
+# LoRA+ recommends (Hayou et al. 2024; PEFT's create_loraplus_optimizer takes it as loraplus_lr_ratio)
+ADAPTERS, LORAPLUS_RATIO = ("mup", "plain", "loraplus"), 16.0
 # transformers config fields the recipe's shape sets (lm_config): refused in Recipe.config
 SHAPE_CONFIG_KEYS = frozenset({"vocab_size", "n_positions", "max_position_embeddings", "n_embd", "hidden_size", "n_layer",
                                "num_hidden_layers", "n_head", "num_attention_heads", "head_dim", "initializer_range"})
@@ -105,6 +108,7 @@ class Recipe:
     # becomes 1/(lr·τ·steps) (`hf_mup.rules.weight_decay_from_timescale`); 0: off, weight_decay applies
     weight_decay_timescale: float = 0.0
     decay_norms_and_biases: bool = False  # False: no decay on biases and norm weights (HF Trainer, Megatron-LM)
+    adapters: str = "mup"  # how PEFT adapter tensors train (ADAPTERS): their μP rules, one LR, or LoRA+'s ratio
     # the schedule: linear warmup over warmup_frac of the steps, then `schedule` down to final_lr_frac of the LR
     schedule: str = "cosine"
     warmup_frac: float = 0.1
@@ -134,6 +138,7 @@ class Recipe:
         one_of("schedule", SCHEDULES)
         one_of("weight_decay_mode", WEIGHT_DECAY_MODES)
         one_of("sp_init", SP_INITS)
+        one_of("adapters", ADAPTERS)
         for name in ("width", "layers", "head_dim", "vocab_size", "batch_size", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -262,7 +267,7 @@ class Recipe:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """The optimizer's parameter groups for `model` (`param_groups`, with the recipe's settings)."""
         return param_groups(model, self.parametrization, self.lr, self.optimizer, self.decay,
-                            self.weight_decay_mode, self.decay_norms_and_biases, self.eps)
+                            self.weight_decay_mode, self.decay_norms_and_biases, self.eps, self.adapters)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW or Lion over `param_groups(model)`, with the recipe's β, ε and weight decay."""
@@ -355,10 +360,12 @@ def build_model(config: Any, parametrization: str, base_width: int | None, mup: 
 
 def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: str = "adamw",
                  weight_decay: float = 0.0, weight_decay_mode: str = "width_independent",
-                 decay_norms_and_biases: bool = False, eps: float | None = None) -> list[dict[str, Any]]:
+                 decay_norms_and_biases: bool = False, eps: float | None = None,
+                 adapters: str = "mup") -> list[dict[str, Any]]:
     """The one builder of "μP groups or plain groups": `mup_param_groups` for a μP model; for SP one LR, with weight
     decay off on biases and norm weights unless `decay_norms_and_biases`; "mup_global_lr" one group at one LR,
-    marked unchecked (it is broken on purpose).
+    marked unchecked (it is broken on purpose). `adapters` (a μP model's PEFT adapters): "mup", "plain", or
+    "loraplus" (plain, B's LR × `LORAPLUS_RATIO`; those groups are marked unchecked: no μP rule gives them).
 
     Usage: `groups = param_groups(model, "sp", lr=1e-4, weight_decay=0.01)`
     """
@@ -366,8 +373,17 @@ def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: s
 
     no_decay = () if decay_norms_and_biases else None  # None: biases and norm weights (the Trainer's rule)
     if parametrization == "mup":
-        return mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                                weight_decay_mode=weight_decay_mode, no_decay=no_decay, eps=eps)
+        groups = mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                                  weight_decay_mode=weight_decay_mode, no_decay=no_decay, eps=eps,
+                                  adapters="mup" if adapters == "loraplus" else adapters)
+        for g in groups if adapters == "loraplus" else []:
+            if g.get("mup_adapter"):  # B (input: rank → width) at the ratio, A and embedding A at η; ε unscaled
+                ratio = LORAPLUS_RATIO if g["mup_kind"] == "input" else 1.0
+                g.update(lr=lr * ratio, lr_mult=ratio, weight_decay=weight_decay if g["weight_decay"] else 0.0,
+                         mup_adapter="loraplus", mup_unchecked=True)
+                if "eps" in g:
+                    g.update(eps=g["eps"] / g["eps_mult"], eps_mult=1.0)
+        return groups
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if parametrization == "mup_global_lr":
         return [{"params": [p for _, p in params], "lr": lr, "mup_unchecked": True}]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import MuPError
 from ..extras import require
+from .configs import first_line
 
 require("sweep", "optuna", "sqlalchemy", what="hf_mup.lab.storage (Optuna studies)")
 import optuna  # noqa: E402 (after the check that names the extra)
@@ -30,10 +31,6 @@ STORAGE_HELP = ("use sqlite:///PATH/sweep.db, or postgresql://USER:PASSWORD@HOST
 _DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
                     "pymysql": "PyMySQL", "mysql": "mysql-connector-python", "cx_Oracle": "oracledb"}
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
-
-
-def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _storage_url(url: str):
@@ -78,7 +75,7 @@ def _storage_error(url: str, u, e: BaseException) -> MuPError | None:
                 fix += ", or use a plain postgresql:// URL with pip install 'hf_mup[postgres]'"
         return MuPError(f"the storage {safe} needs the Python database driver {module!r}, which is not installed: "
                         f"{fix}.")
-    reason = _first_line(getattr(e, "orig", None) or e)
+    reason = first_line(getattr(e, "orig", None) or e)
     if u.password:
         reason = reason.replace(str(u.password), "***")
     if isinstance(e, sa_exc.DBAPIError):  # the driver's own error: connection, login, database, permissions

@@ -209,23 +209,32 @@ def _encode(tokenizer, batch: list[Example], max_length: int) -> dict[str, torch
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, tokenizer, examples: list[Example], batch_size: int = 64,
-             max_length: int = 128) -> float:
-    """Held-out accuracy of a sequence classifier."""
+def evaluate(model: torch.nn.Module, tokenizer, examples: list[Example], batch_size: int = 64,
+             max_length: int = 128) -> dict[str, float]:
+    """Held-out `accuracy` and mean cross-entropy `loss` of a sequence classifier."""
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
+    correct, loss = 0, 0.0
     for i in range(0, len(examples), batch_size):
         enc = {k: v.to(device) for k, v in _encode(tokenizer, examples[i : i + batch_size], max_length).items()}
         labels = enc.pop("labels")
-        correct += (model(**enc).logits.argmax(-1) == labels).sum().item()
-    return correct / len(examples)
+        logits = model(**enc).logits.float()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    return {"accuracy": correct / len(examples), "loss": loss / len(examples)}
+
+
+def accuracy(model: torch.nn.Module, tokenizer, examples: list[Example], batch_size: int = 64,
+             max_length: int = 128) -> float:
+    """Held-out accuracy of a sequence classifier."""
+    return evaluate(model, tokenizer, examples, batch_size, max_length)["accuracy"]
 
 
 def finetune_recipe(model: torch.nn.Module, n_examples: int, lr: float, epochs: int = 2, batch_size: int = 32,
-                    warmup_frac: float = 0.1, weight_decay: float = 0.0, seed: int = 0) -> Recipe:
+                    warmup_frac: float = 0.1, weight_decay: float = 0.0, seed: int = 0, adapters: str = "mup") -> Recipe:
     """The `Recipe` of a fine-tuning run: AdamW (β = (0.9, 0.999)), linear warmup then linear decay to 0, clipping
-    at 1, `epochs` passes over `n_examples` in batches of `batch_size`; μP groups for a μP model, one LR otherwise."""
+    at 1, `epochs` passes over `n_examples` in batches of `batch_size`; μP groups for a μP model, one LR otherwise;
+    `adapters`: how a PEFT model's adapter tensors train (`hf_mup.lab.recipe.ADAPTERS`)."""
     from ..model import get_plan, is_mup
 
     config: Any = model.config
@@ -236,13 +245,13 @@ def finetune_recipe(model: torch.nn.Module, n_examples: int, lr: float, epochs: 
                   base_width=plan.mup.base_hidden_size if plan else None, optimizer="adamw", lr=lr,
                   betas=(0.9, 0.999), weight_decay=weight_decay, schedule="linear", warmup_frac=warmup_frac,
                   final_lr_frac=0.0, clip=1.0, batch_size=batch_size, steps=epochs * math.ceil(n_examples / batch_size),
-                  seed=seed)
+                  seed=seed, adapters=adapters)
 
 
 def finetune(model: torch.nn.Module, tokenizer, train: list[Example], test: list[Example], recipe: Recipe,
              max_length: int = 128) -> dict:
     """Fine-tune a sequence classifier as `recipe` says (the lab's one loop, `hf_mup.lab.train`), in shuffled passes
-    over `train` drawn from the recipe's seed; returns `accuracy` on `test` and the per-step `train_loss`.
+    over `train` drawn from the recipe's seed; returns `accuracy` and `loss` on `test` and the per-step `train_loss`.
 
     Usage: `finetune(model, tok, train, test, finetune_recipe(model, len(train), lr=1e-4, epochs=2))`
     """
@@ -261,8 +270,9 @@ def finetune(model: torch.nn.Module, tokenizer, train: list[Example], test: list
                                                            max_length).items()}
 
     r = train_loop(model, recipe, batches())
-    accuracy_ = float("nan") if r["diverged"] else accuracy(model, tokenizer, test, max_length=max_length)
-    return {"accuracy": accuracy_, "train_loss": r["train_loss"], "diverged": r["diverged"]}
+    nan = {"accuracy": float("nan"), "loss": float("nan")}
+    held_out = nan if r["diverged"] else evaluate(model, tokenizer, test, max_length=max_length)
+    return {**held_out, "train_loss": r["train_loss"], "diverged": r["diverged"]}
 
 
 class load_report_off:

@@ -269,3 +269,18 @@ def test_a_classifier_head_in_modules_to_save_keeps_its_readout_multiplier(tmp_p
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
     on_stock = peft.PeftModel.from_pretrained(stock, tmp_path / "adapter")
     torch.testing.assert_close(_logits(on_stock, tokens), expected, rtol=0, atol=1e-5)
+
+
+def test_inspect_shows_the_adapters_rules(tmp_path, capsys):
+    from hf_mup.lab import cli
+
+    config = GPT2Config(n_embd=128, n_head=4, n_layer=2, vocab_size=96, n_positions=64)
+    config.to_json_file(tmp_path / "config.json")
+    assert cli.main(["inspect", str(tmp_path / "config.json"), "--base-hidden-size", "32", "--lora", "8:c_attn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("GPT2LMHeadModel, hidden size 128, LoRA 8:c_attn")
+    a = next(line.split() for line in out.splitlines() if line.startswith("transformer.h.1.attn.c_attn.lora_A"))
+    b = next(line.split() for line in out.splitlines() if line.startswith("transformer.h.1.attn.c_attn.lora_B"))
+    assert (a[1], a[2], a[3], b[1], b[2]) == ("8×128", "down", "4", "384×8", "input")
+    assert a[-3:] == ["0.25", "0.25", "0.25"] and b[-3:] == ["1", "4", "0.25"]  # Adam LR ×, SGD LR ×, Adam ε ×
+    assert "adapters: 4 LoRA-family tensors" in out

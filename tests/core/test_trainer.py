@@ -124,6 +124,46 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(p, expected_p, rtol=0, atol=1e-5)
 
 
+def _lora(seed=0):
+    peft = pytest.importorskip("peft")
+    model = _model(output_mult=3.0)
+    torch.manual_seed(seed)  # the adapters' init
+    return peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                                                      task_type="CAUSAL_LM"))
+
+
+@pytest.mark.slow
+def test_lora_under_the_trainer_trains_by_mup_rules_and_resumes_exactly(tmp_path):
+    """A PEFT LoRA model under MuPTrainer: A at η/m, B at η, the per-kind LR logged; `mup_adapters="plain"` puts
+    every adapter tensor at η; killed after step 5's checkpoint (the adapter), the resumed run's losses and adapter
+    weights are the uninterrupted run's."""
+    full = MuPTrainer(model=_lora(), args=_args(tmp_path / "full"), train_dataset=_dataset())
+    full.train()
+    kinds = {(g["mup_kind"], g["lr_mult"]) for g in full.optimizer.param_groups if g.get("mup_adapter")}
+    assert kinds == {("down", 0.5), ("input", 1.0)}  # m = 2
+    logged = [h for h in full.state.log_history if "learning_rate/down" in h]
+    assert logged and all(h["learning_rate/down"] == pytest.approx(h["learning_rate/input"] / 2) for h in logged)
+    first = MuPTrainer(model=_lora(), args=_args(tmp_path / "cut", save_strategy="steps", save_steps=5),
+                       train_dataset=_dataset(), callbacks=[StopAfter(5)])
+    first.train()
+    checkpoint = tmp_path / "cut" / "checkpoint-5"
+    assert (checkpoint / "adapter_model.safetensors").exists()
+    resumed = MuPTrainer(model=_lora(seed=1), args=_args(tmp_path / "cut"), train_dataset=_dataset())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    expected, got = _losses(full), _losses(resumed)
+    assert sorted(got) == list(range(1, 11))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], abs=1e-6)
+    for name, p in resumed.model.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(p, full.model.get_parameter(name), rtol=0, atol=1e-6)
+    plain = MuPTrainer(model=_lora(), args=_args(tmp_path / "plain", max_steps=1), train_dataset=_dataset(),
+                       mup_adapters="plain")
+    plain.train()
+    assert {(g["mup_kind"], g["lr_mult"]) for g in plain.optimizer.param_groups if g.get("mup_adapter")} == {
+        ("unscaled", 1.0)}
+
+
 @pytest.mark.slow
 def test_optuna_search_over_mup_multipliers(tmp_path):
     optuna = pytest.importorskip("optuna")

@@ -59,6 +59,9 @@ def test_accuracy_counts_held_out_predictions():
     expected = sum((tok(t)["input_ids"][0] % 2 == 0) == bool(y) for t, y in examples) / 4
     assert 0 < expected < 1  # the check can tell right from wrong
     assert tasks.accuracy(Fixed(), tok, examples) == expected
+    # logits (1, 0) or (0, 1): cross-entropy log(1 + e^-1) when right, log(1 + e) when wrong, i.e. that + 1
+    right = torch.nn.functional.softplus(torch.tensor(-1.0)).item()
+    assert tasks.evaluate(Fixed(), tok, examples)["loss"] == pytest.approx(right + (1 - expected))
 
 
 @pytest.mark.slow
