@@ -34,6 +34,14 @@ def stock_layer(module: nn.Module) -> nn.Module:
     return module
 
 
+def other_inits(model: nn.Module) -> dict[str, object]:
+    """The `init_lora_weights` of each adapter of a PEFT model that inits A otherwise than PEFT's default (True:
+    Kaiming, ∝ 1/√fan-in; False: random B too, for tests): "gaussian", the SVD-based inits, ..."""
+    configs = getattr(model, "peft_config", None) or {}
+    inits = {name: getattr(config, "init_lora_weights", True) for name, config in configs.items()}
+    return {name: init for name, init in inits.items() if init is not True and init is not False}
+
+
 def features(module: nn.Module) -> tuple[int, int] | None:
     """(input features, output features) of a layer an adapter can wrap; None for other modules."""
     if isinstance(module, nn.Linear):

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from .adapters import ADAPTER_RULES
+from .adapters import ADAPTER_RULES, other_inits
 from .apply import PLAN_ATTR, fold_deepspeed_saves
 from .errors import MuPError
 from .model import get_plan, unwrap
@@ -98,7 +98,7 @@ def mup_param_groups(
             "(e.g. 0.1, multiplied by the LR) use weight_decay_mode='width_independent' or 'coupled'.",
             stacklevel=2,
         )
-    model = unwrap(model)
+    model_in, model = model, unwrap(model)
     skip_decay = no_decay_predicate(model, no_decay)
     per_group_eps = scales_eps(plan, family)
     groups: dict[tuple[str, bool, float, float, float], dict[str, Any]] = {}
@@ -134,6 +134,14 @@ def mup_param_groups(
                 groups[key].update(eps=(DEFAULT_EPS if eps is None else eps) * eps_mult, eps_mult=eps_mult)
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
+    odd = other_inits(model_in)
+    if adapters == "mup" and plan.adapters and odd:
+        warnings.warn(
+            f"LoRA adapter(s) {sorted(odd)} use init_lora_weights={sorted(set(map(str, odd.values())))}: μP's adapter "
+            "rules assume A's init scales as 1/√fan-in (PEFT's default, init_lora_weights=True); 'gaussian' keeps "
+            "std 1/r at every width, and the SVD-based inits are untested with μP.",
+            stacklevel=2,
+        )
     if unscaled:
         warnings.warn(
             f"{len(unscaled)} trainable tensor(s) have no μP rule (not in the stock model: adapters or a custom head, "

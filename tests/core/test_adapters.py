@@ -42,6 +42,17 @@ def _logits(model, tokens):
         return model(tokens).logits
 
 
+def _trained_logits(model, groups, tokens, labels, steps=3):
+    """The logits (in eval mode) after `steps` AdamW steps on one batch with the parameter groups `groups`."""
+    optimizer = torch.optim.AdamW(groups)
+    for _ in range(steps):
+        model(tokens, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return _logits(model, tokens)
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.slow
 def test_lora_keeps_mup_through_merge_save_and_stock_load(case, tmp_path):
@@ -62,13 +73,7 @@ def test_lora_keeps_mup_through_merge_save_and_stock_load(case, tmp_path):
         groups = hf_mup.mup_param_groups(lora, lr=1e-2)
     embedding_a = {"scalar"} if case == "llama_embeddings" else set()  # an embedding's A is looked up: no fan-in
     assert {g["mup_kind"] for g in groups if g.get("mup_adapter")} == {"down", "input"} | embedding_a
-    optimizer = torch.optim.AdamW(groups)
-    for _ in range(3):
-        lora(tokens, labels=tokens).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    lora.eval()
-    expected = _logits(lora, tokens)
+    expected = _trained_logits(lora, groups, tokens, labels=tokens)
     lora.save_pretrained(tmp_path / "adapter")
 
     merged = copy.deepcopy(lora).merge_and_unload()
@@ -255,14 +260,7 @@ def test_a_classifier_head_in_modules_to_save_keeps_its_readout_multiplier(tmp_p
         groups = hf_mup.mup_param_groups(lora, lr=1e-2)
     head = next(g for g in groups if "classifier.weight" in g["param_names"])
     assert head["mup_kind"] == "readout"
-    optimizer = torch.optim.AdamW(groups)
-    labels = torch.tensor([0, 1, 1, 0])
-    for _ in range(3):
-        lora(tokens, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    lora.eval()
-    expected = _logits(lora, tokens)
+    expected = _trained_logits(lora, groups, tokens, labels=torch.tensor([0, 1, 1, 0]))
     assert (expected - before).abs().max() > 1e-2
     lora.save_pretrained(tmp_path / "adapter")
     torch.testing.assert_close(_logits(copy.deepcopy(lora).merge_and_unload(), tokens), expected, rtol=0, atol=1e-5)
@@ -284,3 +282,11 @@ def test_inspect_shows_the_adapters_rules(tmp_path, capsys):
     assert (a[1], a[2], a[3], b[1], b[2]) == ("8×128", "down", "4", "384×8", "input")
     assert a[-3:] == ["0.25", "0.25", "0.25"] and b[-3:] == ["1", "4", "0.25"]  # Adam LR ×, SGD LR ×, Adam ε ×
     assert "adapters: 4 LoRA-family tensors" in out
+
+
+def test_an_init_that_does_not_scale_with_width_is_named():
+    config, _, _ = CASES["llama"]
+    model = hf_mup.MuPModel.from_config(config, **MUP)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights="gaussian"))
+    with pytest.warns(UserWarning, match=r"init_lora_weights=\['gaussian'\].*1/√fan-in"):
+        hf_mup.mup_param_groups(lora, lr=1e-2)
