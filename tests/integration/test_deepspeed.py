@@ -27,7 +27,8 @@ sys.path.insert(0, str(SCRIPT.parent))
 import tiny_gpt2  # noqa: E402 (the workers' model, data and settings)
 from tiny_gpt2 import BATCH, LR, STEPS, WD  # noqa: E402
 
-RUNS = {2: ["accelerate-before", "refuse", "trainer-before"],  # accelerate's runs first: a Trainer's state lingers
+# accelerate's runs first: a Trainer's state lingers
+RUNS = {2: ["accelerate-before", "refuse", "trainer-before", "trainer-lora"],
         3: ["accelerate-zinit", "trainer-before", "trainer-zinit"]}
 # Measured: 2 processes under ZeRO vs one process on the doubled batch differ by at most 4.8e-7 in the loss.
 LOSS_TOL = 5e-6
@@ -76,9 +77,9 @@ def _from_initial(folder: Path):
     return model, initial
 
 
-def _one_process_losses(name: str, folder: Path, tmp_path) -> list[float]:
+def _one_process_losses(name: str, folder: Path, tmp_path, model=None) -> list[float]:
     """The same training in one process on the doubled batch (what DDP equals), from the same initial weights."""
-    model, _ = _from_initial(folder)
+    model = model or _from_initial(folder)[0]
     if name.startswith("accelerate"):
         optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=LR, weight_decay=WD))
         losses = []
@@ -194,3 +195,19 @@ def test_optimizer_section_is_refused(stage2):
     """DeepSpeed would build a config's optimizer with one group of every parameter: not μP, refused with the fix."""
     refused = json.loads((stage2 / "refuse" / "results.json").read_text())["refused"]
     assert refused and '"optimizer" section' in refused and "Leave the section out" in refused
+
+
+def test_lora_adapters_train_by_their_rules_under_zero2(stage2, tmp_path):
+    """MuPTrainer on a PEFT LoRA model under ZeRO-2: A at η/m, B at η in the ZeRO optimizer's groups at the scheduled
+    LR, the losses of one process on the doubled batch, and an exact resume from checkpoint-2."""
+    result = json.loads((stage2 / "trainer-lora" / "results.json").read_text())
+    planned = result["planned"]
+    assert ["down", 0.5, 2 * WD] in planned and ["input", 1.0, WD] in planned  # m = 2: A's LR η/2
+    for step, lam in {"0": 0.0, "1": 1.0, "2": 2 / 3, "3": 1 / 3}.items():
+        assert [[k, m, wd] for k, m, _, wd in result["lrs"][step]] == planned
+        assert [lr for *_, lr, _ in result["lrs"][step]] == pytest.approx([LR * m * lam for _, m, _ in planned])
+    losses = [result["losses"][str(s)] for s in range(1, STEPS + 1)]
+    one_process = _one_process_losses("trainer-lora", stage2, tmp_path, model=tiny_gpt2.lora_model())
+    assert losses == pytest.approx(one_process, abs=LOSS_TOL)
+    for step in ("3", "4"):
+        assert result["resumed_losses"][step] == pytest.approx(result["losses"][step], abs=1e-6), step

@@ -5,8 +5,10 @@ OUT/<run>/results.json beside the folders the run saved.
 Runs: "trainer-before" / "trainer-zinit": MuPTrainer for 4 steps with a checkpoint at step 2 (the model built before
 the DeepSpeed config exists, or under zero.Init while it does), the per-group LRs of every step, save_model, the
 engine's save_16bit_model and accelerator.get_state_dict, then a fresh MuPTrainer resumed from checkpoint-2.
-"accelerate-before" / "accelerate-zinit": a plain accelerate loop (DeepSpeedPlugin), then accelerator.save_model and
-get_state_dict. "refuse": MuPTrainer with an "optimizer" section in the DeepSpeed config (the error's text).
+"trainer-lora": MuPTrainer on the model with PEFT LoRA adapters (its groups, LRs and losses), resumed from
+checkpoint-2. "accelerate-before" / "accelerate-zinit": a plain accelerate loop (DeepSpeedPlugin), then
+accelerator.save_model and get_state_dict. "refuse": MuPTrainer with an "optimizer" section in the DeepSpeed
+config (the error's text).
 """
 import argparse
 import faulthandler
@@ -33,7 +35,7 @@ hf_mup.zero.disable_jit_ops()  # no C++ build of DeepSpeed's shm collectives at 
 
 from accelerate import PartialState  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
-from tiny_gpt2 import BATCH, LR, STEPS, WD, model, tokens, train  # noqa: E402 (beside this script)
+from tiny_gpt2 import BATCH, LR, STEPS, WD, lora_model, model, tokens, train  # noqa: E402 (beside this script)
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
 
@@ -90,13 +92,13 @@ def training_args(out, **kw):
                              accelerator_config={"use_configured_state": True}, **kw)
 
 
-def trainer_run(out, zinit, resume=None):
+def trainer_run(out, zinit, resume=None, build=model):
     from hf_mup import MuPTrainer
 
     unset_hf_deepspeed_config()  # "before": no DeepSpeed config alive while the model is built
-    early = None if zinit else model()
+    early = None if zinit else build()
     targs = training_args(out)
-    m = model() if zinit else early  # zinit: built under zero.Init (ZeRO-3), the config being alive
+    m = build() if zinit else early  # zinit: built under zero.Init (ZeRO-3), the config being alive
     built_partitioned = is_partitioned(m)
     init = initial_state(m)
     record = RecordLRs()
@@ -135,6 +137,19 @@ def run_trainer(out, zinit):
         with hf_mup.zero.gathered(loaded.parameters()), torch.no_grad():
             result["loaded_logits"] = loaded(PROBE).logits.tolist()
     resumed, *_ = trainer_run(os.path.join(out, "resumed"), zinit, resume=os.path.join(out, "run", "checkpoint-2"))
+    result["resumed_losses"] = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
+    return result
+
+
+def run_trainer_lora(out):
+    trainer, record, _, _ = trainer_run(os.path.join(out, "run"), False, build=lora_model)
+    engine = trainer.model_wrapped
+    hf_mup.check_optimizer(engine, trainer.optimizer)  # the ZeRO optimizer's groups are μP's, the adapters' too
+    result = {"losses": {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, "lrs": record.lrs,
+              "planned": [[g["mup_kind"], g["lr_mult"], g["weight_decay"]]
+                          for g in hf_mup.mup_param_groups(engine.module, lr=LR, weight_decay=WD)]}
+    resumed, *_ = trainer_run(os.path.join(out, "resumed"), False, resume=os.path.join(out, "run", "checkpoint-2"),
+                              build=lora_model)
     result["resumed_losses"] = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
     return result
 
@@ -191,6 +206,8 @@ for name in args.runs.split(","):
     if name == "refuse":
         AcceleratorState._reset_state(reset_partial_state=False)
         result = run_refuse(out)
+    elif name == "trainer-lora":
+        result = run_trainer_lora(out)
     elif name.startswith("trainer"):
         result = run_trainer(out, zinit=name.endswith("zinit"))
     else:

@@ -17,6 +17,16 @@ def model(**mults: float) -> torch.nn.Module:
     return hf_mup.MuPModel.from_config(config, base_hidden_size=64, **(mults or MULTS))
 
 
+def lora_model() -> torch.nn.Module:
+    """`model()` with PEFT LoRA adapters on c_attn and c_fc (r 4), seeded: A at η/m, B at η under μP's rules."""
+    import peft
+
+    base = model()
+    torch.manual_seed(1)
+    return peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                                                     task_type="CAUSAL_LM"))
+
+
 def tokens(processes: int = 2, seed: int = 0) -> torch.Tensor:
     """STEPS batches of BATCH rows per process, 16 tokens each."""
     return torch.randint(1, 128, (STEPS * BATCH * processes, 16), generator=torch.Generator().manual_seed(seed))
