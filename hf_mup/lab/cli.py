@@ -191,6 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         require("train", "datasets", what="hf-mup sweep --dataset (a Hub dataset)")
     from . import sweep as sw
     from .results import report, trial_line
+    from .search import confirm_top, make_pruner
     from .storage import default_storage, safe_url
 
     sw.check_arch(args.arch)
@@ -206,6 +207,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
     if args.mode == "tune":
         sw.check_n_trials(args.n_trials)
+        pruner = make_pruner(args.pruner, args.steps, args.min_steps or max(1, args.steps // 4))
+        eval_every = 0 if args.pruner == "none" else args.eval_every or max(1, args.steps // 8)
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -234,8 +237,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
         sw.run_grid(study, spec, points, data, device, progress, after_trial=write)
     else:
-        study.sampler = sw.make_sampler(args.sampler, args.seed, len(study.trials))
-        sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write)
+        study.sampler, study.pruner = sw.make_sampler(args.sampler, args.seed, len(study.trials)), pruner
+        sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
+        if args.confirm_top:  # the top trials rerun with more seeds: transfer takes the best seed-mean
+            confirm_top(study, spec, data, args.confirm_top, args.confirm_seeds, device, progress)
     result = report(study, out, metric=f"{args.metric}_loss")
     print(f"wrote {out / 'results.csv'} and {out / 'results.json'}"
           + (f" and {out / 'lr_transfer.png'}" if args.mode == "grid" else ""))
@@ -351,8 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-log2-lrs", default="", help="extra grid points, e.g. --extra-log2-lrs=-7.5,-6.5")
     p.add_argument("--parametrization", default="mup,sp", help="comma-separated: mup, sp (grid mode)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per grid point (init and data order)")
-    p.add_argument("--n-trials", type=int, default=20, help="tune mode: complete trials wanted in the study")
+    p.add_argument("--n-trials", type=int, default=20, help="tune mode: trials wanted in the study (complete or pruned)")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
+    p.add_argument("--pruner", default="none", choices=["none", "asha", "hyperband", "median"], help="tune mode: stop "
+                   "hopeless trials early on their validation loss (hf_mup.lab.search)")
+    p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/4)")
+    p.add_argument("--confirm-top", type=int, default=0, help="tune mode: rerun this many best trials with "
+                   "--confirm-seeds seeds; transfer takes the best seed-mean and says whether it wins beyond noise")
+    p.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed trial, the search's own included")
+    p.add_argument("--eval-every", type=int, help="with --pruner: validate every this many steps (--steps/8)")
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-sizes", help="grid: also at these batch sizes, e.g. 8,16,32 (fits horizon_fit.json)")

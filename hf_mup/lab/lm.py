@@ -13,7 +13,7 @@ Usage:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -140,7 +140,8 @@ def lm_batches(model: nn.Module, blocks: torch.Tensor, batch_size: int, seed: in
 
 def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
              eval_every: int = 0, progress: bool = False, desc: str = "", task: str | None = None,
-             mask_id: int | None = None, special_ids: Iterable[int] = ()) -> dict:
+             mask_id: int | None = None, special_ids: Iterable[int] = (),
+             on_eval: Callable[[int, float], None] | None = None) -> dict:
     """Train a causal or masked LM as `recipe` says (the loop: `hf_mup.lab.train.train`) on random batches of
     `train_blocks`; never raises on divergence.
 
@@ -149,7 +150,8 @@ def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_b
     `task`: "causal_lm" or "masked_lm" (default: `lm_task(model.config)`, masked LM for BERT). A masked LM trains on
     `mask_tokens` (15% targets, 80/10/10) drawn from the recipe's seed, with `mask_id` (default: the last id of the
     vocabulary) and `special_ids` never chosen as targets; it is validated on fixed masks (`evaluate`). The batch
-    order depends on the seed only. Validation every `eval_every` steps (0: only at the end).
+    order depends on the seed only. Validation every `eval_every` steps (0: only at the end), each loss passed to
+    `on_eval(step, loss)` (`hf_mup.lab.train.train`).
     Returns the loop's per-step `train_loss`, `val_steps`/`val_loss`, `diverged`, `steps_run`, `seconds`, and
     `final_train_loss` (mean of the last 10% of steps), `final_val_loss` (+inf when diverged), `tokens` (every
     position, the forward's), `n_params`, `task`. Losses are nats per predicted token (masked LM: per target).
@@ -163,7 +165,7 @@ def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_b
         def validate() -> float:
             return evaluate(model, val_blocks, task=masking.task, mask_id=masking.mask_id,
                             special_ids=masking.special_ids)
-    r = train(model, recipe, batches, validate, eval_every, progress, desc)
+    r = train(model, recipe, batches, validate, eval_every, progress, desc, on_eval)
     tail = r["train_loss"][-max(1, recipe.steps // 10) :]
     diverged = r["diverged"]
     return {**r,

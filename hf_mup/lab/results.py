@@ -24,7 +24,8 @@ def trial_rows(study) -> list[dict]:
         a, hp = t.user_attrs, t.user_attrs.get("hparams", {})
         row = {"number": t.number, "state": t.state.name, "parametrization": t.params.get("parametrization", "mup"),
                "width": t.params.get("width", study.user_attrs["spec"]["recipe"]["width"]),
-               "seed": t.params.get("seed", 0), "log2_lr": t.params.get("log2_lr")}
+               "seed": t.params.get("seed", a.get("seed", 0)), "log2_lr": t.params.get("log2_lr"),
+               "confirm_of": a.get("confirm_of")}  # a tune trial's rerun with another seed (search.confirm_top)
         row["lr"] = 2.0 ** row["log2_lr"] if row["log2_lr"] is not None else None
         recipe = a.get("recipe") or study.user_attrs["spec"]["recipe"]
         row["batch_size"] = recipe["batch_size"]  # the horizon grid's cell (grid_points' optional axes)
@@ -40,6 +41,37 @@ def trial_rows(study) -> list[dict]:
         row["value"] = t.value
         rows.append(row)
     return rows
+
+
+def confirmed_winner(rows: list[dict]) -> dict | None:
+    """Among trials with reruns (`confirm_top`; `rows`: `trial_rows` of complete, non-diverged trials, with their
+    `confirm_of`), the best seed-mean validation loss: the winner's number, mean, seeds, the runner-up's mean, the
+    margin, the standard error of the difference, and whether the margin is within noise (under 2 standard errors).
+    None when nothing was confirmed."""
+    groups: dict[int, list[float]] = {}
+    for r in rows:
+        original = r["number"] if r.get("confirm_of") is None else r["confirm_of"]
+        groups.setdefault(original, []).append(r["val_loss"])
+    confirmed = {n: v for n, v in groups.items() if len(v) > 1}
+    if not confirmed:
+        return None
+
+    def mean(v: list[float]) -> float:
+        return sum(v) / len(v)
+
+    def var(v: list[float]) -> float:
+        return sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1)
+
+    ranked = sorted(confirmed, key=lambda n: mean(confirmed[n]))
+    win = confirmed[ranked[0]]
+    out = {"trial": ranked[0], "val_loss": mean(win), "seeds": len(win), "spread": math.sqrt(var(win)),
+           "candidates": len(confirmed)}
+    if len(ranked) > 1:
+        run = confirmed[ranked[1]]
+        se = math.sqrt(var(win) / len(win) + var(run) / len(run))
+        out.update(runner_up=ranked[1], runner_up_val_loss=mean(run), margin=mean(run) - mean(win), se=se,
+                   within_noise=mean(run) - mean(win) < 2 * se)
+    return out
 
 
 def trial_line(study) -> str:
@@ -156,8 +188,13 @@ def report(study, out: str | Path, stem: str = "results", plot_name: str | None 
             if plot_name:
                 plot_horizon(fit, out / "horizon.png", f"{spec['recipe']['arch']} width {fit['width']}, {metric}")
     else:
+        from .search import param_importance, plot_slices
+
         ok = [r for r in done if not r["diverged"]]
         result["best"] = min(ok, key=lambda r: r["val_loss"]) if ok else None
+        result["importance"] = param_importance(study)  # which settings matter (None: too few trials)
+        if plot_name and ok:
+            plot_slices(study, out / "tune_slices.png", result["importance"])
     timing: dict[str, list[float]] = {}
     for r in done:
         timing.setdefault(f"{r['parametrization']}/w{r['width']}", []).append(r["seconds"])

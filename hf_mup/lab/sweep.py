@@ -36,6 +36,7 @@ from .data import Corpus, fingerprint, load_corpus  # noqa: E402
 from .lm import evaluate, train_lm  # noqa: E402
 from .recipe import ARCHS, Recipe  # noqa: E402
 from .results import DIVERGED_VALUE, trial_rows  # noqa: E402
+from .search import Reporter, make_sampler  # noqa: E402, F401 (sw.make_sampler: the CLI's, pipelines')
 from .storage import GRACE, open_study, storage_of, trial_id  # noqa: E402
 
 GRID_PARAMETRIZATIONS = ("mup", "sp")  # what a grid compares
@@ -53,7 +54,6 @@ __all__ = ["MODES", "SweepSpec", "grid_points", "open_study", "parse_log2_lrs", 
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-
 
 def parse_log2_lrs(text: str) -> list[float]:
     """"-12:-4:1" (start:stop:step, inclusive) or "-9,-8.5,-8" into a list of log2 learning rates."""
@@ -238,11 +238,12 @@ class SweepSpec:
             r = r.replace(weight_decay=0.0, weight_decay_timescale=float(point["timescale"]))
         return r
 
-    def tune_recipe(self, hp: Mapping[str, float]) -> Recipe:
-        """What a tune trial trains: the spec's μP recipe with the sampled LR, init and multipliers."""
+    def tune_recipe(self, hp: Mapping[str, float], seed: int = 0) -> Recipe:
+        """What a tune trial trains: the spec's μP recipe with the sampled LR, init and multipliers (seed 0; a
+        confirmation's other seeds, `hf_mup.lab.search.confirm_top`)."""
         mults = {k: hp[k] for k in MULTIPLIERS if k in hp}
         return self.recipe.replace(parametrization="mup", lr=2.0 ** hp["log2_lr"],
-                                   initializer_range=hp["initializer_range"], mup=mults, seed=0)
+                                   initializer_range=hp["initializer_range"], mup=mults, seed=seed)
 
 
 def check_grid(widths: Sequence[int], head_dim: int, base_width: int | None) -> None:
@@ -265,7 +266,6 @@ def check_n_trials(n_trials: int) -> None:
 
 # -------------------------------------------------------------------------------------------------- trials
 
-
 def _hparams(recipe: Recipe, log2_lr: float) -> dict[str, Any]:
     """The values a trial varies, as results list them: LR, init and (μP) the multipliers."""
     hp: dict[str, Any] = {"log2_lr": log2_lr, "initializer_range": recipe.initializer_range}
@@ -275,14 +275,25 @@ def _hparams(recipe: Recipe, log2_lr: float) -> dict[str, Any]:
 
 
 def run_trial(spec: SweepSpec, recipe: Recipe, data: tuple, device: str = "cpu", progress: bool = False,
-              desc: str = "") -> dict[str, Any]:
-    """Train one recipe; returns the user attrs a trial records (the recipe, losses, diverged, cost, timing)."""
+              desc: str = "", reporter: Reporter | None = None, eval_every: int = 0) -> dict[str, Any]:
+    """Train one recipe; returns the user attrs a trial records (the recipe, losses, diverged, cost, timing). With a
+    `reporter` (a pruned search) the validation loss goes to it every `eval_every` steps; a trial it stops returns
+    what it ran: `pruned` (the step), its cost, its last loss."""
     model = recipe.build_model(device)
-    r = train_lm(model, recipe, data[0], data[1], progress=progress, desc=desc, **spec.masking())
+    start = time.perf_counter()
+    try:
+        r = train_lm(model, recipe, data[0], data[1], progress=progress, desc=desc, eval_every=eval_every,
+                     on_eval=reporter, **spec.masking())
+    except optuna.TrialPruned:
+        assert reporter is not None  # (only its on_eval raises it)
+        n_params, tokens = sum(p.numel() for p in model.parameters()), reporter.step * recipe.tokens // recipe.steps
+        r = {"final_train_loss": None, "final_val_loss": reporter.loss, "diverged": False, "steps_run": reporter.step,
+             "n_params": n_params, "tokens": tokens, "seconds": time.perf_counter() - start, "pruned": reporter.step}
     return {"recipe": recipe.to_dict(), "hparams": _hparams(recipe, math.log2(recipe.lr)),
             "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"], "diverged": r["diverged"],
             "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
-            "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3)}
+            "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3),
+            **({"pruned": r["pruned"]} if "pruned" in r else {})}
 
 
 def _record(trial, attrs: dict) -> float:
@@ -317,14 +328,20 @@ def grid_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: 
     return objective
 
 
-def tune_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: bool = False):
-    """The objective of tune mode: samples Tensor Programs V's space (the spec's) and trains the μP proxy."""
+def tune_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: bool = False, eval_every: int = 0):
+    """The objective of tune mode: samples Tensor Programs V's space (the spec's) and trains the μP proxy; with
+    `eval_every`, reports its validation loss to the study's pruner (`hf_mup.lab.search`), which may stop it."""
 
     def objective(trial) -> float:
         hp = {k: trial.suggest_float(k, *v, log=k != "log2_lr") for k, v in spec.space.items()}
         hp.update({k: 1.0 for k in NO_EFFECT.get(spec.recipe.arch, ())})  # recorded, so transfer copies 1
-        return _record(trial, run_trial(spec, spec.tune_recipe(hp), data, device, progress,
-                                        desc=f"trial {trial.number}"))
+        every = 0 if "confirm_of" in trial.user_attrs else eval_every  # a top trial's rerun (a seed): not pruned
+        attrs = run_trial(spec, spec.tune_recipe(hp, trial.user_attrs.get("seed", 0)), data, device, progress,
+                          f"trial {trial.number}", Reporter(trial) if every else None, every)
+        value = _record(trial, attrs)
+        if "pruned" in attrs:  # its cost and last loss are recorded; Optuna marks it PRUNED
+            raise optuna.TrialPruned(f"pruned at step {attrs['pruned']}")
+        return value
 
     return objective
 
@@ -391,19 +408,21 @@ def run_grid(study, spec: SweepSpec, points: list[dict], data: tuple, device: st
 
 
 def run_tune(study, spec: SweepSpec, n_trials: int, data: tuple, device: str = "cpu", progress: bool = True,
-             after_trial=None) -> None:
-    """Run tune trials until the study has `n_trials` complete ones (counting other workers' and earlier runs')."""
+             after_trial=None, eval_every: int = 0) -> None:
+    """Run tune trials until the study has `n_trials` finished ones, complete or pruned (counting other workers' and
+    earlier runs'). `eval_every`: report the validation loss every that many steps to `study.pruner`
+    (`hf_mup.lab.search.make_pruner`; 0: no intermediate reports, no pruning)."""
     from tqdm.auto import tqdm
 
     check_n_trials(n_trials)
     S = TrialState
-    objective = tune_objective(spec, data, device, progress)
+    objective = tune_objective(spec, data, device, progress, eval_every)
     bar = tqdm(total=n_trials, desc="tune", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
         _fail_stale(study, adopted)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        done = states.count(S.COMPLETE)
+        states = [t.state for t in study.get_trials(deepcopy=False) if "confirm_of" not in t.user_attrs]
+        done = states.count(S.COMPLETE) + states.count(S.PRUNED)
         bar.update(min(done, n_trials) - bar.n)
         if done >= n_trials:
             break
@@ -416,19 +435,9 @@ def run_tune(study, spec: SweepSpec, n_trials: int, data: tuple, device: str = "
     bar.close()
 
 
-def make_sampler(name: str, seed: int, n_existing: int):
-    seed = seed + n_existing  # a resumed sweep must not replay the first run's random draws
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise MuPError(f"--sampler {name!r}: use tpe or random.")
-
-
 
 
 # ------------------------------------------------------------------------------------------------- timing
-
 
 def estimate_seconds(spec: SweepSpec, points: list[dict], data: tuple, device: str = "cpu",
                      timed_steps: int = 3) -> dict:

@@ -20,13 +20,14 @@ from .recipe import Recipe
 
 def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Tensor]],
           evaluate: Callable[[], float] | None = None, eval_every: int = 0, progress: bool = False,
-          desc: str = "") -> dict[str, Any]:
+          desc: str = "", on_eval: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train `model` for `recipe.steps` steps on `batches` with the recipe's optimizer, schedule and clipping; never
     raises on divergence.
 
     `evaluate` (a validation loss) runs every `eval_every` steps (0: only at the end). A non-finite train or
-    validation loss stops training: `diverged` is True. Returns the per-step `train_loss`, `val_steps`, `val_loss`,
-    `diverged`, `steps_run`, `seconds`.
+    validation loss stops training: `diverged` is True. `on_eval(step, loss)` sees each validation loss; what it
+    raises stops training (a pruned search trial, `hf_mup.lab.search`). Returns the per-step `train_loss`,
+    `val_steps`, `val_loss`, `diverged`, `steps_run`, `seconds`.
     """
     from tqdm.auto import tqdm
 
@@ -64,6 +65,8 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
             if not math.isfinite(v):
                 diverged = True
                 break
+            if on_eval is not None:
+                on_eval(done, v)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
     bar.close()

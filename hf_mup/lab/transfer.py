@@ -8,7 +8,9 @@ Usage:
 
 The target is a config of the proxy's architecture: GPT-2 or Llama (causal LMs) or BERT (masked LM).
 
-Which trial: in tune mode, the complete, non-diverged trial with the lowest validation loss. In grid mode, the μP
+Which trial: in tune mode, the complete, non-diverged trial with the lowest validation loss, or, where the top trials
+were rerun with more seeds (`hf_mup.lab.search.confirm_top`), the one with the lowest seed-mean, its margin over the
+runner-up set against the seeds' noise (`source.confirmed`, and a note). In grid mode, the μP
 learning rate with the lowest seed-mean validation loss at the *widest* μP width of the grid (the width closest to
 the target; under μP the optimum should not depend on it) with the grid's fixed multipliers.
 """
@@ -25,7 +27,7 @@ import torch
 from ..errors import MuPError
 from ..rules import timescale_of
 from .recipe import Recipe, config_fields_of, shape_of
-from .results import base_cell, trial_rows
+from .results import base_cell, confirmed_winner, trial_rows
 from .scaling import rule_named
 
 
@@ -92,10 +94,17 @@ def best_trial(study) -> tuple[Recipe, dict[str, Any]]:
     if spec["mode"] == "tune":
         if not rows:
             raise MuPError(f"study {study.study_name!r} has no complete, non-diverged trial to transfer from.")
-        best = min(rows, key=lambda r: r["val_loss"])
+        confirmed = confirmed_winner(rows)
+        if confirmed is not None:  # the best seed-mean among the reruns of the search's top trials
+            return Recipe.from_dict(recipes[confirmed["trial"]]), {
+                "trial": confirmed["trial"], "proxy_width": rows[0]["width"], "val_loss": confirmed["val_loss"],
+                "confirmed": confirmed}
+        searched = sorted((r for r in rows if r["confirm_of"] is None), key=lambda r: r["val_loss"])
+        best = searched[0]
         return Recipe.from_dict(recipes[best["number"]]), {
             "trial": best["number"], "proxy_width": best["width"], "val_loss": best["val_loss"],
-            "train_loss": best["train_loss"]}
+            "train_loss": best["train_loss"],
+            "margin": searched[1]["val_loss"] - best["val_loss"] if len(searched) > 1 else None}
     mup = [r for r in base_cell(rows) if r["parametrization"] == "mup"]
     if not mup:
         raise MuPError(f"grid study {study.study_name!r} has no complete μP trial to transfer from.")
@@ -111,6 +120,23 @@ def best_trial(study) -> tuple[Recipe, dict[str, Any]]:
         "trial": best["number"], "trials": sorted(r["number"] for r in by_point[point]), "proxy_width": width,
         "val_loss": val, "rule": "μP LR (and timescale) with the lowest seed-mean validation loss at the widest "
                                  "width (the smallest batch and token horizon of a horizon grid)"}
+
+
+def noise_notes(source: dict[str, Any]) -> list[str]:
+    """What a tune study's winner rests on: its margin over the runner-up against the seeds' noise."""
+    c = source.get("confirmed")
+    if c is None:
+        margin = source.get("margin")
+        return [] if margin is None else [
+            f"the winner (trial {source['trial']}) leads the runner-up by {margin:.4f} in validation loss on one seed "
+            "each: that margin may be noise. Rerun the top trials with more seeds before transferring: hf-mup sweep "
+            "--mode tune ... --confirm-top 3 --confirm-seeds 3 (hf_mup.lab.search.confirm_top)"]
+    if "margin" not in c:
+        return [f"only trial {c['trial']} was rerun ({c['seeds']} seeds): no runner-up to compare it with"]
+    line = (f"the winner (trial {c['trial']}, {c['seeds']} seeds, mean {c['val_loss']:.4f} ± {c['spread']:.4f}) leads "
+            f"trial {c['runner_up']} by {c['margin']:.4f} (standard error of the difference {c['se']:.4f})")
+    return [line + (": within noise, the two are not told apart; either is as good a transfer, or rerun with more "
+                    "seeds" if c["within_noise"] else "")]
 
 
 def transfer(study, target_config, target_tokens: float | None = None, batch_size: int | None = None,
@@ -185,7 +211,7 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
         if getattr(target, name) != getattr(best, name):
             notes.append(f"the target's {name} ({getattr(target, name)}) differs from the proxy's "
                          f"({getattr(best, name)}): μP transfers across width only, so the optimum may move")
-    notes += extrapolated
+    notes += extrapolated + noise_notes(source)
     if scaling.name != "copy" and (target.batch_size != best.batch_size or target.tokens != best.tokens):
         notes += [f"{m['setting']}: {_number(m['from'])} → {_number(m['to'])} ({m['rule']} rule: {m['why']})"
                   for m in moves if m["from"] != m["to"]]

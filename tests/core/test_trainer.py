@@ -199,6 +199,29 @@ def test_optuna_search_over_mup_multipliers(tmp_path):
     assert (best.hyperparameters["output_mult"], best.hyperparameters["initializer_range"]) in trial_mults
 
 
+@pytest.mark.slow
+def test_a_pruned_optuna_search_through_the_trainer(tmp_path):
+    """`hyperparameter_search` with an Optuna pruner: each trial reports its eval loss at every evaluation, and
+    successive halving stops the worst at equal steps (transformers' own reporting, through MuPTrainer)."""
+    optuna = pytest.importorskip("optuna")
+    trainer = MuPTrainer(model_init=mup_model_init(make_config("GPT2LMHeadModel", WIDTH), base_hidden_size=BASE),
+                         args=_args(tmp_path, max_steps=8, eval_strategy="steps", eval_steps=2),
+                         train_dataset=_dataset(), eval_dataset=_dataset(16, seed=1))
+    storage = f"sqlite:///{tmp_path / 'hp.db'}"
+    trainer.hyperparameter_search(
+        hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", 1e-5, 1.0, log=True)},
+        backend="optuna", n_trials=6, direction="minimize", storage=storage, study_name="hp",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=2))
+    trials = optuna.load_study(study_name="hp", storage=storage).trials
+    states = {t.state.name for t in trials}
+    assert len(trials) == 6 and states == {"COMPLETE", "PRUNED"}, states
+    for t in trials:
+        steps = list(t.intermediate_values)
+        assert steps and all(s % 2 == 0 for s in steps)  # eval losses at equal steps
+        assert (max(steps) < 8) == (t.state.name == "PRUNED")
+
+
 @pytest.mark.parametrize("model_class", ["BertForMaskedLM", "BertForSequenceClassification"])
 @pytest.mark.slow
 def test_gradient_accumulation_trains_as_the_whole_batch(model_class, tmp_path):

@@ -229,6 +229,18 @@ def _wait(condition, timeout: float, what: str, logs=()) -> None:
         time.sleep(0.02)
 
 
+def _freeze(*ps: subprocess.Popen) -> None:
+    for p in ps:
+        p.send_signal(signal.SIGSTOP)
+    _wait(lambda: all(_stopped(p) for p in ps), 30, "SIGSTOP to take effect")
+
+
+def _thaw(*ps: subprocess.Popen) -> None:
+    for p in ps:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+
+
 def _connected(conn) -> set[str]:
     """The workers (by application_name, PGAPPNAME) with a connection to the server now."""
     return {n for (n,) in conn.execute("SELECT application_name FROM pg_stat_activity "
@@ -273,16 +285,6 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
     def running(conn) -> list[int]:
         return [n for n, s in _trial_states(conn, study).items() if s == "RUNNING"]
 
-    def freeze(*ps: subprocess.Popen) -> None:
-        for p in ps:
-            p.send_signal(signal.SIGSTOP)
-        _wait(lambda: all(_stopped(p) for p in ps), 30, "SIGSTOP to take effect")
-
-    def thaw(*ps: subprocess.Popen) -> None:
-        for p in ps:
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-
     try:
         a, b = worker("a"), worker("b")
         killed: list[int] = []
@@ -291,18 +293,18 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
             first = _connected(conn)
             if len(first) == 1:  # hold the first one (unless it already took a trial) until the other connects
                 ahead, behind = (a, "b") if first == {"hf_mup_worker_a"} else (b, "a")
-                freeze(ahead)
+                _freeze(ahead)
                 try:
                     if not running(conn):
                         _wait(lambda: alive(behind) and f"hf_mup_worker_{behind}" in _connected(conn), 240,
                               f"worker {behind} to connect", logs.values())
                 finally:
-                    thaw(ahead)
+                    _thaw(ahead)
 
             def kill_a_mid_trial() -> bool:
                 if not (alive("a", "b") and len(running(conn)) == 2):
                     return False
-                freeze(a, b)
+                _freeze(a, b)
                 try:  # the states cannot move now: two RUNNING trials, two workers, so one of them is A's
                     now = running(conn)
                     if len(now) == 2:
@@ -310,7 +312,7 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
                         a.wait()
                         killed.extend(now)
                 finally:
-                    thaw(a, b)
+                    _thaw(a, b)
                 return bool(killed)
 
             _wait(kill_a_mid_trial, 240, "both workers mid-trial", logs.values())
@@ -344,3 +346,76 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
                if t.state != TrialState.COMPLETE and t.number != failed[0].number)
     result = report(load_study(study, url), tmp_path / "report", plot_name=None)
     assert result["counts"]["COMPLETE"] == len(points) and result["counts"]["FAIL"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.server
+def test_two_workers_on_a_pruned_search_lose_and_repeat_no_trial(cluster, tmp_path):
+    """Two workers run one pruned tune study (successive halving on the validation loss every 2 steps); when both
+    are mid-trial, A is SIGKILLed and C runs the same command again. Every trial ends COMPLETE or PRUNED with its cost
+    recorded, except A's, which fails once its heartbeat goes stale and is retried once, with the values it had drawn."""
+    import psycopg
+
+    url, study = _new_database(cluster, "pruned"), "tune"
+    args = ["sweep", "--mode", "tune", "--widths", "32", "--base-width", "32", "--steps", "16", "--batch-size", "8",
+            "--seq-len", "32", "--tokenizer", "bytes", "--train-chars", "20000", "--val-blocks", "4", "--threads", "1",
+            "--log2-lrs=-14:-2:1", "--n-trials", "8", "--sampler", "random", "--pruner", "asha", "--min-steps", "2",
+            "--eval-every", "2", "--heartbeat", "1", "--no-progress", "--storage", url, "--study", study]
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+
+    def worker(name: str, seed: int) -> subprocess.Popen:
+        logs[name] = tmp_path / f"{name}.log"
+        with open(logs[name], "w") as log:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "hf_mup", *args, "--seed", str(seed), "--out", str(tmp_path / name)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return procs[name]
+
+    def running(conn) -> list[int]:
+        return [n for n, st in _trial_states(conn, study).items() if st == "RUNNING"]
+
+    killed: list[int] = []
+    try:
+        a, b = worker("a", 0), worker("b", 100)
+        with psycopg.connect(url, autocommit=True) as conn:
+            def kill_a_mid_trial() -> bool:
+                for n in ("a", "b"):
+                    if procs[n].poll() is not None:
+                        pytest.fail(f"worker {n} ended too early:\n{logs[n].read_text()[-2000:]}")
+                if len(running(conn)) < 2:
+                    return False
+                _freeze(a, b)
+                try:  # two RUNNING trials and two frozen workers: one of them is A's
+                    now = running(conn)
+                    if len(now) == 2:
+                        a.kill()
+                        a.wait()
+                        killed.extend(now)
+                finally:
+                    _thaw(a, b)
+                return bool(killed)
+
+            _wait(kill_a_mid_trial, 240, "both workers mid-trial", logs.values())
+        worker("c", 200)
+        for name in ("b", "c"):
+            procs[name].wait(timeout=300)
+            assert procs[name].returncode == 0, f"worker {name}:\n{logs[name].read_text()[-3000:]}"
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    trials = load_study(study, url).get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].number in killed
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retries) == 1  # retried once, with the values A had drawn before it died (the rest drawn afresh)
+    assert all(retries[0].params[k] == v for k, v in failed[0].params.items())
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 8 and {TrialState.COMPLETE, TrialState.PRUNED} <= set(states)
+    for t in finished:  # nothing lost: each one's cost and steps recorded, a pruned one stopped early
+        assert t.user_attrs["flops"] > 0 and (t.user_attrs["steps_run"] < 16) == (t.state == TrialState.PRUNED)

@@ -1,0 +1,167 @@
+"""How a tune study searches: its sampler (TPE or random) and its pruner. With a pruner the search is multi-fidelity:
+trials report their validation loss as they train, and the pruner stops the hopeless ones early (successive halving,
+Hyperband, or the median rule), so a search costs a fraction of running every trial to the end. A pruned trial keeps
+what it cost (`steps_run`, `flops`) and its last loss; transfer counts it in the cost and never picks it.
+
+Usage:
+    study.sampler = make_sampler("tpe", seed=0, n_existing=len(study.trials))
+    study.pruner = make_pruner("asha", steps=recipe.steps, min_steps=recipe.steps // 4)
+    run_tune(study, spec, n_trials=32, data=data, eval_every=recipe.steps // 8)   # hf_mup.lab.sweep
+
+Pruning on an early loss favours high learning rates (they lead early and may finish worse). Two guards: no trial is
+stopped before `min_steps` (the minimum resource), and trials are only ever compared at equal steps, hence equal
+tokens (every pruner here compares intermediate values reported at the same step).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+from ..extras import require
+
+require("sweep", "optuna", what="hf_mup.lab.search (Optuna samplers and pruners)")
+import optuna  # noqa: E402 (after the check that names the extra)
+
+from ..errors import MuPError  # noqa: E402
+
+PRUNERS = ("none", "asha", "hyperband", "median")
+DIVERGED_REPORT = 1e9  # what a non-finite intermediate loss is reported as (Optuna's pruners need a number)
+
+
+def make_sampler(name: str, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    """TPE or random, seeded; `n_existing` (the study's trials) offsets the seed so that a resumed sweep does not
+    replay the first run's random draws."""
+    seed = seed + n_existing
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise MuPError(f"--sampler {name!r}: use tpe or random.")
+
+
+def make_pruner(name: str, steps: int, min_steps: int, reduction: int = 3) -> optuna.pruners.BasePruner:
+    """The pruner `name` over a trial of `steps` steps that prunes nothing before `min_steps`.
+
+    - "asha": successive halving (asynchronous, as in Li et al. 2020's ASHA): at steps min_steps·reduction^k a
+      trial continues only if it is in the best 1/reduction of the trials that reached that rung.
+    - "hyperband": Hyperband's brackets of successive halving between `min_steps` and `steps`.
+    - "median": stop a trial whose loss is worse than the median of the others' at the same step (after 4 trials).
+    - "none": never.
+    """
+    if name not in PRUNERS:
+        raise MuPError(f"--pruner {name!r}: use one of {', '.join(PRUNERS)}.")
+    if not 1 <= min_steps <= steps:
+        raise MuPError(f"--min-steps {min_steps}: between 1 and the trial's {steps} steps (the least any trial "
+                       "trains before it can be pruned).")
+    if reduction < 2:
+        raise MuPError(f"reduction factor {reduction}: at least 2 (3 keeps a third of the trials at each rung).")
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_steps, reduction_factor=reduction)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min_steps, max_resource=steps, reduction_factor=reduction)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min_steps - 1)
+    return optuna.pruners.NopPruner()
+
+
+class Reporter:
+    """`on_eval` for `hf_mup.lab.train.train`: reports each validation loss to the trial at its step and raises
+    `optuna.TrialPruned` when the study's pruner says so; `step` and `loss` are the last ones reported."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial, self.step, self.loss = trial, 0, math.nan
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.step, self.loss = step, loss
+        self.trial.report(loss if math.isfinite(loss) else DIVERGED_REPORT, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (validation loss {loss:.4f})")
+
+
+def confirm_top(study, spec, data: tuple, k: int = 3, seeds: int = 3, device: str = "cpu",
+                progress: bool = False) -> list[int]:
+    """Re-run the `k` best complete trials of a tune study with seeds 1 … `seeds`-1 (the search ran seed 0), so
+    that `transfer` picks the best seed-mean instead of one lucky run; returns the confirmed trials' numbers.
+
+    Usage: `confirm_top(study, spec, data, k=3, seeds=3)` after `run_tune`.
+
+    Each rerun is a trial of the study, enqueued with the original's values and the user attrs `confirm_of` and
+    `seed`; run_tune does not count them, and a rerun of this (after a kill) only runs what is missing. Run it in one
+    worker: two would each run the missing seeds.
+    """
+    from optuna.trial import TrialState
+
+    from .sweep import tune_objective
+
+    if k < 1 or seeds < 2:
+        raise MuPError(f"--confirm-top {k} --confirm-seeds {seeds}: at least 1 trial and 2 seeds (the search's own "
+                       "run is seed 0).")
+    trials = study.get_trials(deepcopy=False)
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and "confirm_of" not in t.user_attrs
+                and not t.user_attrs.get("diverged")]
+    top = sorted(searched, key=lambda t: t.value)[:k]
+    have = {(t.user_attrs["confirm_of"], t.user_attrs.get("seed")) for t in trials
+            if "confirm_of" in t.user_attrs and t.state == TrialState.COMPLETE}
+    objective = tune_objective(spec, data, device, progress)
+    for t in top:
+        for seed in range(1, seeds):
+            if (t.number, seed) not in have:
+                study.enqueue_trial(t.params, user_attrs={"confirm_of": t.number, "seed": seed})
+                study.optimize(objective, n_trials=1)
+    return [t.number for t in top]
+
+
+
+def searched(study) -> list:
+    """The search's own finished trials (complete or pruned), without the reruns `confirm_top` added."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "confirm_of" not in t.user_attrs]
+
+
+def param_importance(study) -> dict[str, float] | None:
+    """How much of the search's validation loss each hyperparameter explains (PED-ANOVA, Watanabe et al. 2023:
+    Optuna's evaluator that needs no scikit-learn), over its complete trials; None with fewer than 4."""
+    from optuna.trial import TrialState
+
+    done = [t for t in searched(study) if t.state == TrialState.COMPLETE and not t.user_attrs.get("diverged")]
+    if len(done) < 4:
+        return None
+    copy = optuna.create_study(direction="minimize")  # the search's trials alone (no reruns, no diverged ones)
+    copy.add_trials(done)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
+        found = optuna.importance.get_param_importances(copy, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    return {k: float(v) for k, v in found.items()}
+
+
+def plot_slices(study, path, importance: dict[str, float] | None = None) -> None:
+    """The loss landscape around the winner, one panel per hyperparameter: every complete trial's validation loss
+    against its value (pruned trials at their last loss, hollow), the best trial starred; titles give the importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    trials = [t for t in searched(study) if math.isfinite(t.user_attrs.get("val_loss") or math.nan)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not done:
+        return
+    best = min(done, key=lambda t: t.user_attrs["val_loss"])
+    names = list(best.params)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for group, style in ((done, {"color": "C0"}), ([t for t in trials if t.state == TrialState.PRUNED],
+                                                       {"facecolors": "none", "edgecolors": "0.6"})):
+            ax.scatter([t.params[name] for t in group], [t.user_attrs["val_loss"] for t in group], s=14, **style)
+        ax.plot(best.params[name], best.user_attrs["val_loss"], "*", ms=13, color="C3", markeredgecolor="black")
+        if name != "log2_lr":
+            ax.set_xscale("log")
+        share = f", importance {importance[name]:.2f}" if importance and name in importance else ""
+        ax.set_title(f"{name}{share}", fontsize=8)
+    axes[0][0].set_ylabel("validation loss (pruned: last, hollow)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
