@@ -39,7 +39,7 @@ class Pipeline:
     """The staged μTransfer run of one preset in one output folder. See the module docstring."""
 
     def __init__(self, preset: Preset, out: str | os.PathLike, storage: str | None = None, device: str = "cpu",
-                 progress: bool = True):
+                 progress: bool = True, pruner: str = "none", confirm_top: int = 0):
         if preset.proxy.width > preset.target.width:
             raise MuPError(f"the proxy (width {preset.proxy.width}) is wider than the target "
                            f"({preset.target.width}): the proxy is the small model. Fix the preset.")
@@ -47,6 +47,7 @@ class Pipeline:
             raise MuPError(f"preset arch {preset.arch!r}: use bert or gpt2.")
         self.preset, self.out, self.device, self.progress = preset, Path(out), device, progress
         self.storage = storage
+        self.pruner, self.confirm_top = pruner, confirm_top  # the search's (hf_mup.lab.search); the study ignores them
         self._data = None
 
     # ---------------------------------------------------------------------------------------------- bookkeeping
@@ -172,6 +173,7 @@ class Pipeline:
     def search(self) -> dict:
         from . import sweep as sw
         from .results import report, trial_line
+        from .search import confirm_top, make_pruner
         from .storage import default_storage
 
         p = self.preset
@@ -179,8 +181,12 @@ class Pipeline:
         spec = sw.SweepSpec("tune", p.proxy_recipe(len(tok)), self.corpus(), p.log2_lr_range, name=p.name)
         study = sw.open_study("proxy", self.storage or default_storage(self.out), spec.stamp((train, val)))
         study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
+        study.pruner = make_pruner(self.pruner, p.search_steps, max(1, p.search_steps // 4))
         sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress,
-                    after_trial=None if self.progress else lambda st: self._log(f"search: {trial_line(st)}"))
+                    after_trial=None if self.progress else lambda st: self._log(f"search: {trial_line(st)}"),
+                    eval_every=0 if self.pruner == "none" else max(1, p.search_steps // 8))
+        if self.confirm_top:  # the top trials rerun with 3 seeds: transfer takes the best seed-mean
+            confirm_top(study, spec, (train, val), self.confirm_top, 3, self.device, self.progress)
         report(study, self.out, plot_name=None)
         return {"trials": p.search_trials, "best_val_loss": study.best_value}
 
@@ -391,6 +397,9 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry_run", action="store_true", help="print the plan (shapes, parameters, tokens, FLOPs)")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--pruner", default="none", choices=["none", "asha", "hyperband", "median"],
+                        help="stop hopeless search trials early on their validation loss (hf_mup.lab.search)")
+    parser.add_argument("--confirm_top", type=int, default=0, help="rerun this many best search trials with 3 seeds")
     args = parser.parse_args(argv)
     try:
         if args.preset not in presets:
@@ -399,7 +408,8 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
         if args.tasks:
             preset = replace(preset, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
         pipe = Pipeline(preset, args.output_dir, storage=args.storage, device=args.device,
-                        progress=quiet_progress_bars() and not args.no_progress)  # bars on a terminal only
+                        progress=quiet_progress_bars() and not args.no_progress,  # bars on a terminal only
+                        pruner=args.pruner, confirm_top=args.confirm_top)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:

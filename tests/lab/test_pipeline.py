@@ -85,6 +85,26 @@ def test_pretraining_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_search_stage_prunes_and_confirms(tmp_path):
+    """`--pruner asha --confirm_top 2`: the search's trials report their loss every step (of 8) and the worst stop at
+    equal steps; the 2 best are rerun with 3 seeds, and transfer takes the best seed-mean (hparams.json says so)."""
+    from optuna.trial import TrialState
+
+    from hf_mup.lab.storage import default_storage, load_study
+
+    preset = replace(MINI, search_trials=6, search_steps=8, log2_lr_range=(-14.0, -2.0))
+    assert main(["--preset", "p", "--output_dir", str(tmp_path), "--stages", "search,transfer", "--pruner", "asha",
+                 "--confirm_top", "2", "--no_progress"], {"p": preset}, "test") == 0
+    trials = load_study("proxy", default_storage(tmp_path)).get_trials(deepcopy=False)
+    searched = [t for t in trials if "confirm_of" not in t.user_attrs]
+    assert len(searched) == 6 and {t.state for t in searched} == {TrialState.COMPLETE, TrialState.PRUNED}
+    top = min(2, sum(t.state == TrialState.COMPLETE and not t.user_attrs["diverged"] for t in searched))
+    assert len([t for t in trials if "confirm_of" in t.user_attrs]) == 2 * top  # seeds 1 and 2 of each
+    source = json.loads((tmp_path / "hparams.json").read_text())["source"]
+    assert source["confirmed"]["seeds"] == 3 and source["confirmed"]["candidates"] == top
+
+
+@pytest.mark.slow
 def test_gpt2_pipeline_reports_the_regret(tmp_path):
     mini = Preset("mini", "gpt2", proxy=Shape(32, 1, 16), target=Shape(64, 1, 16), seq_len=32, vocab_size=320,
                   search_trials=2, search_steps=4, search_batch=8, pretrain_steps=4, pretrain_batch=8,
