@@ -241,6 +241,24 @@ def _thaw(*ps: subprocess.Popen) -> None:
             p.send_signal(signal.SIGCONT)
 
 
+def _kill_mid_trial(a: subprocess.Popen, b: subprocess.Popen, running, killed: list[int]) -> bool:
+    """Kill worker `a` while it and `b` each run a trial; `running()`: the RUNNING trials' numbers. Both are frozen
+    while the states are read, so the states cannot move: two RUNNING trials, two workers, one of them is A's.
+    `killed` gets those two numbers. False (nothing done) until two trials run."""
+    if len(running()) < 2:
+        return False
+    _freeze(a, b)
+    try:
+        now = running()
+        if len(now) == 2:
+            a.kill()
+            a.wait()
+            killed.extend(now)
+    finally:
+        _thaw(a, b)
+    return bool(killed)
+
+
 def _connected(conn) -> set[str]:
     """The workers (by application_name, PGAPPNAME) with a connection to the server now."""
     return {n for (n,) in conn.execute("SELECT application_name FROM pg_stat_activity "
@@ -301,21 +319,8 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
                 finally:
                     _thaw(ahead)
 
-            def kill_a_mid_trial() -> bool:
-                if not (alive("a", "b") and len(running(conn)) == 2):
-                    return False
-                _freeze(a, b)
-                try:  # the states cannot move now: two RUNNING trials, two workers, so one of them is A's
-                    now = running(conn)
-                    if len(now) == 2:
-                        a.kill()
-                        a.wait()
-                        killed.extend(now)
-                finally:
-                    _thaw(a, b)
-                return bool(killed)
-
-            _wait(kill_a_mid_trial, 240, "both workers mid-trial", logs.values())
+            _wait(lambda: alive("a", "b") and _kill_mid_trial(a, b, lambda: running(conn), killed), 240,
+                  "both workers mid-trial", logs.values())
         worker("c")  # a worker run again, beside B
         for name in ("b", "c"):
             try:
@@ -379,24 +384,14 @@ def test_two_workers_on_a_pruned_search_lose_and_repeat_no_trial(cluster, tmp_pa
     try:
         a, b = worker("a", 0), worker("b", 100)
         with psycopg.connect(url, autocommit=True) as conn:
-            def kill_a_mid_trial() -> bool:
+            def alive() -> bool:
                 for n in ("a", "b"):
                     if procs[n].poll() is not None:
                         pytest.fail(f"worker {n} ended too early:\n{logs[n].read_text()[-2000:]}")
-                if len(running(conn)) < 2:
-                    return False
-                _freeze(a, b)
-                try:  # two RUNNING trials and two frozen workers: one of them is A's
-                    now = running(conn)
-                    if len(now) == 2:
-                        a.kill()
-                        a.wait()
-                        killed.extend(now)
-                finally:
-                    _thaw(a, b)
-                return bool(killed)
+                return True
 
-            _wait(kill_a_mid_trial, 240, "both workers mid-trial", logs.values())
+            _wait(lambda: alive() and _kill_mid_trial(a, b, lambda: running(conn), killed), 240,
+                  "both workers mid-trial", logs.values())
         worker("c", 200)
         for name in ("b", "c"):
             procs[name].wait(timeout=300)
