@@ -61,11 +61,10 @@ def adapter_rules(names: list[str], modules: Mapping[str, nn.Module], base: nn.M
 
     A width dimension is one that differs between base and delta, as for the stock tensors (`rules.classify`).
     """
-    stock = modules
     rules = {}
     for name in names:
         match = _LORA.match(name)
-        layer = match and stock.get(match["layer"])
+        layer = match and modules.get(match["layer"])
         if match is None or layer is None:
             continue
         try:

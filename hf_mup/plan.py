@@ -401,12 +401,14 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
                            stock_init_depth_power=0.5 if in_block in arch.depth_scaled_init else 0.0)
         return rule
 
-    modules: dict[str, nn.Module] = {}
-    for raw_name, module in model.named_modules():
-        modules.setdefault(canonical_name(raw_name), module)  # (an adapter's wrapper before the layer inside)
     rules = {name: with_width_and_depth(name, rule) for name, rule in rules.items()}
-    adapters = {name: with_width_and_depth(name, rule)
-                for name, rule in adapter_rules(extra, modules, base, delta).items()} if extra else {}
+    adapters: dict[str, TensorRule] = {}
+    if extra:  # adapter tensors: their rules from the layers they wrap
+        modules: dict[str, nn.Module] = {}
+        for raw_name, module in model.named_modules():
+            modules.setdefault(canonical_name(raw_name), module)  # (an adapter's wrapper before the layer inside)
+        adapters = {name: with_width_and_depth(name, rule)
+                    for name, rule in adapter_rules(extra, modules, base, delta).items()}
     plan = MuPPlan(mup, arch, class_name, head_dim, base_head_dim, rules, extra, adapters, depth_mult=depth_mult,
                    hidden_size=config.hidden_size)
     plan.query_outputs = _query_outputs(model, arch, layouts)
