@@ -179,9 +179,9 @@ def test_peft_lora_on_a_mup_model(tokens):
     close(logits(lora, tokens), expected)  # B = 0 at start: the μP model's outputs, multipliers in place
     plan = hf_mup.get_plan(lora)
     assert plan.readouts == {"lm_head": pytest.approx(3.0 / 2)}
-    with pytest.warns(UserWarning, match=r"no μP rule.*lora_A"):
-        groups = hf_mup.mup_param_groups(lora, lr=1e-3)
-    assert {g["mup_kind"] for g in groups} == {"unscaled"}  # only the adapters train; the base is frozen
+    groups = hf_mup.mup_param_groups(lora, lr=1e-3)
+    # only the adapters train (the base is frozen), by their μP rules: A (width → rank) down, B input
+    assert {(g["mup_kind"], g["mup_adapter"]) for g in groups} == {("down", "mup"), ("input", "mup")}
     hf_mup.check_optimizer(lora, torch.optim.AdamW(groups))
     # A LoRA adapter on the readout would bypass its multiplier: refused, named.
     other = _trained_like("GPT2LMHeadModel", input_mult=1.0, config_kw={"tie_word_embeddings": False})
