@@ -241,6 +241,23 @@ def _thaw(*ps: subprocess.Popen) -> None:
             p.send_signal(signal.SIGCONT)
 
 
+def _finish(procs: dict[str, subprocess.Popen], logs: dict[str, Path], names: tuple[str, ...]) -> None:
+    """Wait for the workers `names` to end, each with exit status 0 (else fail with its log's tail)."""
+    for name in names:
+        try:
+            procs[name].wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker {name} did not finish:\n{logs[name].read_text()[-3000:]}")
+        assert procs[name].returncode == 0, f"worker {name}:\n{logs[name].read_text()[-3000:]}"
+
+
+def _kill_all(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _kill_mid_trial(a: subprocess.Popen, b: subprocess.Popen, running, killed: list[int]) -> bool:
     """Kill worker `a` while it and `b` each run a trial; `running()`: the RUNNING trials' numbers. Both are frozen
     while the states are read, so the states cannot move: two RUNNING trials, two workers, one of them is A's.
@@ -322,17 +339,9 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
             _wait(lambda: alive("a", "b") and _kill_mid_trial(a, b, lambda: running(conn), killed), 240,
                   "both workers mid-trial", logs.values())
         worker("c")  # a worker run again, beside B
-        for name in ("b", "c"):
-            try:
-                procs[name].wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"worker {name} did not finish:\n{logs[name].read_text()[-3000:]}")
-            assert procs[name].returncode == 0, f"worker {name}:\n{logs[name].read_text()[-3000:]}"
+        _finish(procs, logs, ("b", "c"))
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_all(procs)
 
     trials = load_study(study, url).get_trials(deepcopy=False)
     points = {sw.point_key(p) for p in sw.grid_points([32, 64], lrs, ["mup"], seeds=1)}
@@ -393,14 +402,9 @@ def test_two_workers_on_a_pruned_search_lose_and_repeat_no_trial(cluster, tmp_pa
             _wait(lambda: alive() and _kill_mid_trial(a, b, lambda: running(conn), killed), 240,
                   "both workers mid-trial", logs.values())
         worker("c", 200)
-        for name in ("b", "c"):
-            procs[name].wait(timeout=300)
-            assert procs[name].returncode == 0, f"worker {name}:\n{logs[name].read_text()[-3000:]}"
+        _finish(procs, logs, ("b", "c"))
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_all(procs)
 
     trials = load_study(study, url).get_trials(deepcopy=False)
     states = [t.state for t in trials]
