@@ -141,7 +141,7 @@ def lm_batches(model: nn.Module, blocks: torch.Tensor, batch_size: int, seed: in
 def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
              eval_every: int = 0, progress: bool = False, desc: str = "", task: str | None = None,
              mask_id: int | None = None, special_ids: Iterable[int] = (),
-             on_eval: Callable[[int, float], None] | None = None) -> dict:
+             on_eval: Callable[[int, float], bool] | None = None) -> dict:
     """Train a causal or masked LM as `recipe` says (the loop: `hf_mup.lab.train.train`) on random batches of
     `train_blocks`; never raises on divergence.
 

@@ -65,17 +65,15 @@ def make_pruner(name: str, steps: int, min_steps: int, reduction: int = 3) -> op
 
 
 class Reporter:
-    """`on_eval` for `hf_mup.lab.train.train`: reports each validation loss to the trial at its step and raises
-    `optuna.TrialPruned` when the study's pruner says so; `step` and `loss` are the last ones reported."""
+    """`on_eval` for `hf_mup.lab.train.train`: reports each validation loss to the trial at its step and stops
+    training (returns True) when the study's pruner says so."""
 
     def __init__(self, trial: optuna.Trial) -> None:
-        self.trial, self.step, self.loss = trial, 0, math.nan
+        self.trial = trial
 
-    def __call__(self, step: int, loss: float) -> None:
-        self.step, self.loss = step, loss
+    def __call__(self, step: int, loss: float) -> bool:
         self.trial.report(loss if math.isfinite(loss) else DIVERGED_REPORT, step)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} (validation loss {loss:.4f})")
+        return bool(self.trial.should_prune())
 
 
 def confirm_top(study, spec, data: tuple, k: int = 3, seeds: int = 3, device: str = "cpu",

@@ -280,20 +280,13 @@ def run_trial(spec: SweepSpec, recipe: Recipe, data: tuple, device: str = "cpu",
     `reporter` (a pruned search) the validation loss goes to it every `eval_every` steps; a trial it stops returns
     what it ran: `pruned` (the step), its cost, its last loss."""
     model = recipe.build_model(device)
-    start = time.perf_counter()
-    try:
-        r = train_lm(model, recipe, data[0], data[1], progress=progress, desc=desc, eval_every=eval_every,
-                     on_eval=reporter, **spec.masking())
-    except optuna.TrialPruned:
-        assert reporter is not None  # (only its on_eval raises it)
-        n_params, tokens = sum(p.numel() for p in model.parameters()), reporter.step * recipe.tokens // recipe.steps
-        r = {"final_train_loss": None, "final_val_loss": reporter.loss, "diverged": False, "steps_run": reporter.step,
-             "n_params": n_params, "tokens": tokens, "seconds": time.perf_counter() - start, "pruned": reporter.step}
+    r = train_lm(model, recipe, data[0], data[1], progress=progress, desc=desc, eval_every=eval_every,
+                 on_eval=reporter, **spec.masking())
     return {"recipe": recipe.to_dict(), "hparams": _hparams(recipe, math.log2(recipe.lr)),
             "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"], "diverged": r["diverged"],
             "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
             "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3),
-            **({"pruned": r["pruned"]} if "pruned" in r else {})}
+            **({"pruned": r["steps_run"]} if r["stopped"] else {})}
 
 
 def _record(trial, attrs: dict) -> float:

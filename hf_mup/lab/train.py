@@ -20,14 +20,14 @@ from .recipe import Recipe
 
 def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Tensor]],
           evaluate: Callable[[], float] | None = None, eval_every: int = 0, progress: bool = False,
-          desc: str = "", on_eval: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+          desc: str = "", on_eval: Callable[[int, float], bool] | None = None) -> dict[str, Any]:
     """Train `model` for `recipe.steps` steps on `batches` with the recipe's optimizer, schedule and clipping; never
     raises on divergence.
 
     `evaluate` (a validation loss) runs every `eval_every` steps (0: only at the end). A non-finite train or
-    validation loss stops training: `diverged` is True. `on_eval(step, loss)` sees each validation loss; what it
-    raises stops training (a pruned search trial, `hf_mup.lab.search`). Returns the per-step `train_loss`,
-    `val_steps`, `val_loss`, `diverged`, `steps_run`, `seconds`.
+    validation loss stops training: `diverged` is True. `on_eval(step, loss)` sees each validation loss and stops
+    training by returning True (a pruned search trial, `hf_mup.lab.search`): `stopped` is True. Returns the per-step
+    `train_loss`, `val_steps`, `val_loss`, `diverged`, `stopped`, `steps_run`, `seconds`.
     """
     from tqdm.auto import tqdm
 
@@ -40,7 +40,7 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
     train_losses: list[float] = []
     val_steps: list[int] = []
     val_losses: list[float] = []
-    diverged = False
+    diverged = stopped = False
     start = time.perf_counter()
     bar = tqdm(range(recipe.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
@@ -65,10 +65,11 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
             if not math.isfinite(v):
                 diverged = True
                 break
-            if on_eval is not None:
-                on_eval(done, v)
+            if on_eval is not None and on_eval(done, v):
+                stopped = True
+                break
         if step % 10 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
     bar.close()
     return {"train_loss": train_losses, "val_steps": val_steps, "val_loss": val_losses, "diverged": diverged,
-            "steps_run": len(train_losses), "seconds": time.perf_counter() - start}
+            "stopped": stopped, "steps_run": len(train_losses), "seconds": time.perf_counter() - start}
