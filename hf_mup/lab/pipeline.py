@@ -225,10 +225,10 @@ class Pipeline:
     def pretrain(self) -> dict:
         results = {}
         for name, row in self.rows().items():
-            results[name] = self._pretrain_row(name, row)
+            results[name] = self.pretrain_row(name, row)
         return {"eval_loss": {k: v["eval_loss"] for k, v in results.items()}}
 
-    def _pretrain_row(self, name: str, row: Recipe, callbacks: tuple = ()) -> dict:
+    def pretrain_row(self, name: str, row: Recipe, callbacks: tuple = ()) -> dict:
         """Pretrain one row to `pretrain_steps` (continuing from its last checkpoint), evaluate and save it."""
         from accelerate import PartialState
         from transformers import TrainingArguments
@@ -265,6 +265,10 @@ class Pipeline:
         trainer = MuPTrainer(model=model, args=args, optimizers=(optimizer, schedule),
                              train_dataset=order, eval_dataset=self.examples(val, seed=1),
                              data_collator=stack, callbacks=list(callbacks))
+        if not self.progress:  # the Trainer prints every log dict when its bar is off: the pipeline logs its own lines
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         trainer.train(resume_from_checkpoint=get_last_checkpoint(str(folder)) if folder.is_dir() else None)
         if trainer.state.global_step < row.steps:  # stopped early (a callback, a signal): not done
             return {"stopped_at": trainer.state.global_step}

@@ -75,12 +75,12 @@ def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     whole = Pipeline(preset, tmp_path / "whole", progress=False)
     whole.run(("search", "transfer"))
     row = whole.rows()["mutransfer"]
-    expected = whole._pretrain_row("mutransfer", row)["eval_loss"]
+    expected = whole.pretrain_row("mutransfer", row)["eval_loss"]
     shutil.copytree(tmp_path / "whole", tmp_path / "cut", ignore=shutil.ignore_patterns("pretrain"))
     cut = Pipeline(preset, tmp_path / "cut", progress=False)
-    assert cut._pretrain_row("mutransfer", row, callbacks=(StopAfter(5),)) == {"stopped_at": 5}
+    assert cut.pretrain_row("mutransfer", row, callbacks=(StopAfter(5),)) == {"stopped_at": 5}
     assert [c.name for c in (tmp_path / "cut" / "pretrain" / "mutransfer").glob("checkpoint-*")] == ["checkpoint-5"]
-    resumed = cut._pretrain_row("mutransfer", row)
+    resumed = cut.pretrain_row("mutransfer", row)
     assert resumed["eval_loss"] == pytest.approx(expected, abs=1e-5)
 
 
