@@ -21,6 +21,7 @@ from .errors import MuPError
 from .fold import fold
 from .lion import Lion
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
+from .muon import MuonAdamW
 from .optim import check_optimizer, mup_min_lrs, mup_optimizer, mup_param_groups
 from .rules import Kind, TensorRule, optimizer_family, timescale_of, weight_decay_from_timescale
 
@@ -46,6 +47,7 @@ __all__ = [
     "MuPModel",
     "MuPPlan",
     "MuPTrainer",
+    "MuonAdamW",
     "TensorRule",
     "check_optimizer",
     "convert",

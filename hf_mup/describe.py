@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .errors import MuPError
 from .model import get_plan, unwrap
-from .optim import scales_eps
+from .optim import DEFAULT_MUON_ADJUST, scales_eps
 from .plan import canonical_name, meta_model, norm_gains
 from .rules import Kind
 
@@ -32,6 +32,7 @@ class ParamInfo:
     sgd_lr_mult: float
     trainable: bool = True  # False: a fixed norm gain (`trainable_norm_gains=False`)
     adam_eps_mult: float = 1.0  # μP's factor on Adam's ε (width: 1/m_N, depth: m_L^-α)
+    muon_lr_mult: float | None = None  # a hidden matrix's LR factor under Muon ("match_rms_adamw"); None: Adam's
 
 
 class _RecordInit(TorchFunctionMode):
@@ -103,9 +104,10 @@ def parameter_table(model: nn.Module) -> list[ParamInfo]:
             init = f"={std:g}"
         else:
             init = how
+        muon = rule.muon_lr_mult(tuple(p.shape), DEFAULT_MUON_ADJUST) if rule.uses_muon(p.ndim) else None
         rows.append(
             ParamInfo(name, tuple(p.shape), rule.kind.value, rule.width_mult, init, rule.lr_mult("adamw"),
-                      rule.lr_mult("sgd"), id(p) not in fixed, rule.eps_mult("adamw"))
+                      rule.lr_mult("sgd"), id(p) not in fixed, rule.eps_mult("adamw"), muon)
         )
     shapes = {canonical_name(n): tuple(p.shape) for n, p in model.named_parameters()}
     for name, rule in plan.adapters.items():  # PEFT's init: A Kaiming-uniform (∝ 1/√fan-in), B zero
@@ -124,10 +126,12 @@ def describe(model: nn.Module) -> str:
     rows = parameter_table(model)
     assert plan is not None  # (parameter_table refused a stock model)
     eps = scales_eps(plan, "adamw")
-    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×") + (("Adam ε ×",) if eps else ())
+    header = ("parameter", "shape", "kind", "width m", "init std", "Adam LR ×", "SGD LR ×", "Muon LR ×") + (
+        ("Adam ε ×",) if eps else ())
     cells = [header] + [
         (r.name, "×".join(map(str, r.shape)), r.kind, f"{r.width_mult:g}", r.init_std,
-         *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}") if r.trainable else ("fixed", "fixed")),
+         *((f"{r.adam_lr_mult:g}", f"{r.sgd_lr_mult:g}", "Adam" if r.muon_lr_mult is None else f"{r.muon_lr_mult:g}")
+           if r.trainable else ("fixed", "fixed", "fixed")),
          *((f"{r.adam_eps_mult:g}",) if eps else ()))
         for r in rows
     ]
@@ -160,6 +164,9 @@ def describe(model: nn.Module) -> str:
         *([f"adapters: {len(plan.adapters)} LoRA-family tensors by their μP rules (hf_mup.rules, \"Adapters\"): A "
            "(width → rank) down, B (rank → width) input; mup_param_groups(..., adapters='plain') trains them at η"]
           if plan.adapters else []),
+        "Muon (hf_mup.MuonAdamW, adjust_lr_fn 'match_rms_adamw'): hidden matrices at the Muon column's factor, "
+        "√(fanout_m/fanin_m) × torch's adjustment at the base shape over this shape's (hf_mup.rules.TensorRule."
+        "muon_lr_mult); every other tensor ('Adam') by the Adam column, with Adam's ε",
         "readout input × " + (", ".join(f"{n} {s:g}" + (" (tied)" if n in plan.tied_readouts else "")
                                         for n, s in plan.readouts.items() if n not in plan.routers) or "nothing"),
         *([f"MoE routers and gates (readouts inside the blocks, stock init): input × "

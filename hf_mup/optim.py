@@ -17,8 +17,8 @@ from .adapters import ADAPTER_RULES, other_inits
 from .apply import PLAN_ATTR, fold_deepspeed_saves
 from .errors import MuPError
 from .model import get_plan, unwrap
-from .plan import MuPPlan, canonical_name, is_norm
-from .rules import ADAM_LIKE, Kind, TensorRule, optimizer_family, weight_decay_for_group
+from .plan import MuPPlan, canonical_name, is_norm, param_shape
+from .rules import ADAM_LIKE, MUON, Kind, TensorRule, muon_adjust, optimizer_family, weight_decay_for_group
 
 NoDecay = Callable[[str], bool] | Sequence[str] | None
 UNSCALED = "unscaled"  # the group kind of tensors trained at the plain LR: no μP rule, or adapters="plain"
@@ -26,6 +26,10 @@ UNSCALED = "unscaled"  # the group kind of tensors trained at the plain LR: no �
 INDEPENDENT_WD_WARN = 1e-2
 DEFAULT_EPS = 1e-8  # torch's Adam/AdamW ε: the base ε of depth-scaled groups when none is given
 NO_RULE = TensorRule(Kind.SCALAR)  # what a tensor without a μP rule (an adapter's) trains by: every factor 1
+MUON_UNDER_ZERO = ("Muon under DeepSpeed ZeRO: ZeRO flattens the parameters into 1-D partitions, and Muon orthogonalises "
+                   "whole matrices. Train Muon with DDP or FSDP2 (accelerate launch without DeepSpeed), or use AdamW "
+                   "under DeepSpeed.")
+DEFAULT_MUON_ADJUST = "match_rms_adamw"  # hf_mup.MuonAdamW's: Muon's update RMS matched to AdamW's, one LR for both
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -61,6 +65,7 @@ def mup_param_groups(
     no_decay: NoDecay = None,
     eps: float | None = None,
     adapters: str = "mup",
+    adjust_lr_fn: str | None = None,
 ) -> list[dict[str, Any]]:
     """Parameter groups for `torch.optim.*` with μP's per-tensor learning rates and weight decay.
 
@@ -80,8 +85,16 @@ def mup_param_groups(
     every group of an Adam-like optimizer carries its own `eps` (ε × the tensor's factor, `eps_mult`), which
     overrides the optimizer's: give the optimizer the same `eps=`, or build both with `hf_mup.mup_optimizer`.
     `check_optimizer` (run by hf_mup at every optimizer's first step) refuses an optimizer built with another ε.
+    Muon (`optimizer="muon"`, `hf_mup.MuonAdamW` or torch.optim.Muon): the hidden matrices get groups with
+    `use_muon: True`, torch's `adjust_lr_fn` (default "match_rms_adamw") and μP's Muon factor
+    (`hf_mup.rules.TensorRule.muon_lr_mult`); every other tensor Adam's rules, with `use_muon: False`.
     """
     family = optimizer_family(optimizer)
+    if family == MUON:
+        adjust_lr_fn = adjust_lr_fn or DEFAULT_MUON_ADJUST
+        muon_adjust((1, 1), adjust_lr_fn)  # refuses an adjust_lr_fn hf_mup has no factor for, before any work
+    elif adjust_lr_fn is not None:
+        raise MuPError(f"adjust_lr_fn={adjust_lr_fn!r} is Muon's: give optimizer='muon' (or hf_mup.MuonAdamW).")
     if adapters not in ADAPTER_RULES:
         raise MuPError(f"adapters={adapters!r}: use 'mup' (adapter tensors by their μP rules) or 'plain' (all at the "
                        "plain LR).")
@@ -101,7 +114,7 @@ def mup_param_groups(
     model_in, model = model, unwrap(model)
     skip_decay = no_decay_predicate(model, no_decay)
     per_group_eps = scales_eps(plan, family)
-    groups: dict[tuple[str, bool, float, float, float], dict[str, Any]] = {}
+    groups: dict[tuple[str, bool, float, float, float, bool], dict[str, Any]] = {}
     unscaled: list[str] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -113,11 +126,16 @@ def mup_param_groups(
             unscaled.append(name)
         kind = UNSCALED if rule is None else rule.kind.value
         rule = rule or NO_RULE
-        lr_mult, eps_mult = rule.lr_mult(family), rule.eps_mult(family)
+        muon = family == MUON and not adapter and rule.uses_muon(len(param_shape(p)))
+        if muon:
+            shape = tuple(param_shape(p))
+            lr_mult, eps_mult, width_mult = (rule.muon_lr_mult(shape, adjust_lr_fn), 1.0,
+                                             rule.muon_width_lr_mult(shape, adjust_lr_fn))
+        else:
+            lr_mult, eps_mult, width_mult = rule.lr_mult(family), rule.eps_mult(family), rule.width_lr_mult(family)
         decays = weight_decay != 0 and not skip_decay(name)
-        group_wd = (weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode, rule.width_lr_mult(family))
-                    if decays else 0.0)
-        key = (kind, adapter, lr_mult, group_wd, eps_mult)
+        group_wd = weight_decay_for_group(weight_decay, lr, lr_mult, weight_decay_mode, width_mult) if decays else 0.0
+        key = (kind, adapter, lr_mult, group_wd, eps_mult, muon)
         if key not in groups:
             groups[key] = {
                 "params": [],
@@ -130,7 +148,9 @@ def mup_param_groups(
             }
             if adapter:
                 groups[key]["mup_adapter"] = adapters
-            if per_group_eps:
+            if family == MUON:
+                groups[key].update(use_muon=muon, **({"adjust_lr_fn": adjust_lr_fn} if muon else {}))
+            if per_group_eps and not muon:
                 groups[key].update(eps=(DEFAULT_EPS if eps is None else eps) * eps_mult, eps_mult=eps_mult)
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
@@ -160,7 +180,8 @@ def adapter_rule(plan: MuPPlan, name: str, group: dict[str, Any]) -> TensorRule:
 
 def scales_eps(plan: MuPPlan, family: str) -> bool:
     """Whether μP's groups carry their own Adam ε for this plan and optimizer family (a factor ≠ 1 on some tensor)."""
-    return family == ADAM_LIKE and any(r.eps_mult(family) != 1.0 for r in [*plan.rules.values(), *plan.adapters.values()])
+    return family in (ADAM_LIKE, MUON) and any(
+        r.eps_mult(family) != 1.0 for r in [*plan.rules.values(), *plan.adapters.values()])
 
 
 def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW, lr: float = 1e-3,
@@ -174,12 +195,24 @@ def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = tor
     `optimizer.defaults["lr"]` (absolute end LRs) see the LR every group is relative to.
     """
     eps = optimizer_kwargs.get("eps", default_eps(optimizer))
+    muon = optimizer_family(optimizer) == MUON
+    adjust = optimizer_kwargs.get("adjust_lr_fn", default_adjust(optimizer)) if muon else None
     groups = mup_param_groups(model, lr, weight_decay, optimizer=optimizer, weight_decay_mode=weight_decay_mode,
-                              no_decay=no_decay, eps=eps, adapters=adapters)
+                              no_decay=no_decay, eps=eps, adapters=adapters, adjust_lr_fn=adjust)
     # (a torch.optim class takes `lr`: the base class's __init__, which the annotation gives, does not)
     built = cast(Callable[..., torch.optim.Optimizer], optimizer)(groups, lr=lr, **optimizer_kwargs)
     check_optimizer(model, built)
     return built
+
+
+def default_adjust(optimizer_cls: type) -> str | None:
+    """A Muon class's default `adjust_lr_fn` (torch.optim.Muon's None is "original"; hf_mup.MuonAdamW's is
+    "match_rms_adamw")."""
+    try:
+        default = inspect.signature(optimizer_cls).parameters["adjust_lr_fn"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, str) else "original"
 
 
 def default_eps(optimizer_cls: type) -> float | None:
@@ -207,8 +240,11 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
     if type(optimizer).__module__.startswith("deepspeed."):  # a ZeRO optimizer: its groups hold flat partitions
         from .zero import param_group_of
 
+        inner = getattr(optimizer, "optimizer", optimizer)  # (torch's inside)
+        if any(g.get("use_muon") for g in inner.param_groups) or isinstance(inner, torch.optim.Muon):
+            raise MuPError(MUON_UNDER_ZERO)
         fold_deepspeed_saves()
-        group_of, optimizer = param_group_of(optimizer), getattr(optimizer, "optimizer", optimizer)  # (torch's inside)
+        group_of, optimizer = param_group_of(optimizer), inner
     try:
         family = optimizer_family(optimizer)
     except MuPError:
@@ -227,30 +263,43 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
         if group.get("mup_unchecked"):  # a deliberately non-μP ablation (the lab's global LR, LoRA+)
             continue
         if "lr_mult" not in group:
+            cls = type(optimizer).__name__
+            build = ("hf_mup.mup_optimizer(model, hf_mup.MuonAdamW, lr=...) (Muon for the hidden matrices, AdamW for "
+                     "the rest: torch.optim.Muon holds 2-D tensors only)" if family == MUON else
+                     f"hf_mup.mup_optimizer(model, torch.optim.{cls}, lr=...) (or "
+                     f"torch.optim.{cls}(hf_mup.mup_param_groups(model, lr=...)))")
             raise MuPError(
-                f"The optimizer {type(optimizer).__name__} has no μP parameter groups (parameter {name!r} is in a "
-                "plain group), so every tensor would train at the same LR. Build it with "
-                f"hf_mup.mup_optimizer(model, torch.optim.{type(optimizer).__name__}, lr=...) (or "
-                f"torch.optim.{type(optimizer).__name__}(hf_mup.mup_param_groups(model, lr=...))); with the "
-                "transformers Trainer, use hf_mup.MuPTrainer in its place."
+                f"The optimizer {cls} has no μP parameter groups (parameter {name!r} is in a plain group), so every "
+                f"tensor would train at the same LR. Build it with {build}; with the transformers Trainer, use "
+                "hf_mup.MuPTrainer in its place."
             )
         rules_for = group.get("mup_optimizer", family)
-        if family is not None and rules_for != family:
+        # a Muon plan's Adam groups may train in an Adam-like optimizer of their own (Muon's beside it)
+        adam_half = rules_for == MUON and family == ADAM_LIKE and group.get("use_muon") is False
+        if family is not None and rules_for != family and not adam_half:
             raise MuPError(
                 f"The parameter groups were made for {rules_for!r} but the optimizer is {type(optimizer).__name__}: "
                 f"pass optimizer={family!r} to hf_mup.mup_param_groups."
             )
         rule = plan.rules.get(name) or adapter_rule(plan, name, group)
-        expected = rule.lr_mult(rules_for)
         assert rules_for is not None  # (lr_mult raised a MuPError for None: no rules for an optimizer "NoneType")
+        by_muon = group.get("use_muon", isinstance(optimizer, torch.optim.Muon))  # torch's Muon updates all it holds
+        if by_muon and not rule.uses_muon(len(param_shape(p))):
+            raise MuPError(f"Parameter {name!r} (shape {tuple(param_shape(p))}, {rule.kind.value}) is updated by "
+                           "Muon, which μP reserves for hidden matrices: train it with AdamW, as hf_mup.MuonAdamW "
+                           "does with hf_mup.mup_param_groups(model, lr, optimizer='muon').")
+        adjust = group.get("adjust_lr_fn", optimizer.defaults.get("adjust_lr_fn"))
+        expected = rule.muon_lr_mult(tuple(param_shape(p)), adjust) if by_muon else rule.lr_mult(rules_for)
         if not math.isclose(group["lr_mult"], expected, rel_tol=1e-6):
             raise MuPError(
-                f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}; "
-                "build the groups with hf_mup.mup_param_groups(model, ...) for this model."
+                f"Parameter {name!r} is in a group with lr_mult {group['lr_mult']:g}, but μP needs {expected:g}"
+                + (f" for Muon with adjust_lr_fn={adjust!r}" if by_muon else "")
+                + "; build the groups with hf_mup.mup_param_groups(model, ...) for this model"
+                + (" and optimizer." if by_muon else ".")
             )
         if rules_for not in eps_scaled:
             eps_scaled[rules_for] = scales_eps(plan, rules_for)
-        if eps_scaled[rules_for]:
+        if eps_scaled[rules_for] and not by_muon:
             eps_checks.append((name, group, rule.eps_mult(rules_for)))
     base_eps = {_check_eps(*check) for check in eps_checks}  # after every LR: a wrong LR is the first thing to name
     default_eps = optimizer.defaults.get("eps")

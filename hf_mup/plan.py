@@ -389,7 +389,7 @@ def make_plan(model: nn.Module, mup: MuPConfig, arch: Architecture | None = None
         if rule.kind is Kind.READOUT and in_attention(name):
             # A projection inside attention with a fixed fan-out (multi-query k/v: one head at every width) is not
             # the network's output: it gets the hidden rule (σ/√m init, η/m Adam LR), as in Lingle (2024).
-            rule = TensorRule(Kind.HIDDEN, rule.fanin_mult, rule.fanout_mult)
+            rule = replace(rule, kind=Kind.HIDDEN)
         rules[name] = rule
 
     def with_width_and_depth(name: str, rule: TensorRule) -> TensorRule:  # Adam's ε and CompleteP's factors

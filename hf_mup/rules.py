@@ -65,7 +65,12 @@ from .errors import MuPError
 # which applies.
 ADAM_LIKE = "adamw"
 SGD_LIKE = "sgd"
-FAMILIES = (ADAM_LIKE, SGD_LIKE)
+# Muon (`hf_mup.MuonAdamW`, torch.optim.Muon): orthogonalised momentum for the hidden matrices, Adam's rules for the
+# rest (embeddings, readout, norms, biases, 3-D expert tensors), as Muon is used.
+MUON = "muon"
+FAMILIES = (ADAM_LIKE, SGD_LIKE, MUON)
+# torch.optim.Muon's `adjust_lr_fn`s (None is "original"); hf_mup's Muon factor undoes each one's width dependence.
+MUON_ADJUST = ("original", "match_rms_adamw")
 
 # Class names (lower case, with the bitsandbytes "paged" prefix and "8bit"/"32bit" suffixes removed) and
 # `TrainingArguments.optim` names of each family.
@@ -73,6 +78,7 @@ FAMILIES = (ADAM_LIKE, SGD_LIKE)
 # Adam-like; Lingle (2024) found that μTransfer of the LR fails with it (README, hf_mup/lion.py).
 _ADAM_CLASSES = {"adam", "adamw", "nadam", "radam", "adamax", "sparseadam", "adagrad", "rmsprop", "adamwfp8", "lion"}
 _SGD_CLASSES = {"sgd"}
+_MUON_CLASSES = {"muon", "muonadamw"}
 _ADAM_OPTIMS = {
     "adamw", "adam", "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused",
     "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit",
@@ -80,6 +86,7 @@ _ADAM_OPTIMS = {
     "lion", "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit",
 }
 _SGD_OPTIMS = {"sgd"}
+_MUON_OPTIMS = {"muon"}
 # Optimizers with no μP rule, and why (checked by substring of the lower-case name).
 _REFUSED = {
     "adafactor": "Adafactor's relative step size and parameter scaling size each update by the tensor's RMS, which "
@@ -101,7 +108,8 @@ def _class_key(name: str) -> str:
 
 
 def optimizer_family(optimizer: object) -> str:
-    """The μP rule family (`"adamw"` or `"sgd"`) of an optimizer class, instance, or name; a `MuPError` otherwise.
+    """The μP rule family (`"adamw"`, `"sgd"` or `"muon"`) of an optimizer class, instance, or name; a `MuPError`
+    otherwise.
 
     Usage: `optimizer_family(torch.optim.Adamax)`, `optimizer_family("adamw_torch_fused")`, `optimizer_family(opt)`
 
@@ -110,11 +118,13 @@ def optimizer_family(optimizer: object) -> str:
     if isinstance(optimizer, str) or hasattr(optimizer, "value"):  # a name, or TrainingArguments' OptimizerNames
         name = str(getattr(optimizer, "value", optimizer))
         key, label = name.lower(), f"optim={name!r}"
-        family = ADAM_LIKE if key in _ADAM_OPTIMS else SGD_LIKE if key in _SGD_OPTIMS else None
+        family = next((f for f, names in ((ADAM_LIKE, _ADAM_OPTIMS), (SGD_LIKE, _SGD_OPTIMS), (MUON, _MUON_OPTIMS))
+                       if key in names), None)
     else:
         cls = optimizer if isinstance(optimizer, type) else type(optimizer)
         key, label = _class_key(cls.__name__), cls.__name__
-        family = next((f for c in cls.__mro__ for f, names in ((ADAM_LIKE, _ADAM_CLASSES), (SGD_LIKE, _SGD_CLASSES))
+        family = next((f for c in cls.__mro__ for f, names in ((ADAM_LIKE, _ADAM_CLASSES), (SGD_LIKE, _SGD_CLASSES),
+                                                               (MUON, _MUON_CLASSES))
                        if _class_key(c.__name__) in names), None)
     if family is not None:
         return family
@@ -151,6 +161,8 @@ class TensorRule:
     depth_alpha: float = 1.0
     stock_init_depth_power: float = 0.0  # the stock init std ∝ layers^-power (GPT-2's c_proj: 0.5)
     eps_width_mult: float = 1.0  # m_N where Adam's ε scales as 1/m_N (`MuPConfig.eps_width_scaling`), else 1
+    fan_in_dim: int | None = None  # which dimensions of the tensor are its fan-in and fan-out (Muon's factor needs
+    fan_out_dim: int | None = None  # its shape at the base width); None where unknown or absent
 
     @property
     def width_mult(self) -> float:
@@ -166,7 +178,7 @@ class TensorRule:
 
     def width_lr_mult(self, optimizer: object = "adamw") -> float:
         """The width part of `lr_mult` (what weight decay's "width_independent" mode divides by)."""
-        if optimizer_family(optimizer) == ADAM_LIKE:
+        if _adam_like(optimizer):
             return 1.0 / self.fanin_mult if self.kind in _FANIN_SCALED else 1.0
         if self.kind in _FANIN_SCALED:
             return self.fanout_mult / self.fanin_mult
@@ -174,16 +186,61 @@ class TensorRule:
 
     def lr_mult(self, optimizer: object = "adamw") -> float:
         """Factor on the user's learning rate for this tensor, for an optimizer family, name or class."""
-        adam = optimizer_family(optimizer) == ADAM_LIKE
+        adam = _adam_like(optimizer)
         depth: float = self.depth_mult ** (self.depth_alpha - 1 if adam else 2 * self.depth_alpha - 1)
         return self.width_lr_mult(optimizer) * depth
 
     def eps_mult(self, optimizer: object = "adamw") -> float:
         """Factor on Adam's ε for this tensor: 1/m_N (width) × m_L^-α (depth); 1 for SGD, which has none."""
-        if optimizer_family(optimizer) != ADAM_LIKE:
+        if not _adam_like(optimizer):
             return 1.0
         depth: float = self.depth_mult**-self.depth_alpha
         return 1.0 / self.eps_width_mult * depth
+
+    def uses_muon(self, ndim: int) -> bool:
+        """Whether Muon updates this tensor (a hidden matrix: 2-D, both fans growing with width); Adam's rules train
+        the others (embeddings, readout, norms, biases, 3-D expert tensors) in a Muon optimizer."""
+        return self.kind is Kind.HIDDEN and ndim == 2 and self.fan_in_dim is not None and self.fan_out_dim is not None
+
+    def muon_width_lr_mult(self, shape: tuple[int, ...], adjust_lr_fn: str | None = None) -> float:
+        """The width part of `muon_lr_mult` (what weight decay's "width_independent" mode divides by)."""
+        assert self.fan_in_dim is not None and self.fan_out_dim is not None  # (uses_muon)
+        base = [float(n) for n in shape]
+        base[self.fan_in_dim] /= self.fanin_mult
+        base[self.fan_out_dim] /= self.fanout_mult
+        spectral = math.sqrt(self.fanout_mult / self.fanin_mult)
+        factor = spectral * muon_adjust(base, adjust_lr_fn) / muon_adjust(shape, adjust_lr_fn)
+        return float(f"{factor:.12g}")  # (tensors whose factors differ in the last bits share a group)
+
+    def muon_lr_mult(self, shape: tuple[int, ...], adjust_lr_fn: str | None = None) -> float:
+        """Factor on the user's learning rate for a hidden matrix that Muon updates with `adjust_lr_fn`.
+
+        Muon's orthogonalised update O has a spectral norm of about 1, and torch scales it by `muon_adjust` of the
+        shape. The spectral condition for feature learning (Yang, Simon & Bernstein 2023) asks for an update of
+        spectral norm ∝ √(fan-out/fan-in); anchored at the base width, the factor is √(fanout_m/fanin_m) × torch's
+        adjustment at the base shape over its adjustment at this shape. "original" (√max(1, A/B)) keeps a hidden
+        matrix's ratio of dimensions, hence the factor 1: its LR transfers as it is; "match_rms_adamw" (0.2·√max(A,
+        B)) grows as √m, which the factor 1/√m undoes. Depth: Adam's m_L^(α-1) (both updates are normalised).
+        """
+        depth: float = self.depth_mult ** (self.depth_alpha - 1)
+        return self.muon_width_lr_mult(shape, adjust_lr_fn) * depth
+
+
+def _adam_like(optimizer: object) -> bool:
+    """Adam's rules apply: an Adam-like optimizer, or the tensors Muon leaves to its Adam (`TensorRule.uses_muon`)."""
+    return optimizer_family(optimizer) in (ADAM_LIKE, MUON)
+
+
+def muon_adjust(shape: tuple[int, ...] | list[float], adjust_lr_fn: str | None) -> float:
+    """torch.optim.Muon's factor on the LR of a matrix of `shape` (its `_adjust_lr`): "original" (or None)
+    √max(1, A/B), "match_rms_adamw" 0.2·√max(A, B), for shape (A, B)."""
+    a, b = float(shape[0]), float(shape[1])
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1.0, a / b))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(a, b))
+    raise MuPError(f"Muon's adjust_lr_fn={adjust_lr_fn!r}: use 'original' or 'match_rms_adamw' (torch.optim.Muon's; "
+                   "hf_mup's factor makes either transfer across width).")
 
 
 def classify(
@@ -218,7 +275,7 @@ def classify(
         kind = Kind.READOUT
     else:
         kind = Kind.SCALAR
-    return TensorRule(kind, fanin_mult, fanout_mult)
+    return TensorRule(kind, fanin_mult, fanout_mult, fan_in_dim=fan_in_dim, fan_out_dim=fan_out_dim)
 
 
 def attention_scale_factor(attn_mult: float, head_dim: int, base_head_dim: int, scale: str = "1/d") -> float:

@@ -18,9 +18,9 @@ from transformers.trainer_utils import TrainOutput
 from .config import MuPConfig
 from .errors import MuPError
 from .model import MuPModel, is_mup, unwrap
-from .optim import base_lr, check_optimizer, default_eps, mup_param_groups
+from .optim import MUON_UNDER_ZERO, base_lr, check_optimizer, default_adjust, default_eps, mup_param_groups
 from .plan import canonical_name
-from .rules import optimizer_family, weight_decay_from_timescale
+from .rules import MUON, optimizer_family, weight_decay_from_timescale
 
 KINDS = ("hidden", "input", "readout", "down")
 # How each of transformers' `lr_scheduler_type`s keeps μP's per-group LR ratios under MuPTrainer. "relative": it
@@ -132,6 +132,8 @@ class MuPTrainer(Trainer):
             # (transformers annotates PreTrainedModel; its own create_optimizer passes any nn.Module model here)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(
                 self.args, opt_model)  # type: ignore[arg-type]
+        if family == MUON and getattr(self, "is_deepspeed_enabled", False):
+            raise MuPError(MUON_UNDER_ZERO)
         decay = _decayed_names(opt_model, self.get_decay_parameter_names(opt_model))
         groups = mup_param_groups(
             opt_model,
@@ -142,6 +144,7 @@ class MuPTrainer(Trainer):
             no_decay=lambda name: name not in decay,
             eps=optimizer_kwargs.get("eps", default_eps(optimizer_cls)),
             adapters=self.mup_adapters,
+            adjust_lr_fn=optimizer_kwargs.get("adjust_lr_fn", default_adjust(optimizer_cls)) if family == MUON else None,
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)

@@ -23,11 +23,14 @@ def _run(out: Path, *launch_args: str, script_args=()) -> dict:
     return json.loads(out.read_text())
 
 
+def _one_process(out: Path, *script_args: str) -> dict:
+    return _run(out, "--cpu", "--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                script_args=["--batch-size", "8", *script_args])
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "out.json"
-    return _run(out, "--cpu", "--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                script_args=["--batch-size", "8"])
+    return _one_process(tmp_path_factory.mktemp("single") / "out.json")
 
 
 def _two_processes(tmp_path, *script_args):
@@ -52,3 +55,16 @@ def test_two_processes_equal_one_on_doubled_batch(single, tmp_path, mode):
     assert result["lr_mults"] == [0.5, 1.0]
     assert result["readout_scale"] == 4.0 / 2
     assert result["attn_scaling"] == [16**-0.5] * 2
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_muon_two_processes_equal_one(tmp_path, mode):
+    # Muon orthogonalises each hidden matrix's whole (allreduced) gradient: under DDP every process holds the matrix;
+    # under FSDP2 each holds a shard (a DTensor) and the Newton-Schulz iteration runs on DTensors.
+    single = _one_process(tmp_path / "single.json", "--muon")
+    result = _two_processes(tmp_path, "--muon", *(["--fsdp"] if mode == "fsdp2" else []))
+    assert result["sharded"] == (mode == "fsdp2") and result["process_group_alive"] is False
+    assert result["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    for name, value in single["param_sums"].items():
+        assert result["param_sums"][name] == pytest.approx(value, rel=1e-4), name
+    assert result["lr_mults"] == pytest.approx([2**-0.5, 1.0])  # Muon's 1/√m (match_rms_adamw), Adam's η

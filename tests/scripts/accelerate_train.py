@@ -22,6 +22,7 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--batch-size", type=int, default=4, help="per process")
 parser.add_argument("--steps", type=int, default=4)
 parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2's fully_shard")
+parser.add_argument("--muon", action="store_true", help="hf_mup.MuonAdamW (Newton-Schulz in float32) for AdamW")
 args = parser.parse_args()
 
 accelerator = Accelerator(cpu=True)
@@ -36,7 +37,10 @@ if args.fsdp:
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)
-optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
+if args.muon:
+    optimizer = hf_mup.mup_optimizer(model, hf_mup.MuonAdamW, lr=1e-2, weight_decay=0.1, ns_dtype=torch.float32)
+else:
+    optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
 if args.fsdp:
     optimizer, loader = accelerator.prepare(optimizer, loader)
 else:
