@@ -13,7 +13,7 @@ from ..errors import MuPError
 from ..extras import require
 from ..logs import progress_enabled, quiet_progress_bars
 from .configs import load_config
-from .coord_check import DEFAULT_BAND
+from .coord_check import COORD_CHECK_OPTIMIZERS, DEFAULT_BAND
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "vocab.txt")
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="gpt2", help="gpt2, bert, llama or mixtral")
     p.add_argument("--widths", default="64,128,256,512", help="comma-separated, increasing")
     p.add_argument("--steps", type=int, default=3, help="forwards recorded, t=0 at init (the band holds for 3)")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
+    p.add_argument("--optimizer", default="adamw", choices=list(COORD_CHECK_OPTIMIZERS))
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--parametrization", default="mup,sp", help="comma-separated: mup, sp, mup_global_lr")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged (a μP verdict needs 2 or more)")

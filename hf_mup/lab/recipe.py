@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,7 +31,9 @@ ARCHS = ("gpt2", "bert", "llama", "mixtral")  # BERT trains as a masked LM, the 
 # "mup_global_lr": a μP model trained with one LR for every tensor, deliberately broken (a coordinate check must
 # catch it; hf_mup's first-step check would refuse it, so its group is marked unchecked).
 PARAMETRIZATIONS = ("mup", "sp", "mup_global_lr")
-OPTIMIZERS = ("adamw", "lion")
+# "muon": hf_mup.MuonAdamW (Muon on the hidden matrices, AdamW on the rest; torch's "match_rms_adamw" with μP's
+# factor); "muon_torch": the same without μP's factor on Muon's groups (torch's LR scaling as it is: the ablation)
+OPTIMIZERS = ("adamw", "lion", "muon", "muon_torch")
 SCHEDULES = ("cosine", "linear")  # after the linear warmup, down to final_lr_frac of the LR
 WEIGHT_DECAY_MODES = ("width_independent", "coupled", "independent")  # hf_mup.rules.weight_decay_for_group
 SP_INITS = ("fixed", "fan_in")  # SP's init std: initializer_range, or 1/√width
@@ -270,12 +272,17 @@ class Recipe:
                             self.weight_decay_mode, self.decay_norms_and_biases, self.eps, self.adapters)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW or Lion over `param_groups(model)`, with the recipe's β, ε and weight decay."""
+        """AdamW, Lion or Muon with AdamW over `param_groups(model)`, with the recipe's β, ε and weight decay."""
         from ..lion import Lion
+        from ..muon import MuonAdamW
 
         groups = self.param_groups(model)
         if self.optimizer == "lion":
             return Lion(groups, lr=self.lr, betas=self.betas, weight_decay=self.decay)
+        if self.optimizer.startswith("muon"):  # (Newton-Schulz in float32 off the GPU: CPUs emulate bfloat16)
+            cuda = any(p.is_cuda for p in model.parameters())
+            return MuonAdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.decay,
+                             ns_dtype=torch.bfloat16 if cuda else torch.float32)
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.decay)
 
     def lr_factor(self) -> Callable[[int], float]:
@@ -366,14 +373,18 @@ def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: s
     decay off on biases and norm weights unless `decay_norms_and_biases`; "mup_global_lr" one group at one LR,
     marked unchecked (it is broken on purpose). `adapters` (a μP model's PEFT adapters): "mup", "plain", or
     "loraplus" (plain, B's LR × `LORAPLUS_RATIO`; those groups are marked unchecked: no μP rule gives them).
+    `optimizer` "muon": Muon's groups (`use_muon`) for the hidden matrices — under SP every 2-D weight but the
+    embeddings and the output layer, as Muon is used — and AdamW's for the rest; "muon_torch": μP's groups with
+    Muon's at the plain LR (marked unchecked).
 
     Usage: `groups = param_groups(model, "sp", lr=1e-4, weight_decay=0.01)`
     """
     from ..optim import mup_param_groups, no_decay_predicate
 
     no_decay = () if decay_norms_and_biases else None  # None: biases and norm weights (the Trainer's rule)
+    muon = optimizer.startswith("muon")
     if parametrization == "mup":
-        groups = mup_param_groups(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+        groups = mup_param_groups(model, lr=lr, optimizer="muon" if muon else optimizer, weight_decay=weight_decay,
                                   weight_decay_mode=weight_decay_mode, no_decay=no_decay, eps=eps,
                                   adapters="mup" if adapters == "loraplus" else adapters)
         for g in groups if adapters == "loraplus" else []:
@@ -383,15 +394,26 @@ def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: s
                          mup_adapter="loraplus", mup_unchecked=True)
                 if "eps" in g:
                     g.update(eps=g["eps"] / g["eps_mult"], eps_mult=1.0)
+        for g in groups if optimizer == "muon_torch" else []:
+            if g["use_muon"]:
+                g.update(lr=lr, lr_mult=1.0, weight_decay=weight_decay if g["weight_decay"] else 0.0, mup_unchecked=True)
         return groups
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if parametrization == "mup_global_lr":
         return [{"params": [p for _, p in params], "lr": lr, "mup_unchecked": True}]
-    if weight_decay == 0 or decay_norms_and_biases:  # one group: the optimizer's own weight_decay applies
-        return [{"params": [p for _, p in params], "lr": lr}]
-    skip = no_decay_predicate(model, no_decay)
-    return [g for g in ({"params": [p for n, p in params if not skip(n)], "lr": lr, "weight_decay": weight_decay},
-                        {"params": [p for n, p in params if skip(n)], "lr": lr, "weight_decay": 0.0}) if g["params"]]
+    skip = no_decay_predicate(model, no_decay) if weight_decay and not decay_norms_and_biases else (lambda n: False)
+    head = cast(Any, model).get_output_embeddings()  # Muon leaves the embedding tables and the output layer to AdamW
+    outer = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | (
+        {id(head.weight)} if head is not None else set())
+    by_muon = (lambda p: p.ndim == 2 and id(p) not in outer) if muon else (lambda p: False)
+    groups = []
+    for use_muon in (True, False):
+        for decays in (True, False):
+            ps = [p for n, p in params if by_muon(p) == use_muon and skip(n) != decays]
+            if ps:
+                groups.append({"params": ps, "lr": lr, "weight_decay": weight_decay if decays else 0.0,
+                               **({"use_muon": use_muon} if muon else {})})
+    return groups
 
 
 def warmup_steps(steps: int, warmup_frac: float) -> int:

@@ -146,3 +146,23 @@ def test_plot(gpt2_records, tmp_path):
     path = tmp_path / "coord.png"
     plot([r for r in gpt2_records if r["parametrization"] != "mup_global_lr"], str(path))
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_muon_mup_is_flat_sp_grows():
+    # hf_mup.MuonAdamW (match_rms_adamw, μP's Muon factor) on the μP model, against the stock model with Muon as
+    # torch scales it. Measured (seeds 0, 1; lr 1e-2): every μP slope within [-0.49, +0.05] (the readout at init is
+    # the -0.49); SP's attention and MLP outputs +0.5..+1.35 at t1 and t2, its logits +0.5..+0.9.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        records = coord_check("gpt2", widths=(64, 128, 256, 512), steps=3, lr=1e-2, optimizer="muon", seeds=(0, 1),
+                              parametrizations=("mup", "sp"))
+    finally:
+        torch.set_num_threads(threads)
+    bad = verdict(slopes(records))
+    assert not bad, f"μP slopes outside {DEFAULT_BAND}:\n{_describe(bad)}"
+    table = _table(records)
+    for t in (1, 2):
+        assert table[("sp", "lm_head", t)] > SP_LOGITS_MIN
+        assert table[("sp", "transformer.h.1.mlp", t)] > 0.6 and table[("mup", "transformer.h.1.mlp", t)] < 0.1
