@@ -249,7 +249,8 @@ def plot_lr_transfer(optima: dict, spec: dict, path: Path, metric: str = "train_
     tokens = "bytes" if d["tokenizer"] == "bytes" else f"BPE {d['vocab_size']}"
     names = {"gpt2": "GPT-2", "bert": "BERT masked LM", "llama": "Llama", "mixtral": "Mixtral (MoE)"}
     model = names.get(r["arch"], r["arch"])
-    optimizer = {"adamw": "AdamW", "lion": "Lion"}[r["optimizer"]]
+    optimizer = {"adamw": "AdamW", "lion": "Lion", "muon": "Muon (μP)", "muon_torch": "Muon (torch's LR)"}.get(
+        r["optimizer"], r["optimizer"])
     fig.suptitle(f"{model}, {r['layers']} layers, head size {r['head_dim']}, seq {r['seq_len']}, {text} as "
                  f"{tokens}, {r['steps']} {optimizer} steps, batch {r['batch_size']}; ★ = best LR per width",
                  fontsize=10)
