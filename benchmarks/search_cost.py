@@ -14,8 +14,12 @@ For each method and search seed (`--seeds`, 3):
    - "random": the same with random sampling;
    - "asha": TPE with successive halving (`--pruner asha`, reduction factor 3): a trial reports its validation
      loss every `steps // 9` steps and continues past steps/9 and steps/3 only while in the best third of the
-     trials that reached that step (compared at equal steps, hence equal tokens; nothing stopped before steps/9).
-   The full-length searches also record their validation curves (not part of today's cost: counted apart).
+     trials that reached that step (compared at equal steps, hence equal tokens; nothing stopped before steps/9);
+   - "asha_guarded": the same with the minimum resource at steps/3 (`--min-steps`), where comparing early no longer
+     favours high LRs as much (the curves below measure it).
+   The full-length searches also record their validation curves every steps/9 (not part of today's cost: counted
+   apart). TPE's first 10 trials are random draws from the same seed as the random search's: tpe and random share
+   them (a paired comparison; with 12 trials they often share the winner).
 2. transfer: the winner copied to the target (`hf_mup.lab.transfer`, rule "copy", as the pipeline does).
 3. pretrain: the target trained with it, the pipeline's "mutransfer" row (`Pipeline.pretrain_row`).
 4. report: per run the search's training FLOPs as a fraction of the target's pretraining FLOPs (what `cost.json`
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -53,9 +58,11 @@ from hf_mup.lab.transfer import transfer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parents[1] / "out" / "search_cost"
-METHODS = {"tpe": ("tpe", "none"), "random": ("random", "none"), "asha": ("tpe", "asha")}  # sampler, pruner
-REDUCTION = 3
-RUNGS = 9  # the first rung at steps // 9: two rounds of successive halving by 3 fit in a trial
+# sampler, pruner, and the report interval as a fraction of the trial: the pruner's first rung (its minimum resource);
+# the full-length searches record their curves at it
+METHODS = {"tpe": ("tpe", "none", 9), "random": ("random", "none", 9), "asha": ("tpe", "asha", 9),
+           "asha_guarded": ("tpe", "asha", 3)}
+REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, steps/3 (asha); steps/3 (guarded)
 
 
 def preset_of(arch: str, name: str, quick: bool) -> Preset:
@@ -73,8 +80,8 @@ def search(pipe: Pipeline, method: str, seed: int, storage: str) -> object:
     tok, train, val = pipe.data()
     spec = sw.SweepSpec("tune", p.proxy_recipe(len(tok)), pipe.corpus(), p.log2_lr_range, name=p.name)
     study = open_study(f"{method}_s{seed}", storage, spec.stamp((train, val)))
-    sampler, pruner = METHODS[method]
-    every = max(1, p.search_steps // RUNGS)
+    sampler, pruner, rungs = METHODS[method]
+    every = max(1, p.search_steps // rungs)
     study.sampler = sw.make_sampler(sampler, seed, len(study.trials))
     study.pruner = make_pruner(pruner, p.search_steps, every, REDUCTION)
     sw.run_tune(study, spec, p.search_trials, (train, val), progress=False, eval_every=every)
@@ -99,7 +106,9 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
     final_eval = 2.0 * proxy_n * val_tokens * len(trials)
     reports = 2.0 * proxy_n * val_tokens * sum(len(t.intermediate_values) for t in trials)
     target_flops = result.cost["target_flops"]
-    row = pipe.pretrain_row(f"{method}_s{seed}", result.recipe)
+    # one folder per transferred recipe: two searches with the same winner share its pretraining
+    key = hashlib.sha1(json.dumps(result.recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    row = pipe.pretrain_row(f"target_{key}", result.recipe)
     winner = result.source
     return {
         "method": method, "seed": seed, "trials": len(trials),
@@ -168,8 +177,8 @@ def summarize(runs: list[dict]) -> dict:
         frac = [r["fraction"] for r in rs]
         out[method] = {
             "seeds": len(rs), "fraction_mean": statistics.fmean(frac),
-            "fraction_with_evals_mean": statistics.fmean(
-                r["fraction"] + r["final_eval_fraction"] + (r["report_eval_fraction"] if method == "asha" else 0.0)
+            "fraction_with_evals_mean": statistics.fmean(  # a pruned search's reports are its cost; curves are not
+                r["fraction"] + r["final_eval_fraction"] + r["report_eval_fraction"] * (METHODS[method][1] != "none")
                 for r in rs),
             "target_loss_mean": statistics.fmean(loss), "target_loss_sd": statistics.stdev(loss) if len(rs) > 1 else 0.0,
             "target_loss_range": max(loss) - min(loss), "winner_log2_lr_mean": statistics.fmean(
@@ -255,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = out / f"{name}_runs.jsonl"
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for r in runs:  # (JSON keys are strings: the steps back to ints)
+        for c in r["curves"]:
+            c["losses"] = {int(k): v for k, v in c["losses"].items()}
     done = {(r["method"], r["seed"]) for r in runs}
     todo = [(m, s) for s in range(args.seeds) for m in methods if (m, s) not in done]
     start = time.time()
@@ -273,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
     result = {"command": command, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
-        "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in methods}, "rungs": RUNGS,
+        "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in methods},
         "reduction": REDUCTION, "summary": summary, "early_bias": bias,
         "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
