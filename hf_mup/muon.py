@@ -12,7 +12,7 @@ matched to AdamW's), so one learning rate serves both parts; μP's factor (`hf_m
 makes it transfer across width.
 
 `ns_dtype`: torch runs Newton-Schulz in bfloat16 (the default here too, and then the update is torch's to the bit);
-CPUs without bfloat16 matrix units emulate it hundreds of times slower than float32, so on such a CPU give
+CPUs without bfloat16 matrix units emulate it many times slower than float32, so on such a CPU give
 `ns_dtype=torch.float32` (the same iteration, in float32).
 """
 from __future__ import annotations
