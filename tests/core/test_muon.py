@@ -221,3 +221,15 @@ def test_trainer_trains_with_muon_and_resumes_exactly(tmp_path):
     ref = dict(whole.model.named_parameters())
     for name, p in resumed.model.named_parameters():
         torch.testing.assert_close(p, ref[name], rtol=0, atol=0, msg=name)
+
+
+def test_lora_adapters_train_by_adams_rules_beside_muon():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_model(256), peft.LoraConfig(r=4, target_modules=["c_attn", "c_fc"],
+                                                            fan_in_fan_out=True, task_type="CAUSAL_LM"))
+    opt = hf_mup.mup_optimizer(model, MuonAdamW, lr=0.01)
+    groups = {n: g for g in opt.param_groups for n in g["param_names"]}
+    assert groups and not any(g["use_muon"] for g in groups.values())  # the frozen matrices: no Muon group
+    lora_a = next(n for n in groups if "lora_A" in n)
+    assert groups[lora_a]["lr_mult"] == pytest.approx(0.25) and groups[lora_a]["mup_adapter"] == "mup"  # A: η/m
+    _train(model, [opt], 1)
