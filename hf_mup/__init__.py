@@ -21,13 +21,13 @@ from .errors import MuPError
 from .fold import fold
 from .lion import Lion
 from .model import MuPModel, MuPPlan, convert, get_plan, is_mup
-from .muon import MuonAdamW
 from .optim import check_optimizer, mup_min_lrs, mup_optimizer, mup_param_groups
 from .rules import Kind, TensorRule, optimizer_family, timescale_of, weight_decay_from_timescale
 
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:  # for type checkers; at run time `__getattr__` imports them on first use
+    from .muon import MuonAdamW
     from .trainer import MuPTrainer, mup_model_init
 
 
@@ -37,6 +37,10 @@ def __getattr__(name: str) -> _typing.Any:
         from . import trainer
 
         return getattr(trainer, name)
+    if name == "MuonAdamW":  # torch.optim.Muon came with torch 2.9: only its users need it
+        from .muon import MuonAdamW
+
+        return MuonAdamW
     raise AttributeError(f"module 'hf_mup' has no attribute {name!r}")
 
 __all__ = [

@@ -5,15 +5,14 @@ checkpoints and accelerate see one ordinary torch optimizer.
 Usage: `opt = hf_mup.mup_optimizer(model, hf_mup.MuonAdamW, lr=2e-3, weight_decay=0.1)`
 
 Each group says which update it takes (`use_muon`, set by `hf_mup.mup_param_groups(..., optimizer="muon")`): Muon
-groups run torch.optim.Muon's update (torch's functional `muon`: momentum, Newton-Schulz orthogonalisation,
-`adjust_lr_fn`, decoupled decay lr·wd), the others torch's AdamW (its functional `adam` with decoupled decay, the
-same kernels as torch.optim.AdamW). The default `adjust_lr_fn` is Moonlight's "match_rms_adamw" (the update's RMS
-matched to AdamW's), so one learning rate serves both parts; μP's factor (`hf_mup.rules.TensorRule.muon_lr_mult`)
-makes it transfer across width.
+groups run torch.optim.Muon's update (its `_single_tensor_muon`: momentum, Newton-Schulz orthogonalisation,
+`adjust_lr_fn`, decoupled decay lr·wd; bit for bit in bfloat16, tested), the others torch's AdamW (its functional
+`adam` with decoupled decay, the same kernels as torch.optim.AdamW). The default `adjust_lr_fn` is Moonlight's
+"match_rms_adamw" (the update's RMS matched to AdamW's), so one learning rate serves both parts; μP's factor
+(`hf_mup.rules.TensorRule.muon_lr_mult`) makes it transfer across width.
 
-`ns_dtype`: torch runs Newton-Schulz in bfloat16 (the default here too, and then the update is torch's to the bit);
-CPUs without bfloat16 matrix units emulate it many times slower than float32, so on such a CPU give
-`ns_dtype=torch.float32` (the same iteration, in float32).
+`ns_dtype`: torch runs Newton-Schulz in bfloat16 (the default here too); CPUs without bfloat16 matrix units emulate
+it many times slower than float32, so on such a CPU give `ns_dtype=torch.float32` (the same iteration, in float32).
 """
 from __future__ import annotations
 
@@ -24,8 +23,8 @@ import torch
 from torch.optim.adam import adam
 from torch.optim.optimizer import ParamsT
 
-try:  # torch's functional Muon (what torch.optim.Muon.step calls); its module is private
-    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, muon
+try:  # torch.optim.Muon's constants (its module is private)
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS
     from torch.optim._muon import EPS as NS_EPS
 except ImportError as e:  # pragma: no cover - torch < 2.9 has no Muon
     raise ImportError("hf_mup.MuonAdamW needs torch.optim.Muon (torch 2.9 or later)") from e
@@ -45,26 +44,30 @@ class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = (DEFAULT_A, DEFAULT_B, DEFAULT_C),
-                 ns_steps: int = DEFAULT_NS_STEPS, ns_eps: float = NS_EPS, adjust_lr_fn: str = "match_rms_adamw",
+                 ns_steps: int = DEFAULT_NS_STEPS, ns_eps: float = NS_EPS, adjust_lr_fn: str | None = "match_rms_adamw",
                  amsgrad: bool = False, maximize: bool = False, foreach: bool | None = None,
                  fused: bool | None = None, ns_dtype: torch.dtype = torch.bfloat16) -> None:
         if not lr >= 0.0 or not weight_decay >= 0.0 or not eps >= 0.0 or not momentum >= 0.0:
             raise ValueError(f"Invalid lr {lr}, weight_decay {weight_decay}, eps {eps} or momentum {momentum}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"Invalid betas: {betas}; each must be in [0, 1)")
-        if adjust_lr_fn not in MUON_ADJUST:
-            raise ValueError(f"adjust_lr_fn {adjust_lr_fn!r}: use one of {MUON_ADJUST}")
         defaults = {"lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps, "momentum": momentum,
                     "nesterov": nesterov, "ns_coefficients": tuple(ns_coefficients), "ns_steps": ns_steps,
                     "ns_eps": ns_eps, "adjust_lr_fn": adjust_lr_fn, "amsgrad": amsgrad, "maximize": maximize,
                     "foreach": foreach, "fused": fused, "ns_dtype": ns_dtype, "use_muon": False}
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            if group["use_muon"] and any(p.ndim != 2 for p in group["params"]):
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["use_muon"]:
+            if any(p.ndim != 2 for p in group["params"]):
                 shapes = [tuple(p.shape) for p in group["params"] if p.ndim != 2]
                 raise ValueError(f"Muon updates 2-D tensors only; a use_muon group holds tensors of shape {shapes[:3]}")
-            if group["use_muon"] and group["adjust_lr_fn"] not in MUON_ADJUST:
+            if group["adjust_lr_fn"] not in (None, *MUON_ADJUST):
                 raise ValueError(f"adjust_lr_fn {group['adjust_lr_fn']!r}: use one of {MUON_ADJUST}")
+            if group["maximize"]:
+                raise ValueError("maximize=True: Muon's update has no maximize (torch.optim.Muon's neither)")
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -96,13 +99,7 @@ class MuonAdamW(torch.optim.Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
             bufs.append(state["momentum_buffer"])
-        if group["ns_dtype"] == torch.bfloat16:  # torch's own update
-            muon(params, grads, bufs, lr=group["lr"], weight_decay=group["weight_decay"],
-                 momentum=group["momentum"], nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
-                 ns_steps=group["ns_steps"], eps=group["ns_eps"], adjust_lr_fn=group["adjust_lr_fn"],
-                 has_complex=False)
-            return
-        lr, momentum = group["lr"], group["momentum"]
+        lr, momentum = float(group["lr"]), group["momentum"]
         for p, grad, buf in zip(params, grads, bufs):  # torch's _single_tensor_muon, with Newton-Schulz in ns_dtype
             buf.lerp_(grad, 1 - momentum)
             update = grad.lerp(buf, momentum) if group["nesterov"] else buf
@@ -137,7 +134,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def newton_schulz(grad: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                   dtype: torch.dtype) -> torch.Tensor:
-    """torch.optim.Muon's orthogonalisation (its quintic Newton-Schulz iteration) computed in `dtype`."""
+    """torch.optim.Muon's orthogonalisation (its quintic Newton-Schulz iteration) computed in `dtype`. Out of place:
+    torch's normalises its bfloat16 copy in place, which is the momentum buffer itself for bfloat16 parameters
+    without Nesterov."""
     a, b, c = coefficients
     x = grad.to(dtype)
     tall = grad.size(0) > grad.size(1)

@@ -30,6 +30,7 @@ MUON_UNDER_ZERO = ("Muon under DeepSpeed ZeRO: ZeRO flattens the parameters into
                    "whole matrices. Train Muon with DDP or FSDP2 (accelerate launch without DeepSpeed), or use AdamW "
                    "under DeepSpeed.")
 DEFAULT_MUON_ADJUST = "match_rms_adamw"  # hf_mup.MuonAdamW's: Muon's update RMS matched to AdamW's, one LR for both
+_TORCH_MUON: tuple[type, ...] = (torch.optim.Muon,) if hasattr(torch.optim, "Muon") else ()  # (torch 2.9+)
 
 
 def _norm_param_names(model: nn.Module) -> set[str]:
@@ -86,12 +87,13 @@ def mup_param_groups(
     overrides the optimizer's: give the optimizer the same `eps=`, or build both with `hf_mup.mup_optimizer`.
     `check_optimizer` (run by hf_mup at every optimizer's first step) refuses an optimizer built with another ε.
     Muon (`optimizer="muon"`, `hf_mup.MuonAdamW` or torch.optim.Muon): the hidden matrices get groups with
-    `use_muon: True`, torch's `adjust_lr_fn` (default "match_rms_adamw") and μP's Muon factor
+    `use_muon: True`, torch's `adjust_lr_fn` (default: the optimizer's own, "match_rms_adamw" for "muon" and
+    MuonAdamW, "original" for torch.optim.Muon; another Muon class must say) and μP's Muon factor
     (`hf_mup.rules.TensorRule.muon_lr_mult`); every other tensor Adam's rules, with `use_muon: False`.
     """
     family = optimizer_family(optimizer)
     if family == MUON:
-        adjust_lr_fn = adjust_lr_fn or DEFAULT_MUON_ADJUST
+        adjust_lr_fn = adjust_lr_fn or muon_default_adjust(optimizer)
         muon_adjust((1, 1), adjust_lr_fn)  # refuses an adjust_lr_fn hf_mup has no factor for, before any work
     elif adjust_lr_fn is not None:
         raise MuPError(f"adjust_lr_fn={adjust_lr_fn!r} is Muon's: give optimizer='muon' (or hf_mup.MuonAdamW).")
@@ -126,6 +128,10 @@ def mup_param_groups(
             unscaled.append(name)
         kind = UNSCALED if rule is None else rule.kind.value
         rule = rule or NO_RULE
+        if family == MUON and rule.kind is Kind.HIDDEN and len(param_shape(p)) == 1:
+            raise MuPError(f"{name!r} is a hidden matrix seen as a 1-D tensor of {p.numel()} entries: the model was "
+                           "flattened (FSDP1, ZeRO), and Muon orthogonalises whole matrices. Build the groups before "
+                           "wrapping, or use DDP or FSDP2 (fully_shard keeps each matrix's shape).")
         muon = family == MUON and not adapter and rule.uses_muon(len(param_shape(p)))
         if muon:
             shape = tuple(param_shape(p))
@@ -195,10 +201,9 @@ def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = tor
     `optimizer.defaults["lr"]` (absolute end LRs) see the LR every group is relative to.
     """
     eps = optimizer_kwargs.get("eps", default_eps(optimizer))
-    muon = optimizer_family(optimizer) == MUON
-    adjust = optimizer_kwargs.get("adjust_lr_fn", default_adjust(optimizer)) if muon else None
     groups = mup_param_groups(model, lr, weight_decay, optimizer=optimizer, weight_decay_mode=weight_decay_mode,
-                              no_decay=no_decay, eps=eps, adapters=adapters, adjust_lr_fn=adjust)
+                              no_decay=no_decay, eps=eps, adapters=adapters,
+                              adjust_lr_fn=optimizer_kwargs.get("adjust_lr_fn"))
     # (a torch.optim class takes `lr`: the base class's __init__, which the annotation gives, does not)
     built = cast(Callable[..., torch.optim.Optimizer], optimizer)(groups, lr=lr, **optimizer_kwargs)
     check_optimizer(model, built)
@@ -207,12 +212,27 @@ def mup_optimizer(model: nn.Module, optimizer: type[torch.optim.Optimizer] = tor
 
 def default_adjust(optimizer_cls: type) -> str | None:
     """A Muon class's default `adjust_lr_fn` (torch.optim.Muon's None is "original"; hf_mup.MuonAdamW's is
-    "match_rms_adamw")."""
+    "match_rms_adamw"); None for a class without one."""
     try:
         default = inspect.signature(optimizer_cls).parameters["adjust_lr_fn"].default
     except (KeyError, TypeError, ValueError):
         return None
     return default if isinstance(default, str) else "original"
+
+
+def muon_default_adjust(optimizer: object) -> str:
+    """The `adjust_lr_fn` Muon's groups are built for when none is given: "match_rms_adamw" for the name "muon", the
+    class's own default for torch.optim.Muon and hf_mup.MuonAdamW; another Muon class must say (its scaling is
+    unknown: a wrong guess would scale the hidden LR with width)."""
+    if isinstance(optimizer, str) or hasattr(optimizer, "value"):
+        return DEFAULT_MUON_ADJUST
+    from .muon import MuonAdamW
+
+    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+    if issubclass(cls, (MuonAdamW, *_TORCH_MUON)):
+        return default_adjust(cls) or DEFAULT_MUON_ADJUST
+    raise MuPError(f"{cls.__name__} is a Muon hf_mup does not know: give adjust_lr_fn='original' or 'match_rms_adamw' "
+                   "(how it scales each matrix's update; torch.optim.Muon's names), or use hf_mup.MuonAdamW.")
 
 
 def default_eps(optimizer_cls: type) -> float | None:
@@ -241,7 +261,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
         from .zero import param_group_of
 
         inner = getattr(optimizer, "optimizer", optimizer)  # (torch's inside)
-        if any(g.get("use_muon") for g in inner.param_groups) or isinstance(inner, torch.optim.Muon):
+        if any(g.get("use_muon") for g in inner.param_groups) or isinstance(inner, _TORCH_MUON):
             raise MuPError(MUON_UNDER_ZERO)
         fold_deepspeed_saves()
         group_of, optimizer = param_group_of(optimizer), inner
@@ -283,7 +303,7 @@ def check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, require_
             )
         rule = plan.rules.get(name) or adapter_rule(plan, name, group)
         assert rules_for is not None  # (lr_mult raised a MuPError for None: no rules for an optimizer "NoneType")
-        by_muon = group.get("use_muon", isinstance(optimizer, torch.optim.Muon))  # torch's Muon updates all it holds
+        by_muon = isinstance(optimizer, _TORCH_MUON) or bool(group.get("use_muon"))  # torch's Muon updates all it holds
         if by_muon and not rule.uses_muon(len(param_shape(p))):
             raise MuPError(f"Parameter {name!r} (shape {tuple(param_shape(p))}, {rule.kind.value}) is updated by "
                            "Muon, which μP reserves for hidden matrices: train it with AdamW, as hf_mup.MuonAdamW "

@@ -18,7 +18,7 @@ from transformers.trainer_utils import TrainOutput
 from .config import MuPConfig
 from .errors import MuPError
 from .model import MuPModel, is_mup, unwrap
-from .optim import MUON_UNDER_ZERO, base_lr, check_optimizer, default_adjust, default_eps, mup_param_groups
+from .optim import MUON_UNDER_ZERO, base_lr, check_optimizer, default_eps, mup_param_groups
 from .plan import canonical_name
 from .rules import MUON, optimizer_family, weight_decay_from_timescale
 
@@ -139,12 +139,12 @@ class MuPTrainer(Trainer):
             opt_model,
             lr=self.args.learning_rate,
             weight_decay=self.mup_weight_decay(),
-            optimizer=family,
+            optimizer=optimizer_cls if family == MUON else family,  # (a Muon's class says how it scales its LR)
             weight_decay_mode=self.mup_weight_decay_mode,
             no_decay=lambda name: name not in decay,
             eps=optimizer_kwargs.get("eps", default_eps(optimizer_cls)),
             adapters=self.mup_adapters,
-            adjust_lr_fn=optimizer_kwargs.get("adjust_lr_fn", default_adjust(optimizer_cls)) if family == MUON else None,
+            adjust_lr_fn=optimizer_kwargs.get("adjust_lr_fn") if family == MUON else None,
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         check_optimizer(opt_model, self.optimizer)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..architectures import Architecture, get_architecture
-from ..muon import MuonAdamW
 from .lm import build_lm, mask_tokens
 from .recipe import PARAMETRIZATIONS, lm_config
 
@@ -39,8 +37,14 @@ VERDICT_STEPS = 3
 # What a coordinate check may step with (a training run's optimizers are the recipe's: hf_mup.lab.recipe.OPTIMIZERS).
 COORD_CHECK_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-    "muon": partial(MuonAdamW, ns_dtype=torch.float32),  # (float32: CPUs emulate bfloat16)
+    "muon": lambda groups, **kw: _muon(groups, ns_dtype=torch.float32, **kw),  # (float32: CPUs emulate bfloat16)
 }
+
+
+def _muon(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
+    from ..muon import MuonAdamW  # (torch 2.9+)
+
+    return MuonAdamW(groups, **kw)
 
 
 def make_batches(arch: str, steps: int, batch_size: int, seq_len: int, vocab_size: int, seed: int,

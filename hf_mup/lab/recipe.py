@@ -399,13 +399,14 @@ def param_groups(model: nn.Module, parametrization: str, lr: float, optimizer: s
                 g.update(lr=lr, lr_mult=1.0, weight_decay=weight_decay if g["weight_decay"] else 0.0, mup_unchecked=True)
         return groups
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if parametrization == "mup_global_lr":
-        return [{"params": [p for _, p in params], "lr": lr, "mup_unchecked": True}]
-    skip = no_decay_predicate(model, no_decay) if weight_decay and not decay_norms_and_biases else (lambda n: False)
     head = cast(Any, model).get_output_embeddings()  # Muon leaves the embedding tables and the output layer to AdamW
     outer = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | (
         {id(head.weight)} if head is not None else set())
     by_muon = (lambda p: p.ndim == 2 and id(p) not in outer) if muon else (lambda p: False)
+    if parametrization == "mup_global_lr":
+        return [{"params": ps, "lr": lr, "mup_unchecked": True, **({"use_muon": use} if muon else {})}
+                for use in (True, False) if (ps := [p for _, p in params if by_muon(p) == use])]
+    skip = no_decay_predicate(model, no_decay) if weight_decay and not decay_norms_and_biases else (lambda n: False)
     groups = []
     for use_muon in (True, False):
         for decays in (True, False):

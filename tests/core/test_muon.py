@@ -153,6 +153,35 @@ def test_check_optimizer_refuses_what_breaks_muon():
         hf_mup.check_optimizer(model, torch.optim.AdamW([g for g in groups if g["use_muon"]]), require_all=False)
 
 
+def test_torch_muon_holding_an_adam_group_and_unknown_or_flattened_muons_are_refused():
+    model = _model(**{"eps_width_scaling": False})
+    groups = hf_mup.mup_param_groups(model, lr=0.01, optimizer="muon")
+    wpe = model.transformer.wpe.weight
+    embedding = dict(next(g for g in groups if "transformer.wpe.weight" in g["param_names"]), params=[wpe],
+                     param_names=["transformer.wpe.weight"])
+    with pytest.raises(MuPError, match="'transformer.wpe.weight'.*updated by Muon"):  # torch's Muon updates all it holds
+        hf_mup.check_optimizer(model, torch.optim.Muon([embedding, *(g for g in groups if g["use_muon"])]),
+                               require_all=False)
+
+    class Muon(torch.optim.SGD):  # a third-party Muon: its LR scaling is unknown to hf_mup
+        pass
+
+    with pytest.raises(MuPError, match="a Muon hf_mup does not know: give adjust_lr_fn"):
+        hf_mup.mup_param_groups(model, lr=0.01, optimizer=Muon)
+    assert hf_mup.mup_param_groups(model, lr=0.01, optimizer=Muon, adjust_lr_fn="original")
+    # torch's Muon scales "original" by default: its groups are built for that
+    torch_groups = hf_mup.mup_param_groups(model, lr=0.01, optimizer=torch.optim.Muon)
+    assert {g["adjust_lr_fn"] for g in torch_groups if g["use_muon"]} == {"original"}
+    flat = _model()
+    for name in ("transformer.h.0.mlp.c_fc.weight",):  # as FSDP1 (use_orig_params) and ZeRO show a matrix: 1-D
+        module = flat.get_submodule(name.rsplit(".", 1)[0])
+        module.weight = torch.nn.Parameter(module.weight.detach().flatten())
+    with pytest.raises(MuPError, match="hidden matrix seen as a 1-D tensor.*use DDP or FSDP2"):
+        hf_mup.mup_param_groups(flat, lr=0.01, optimizer="muon")
+    with pytest.raises(ValueError, match="maximize"):
+        MuonAdamW([dict(g, maximize=True) for g in groups])
+
+
 def test_refused_under_deepspeed_zero():
     model = _model()
     zero = type("DeepSpeedZeroOptimizer", (), {"__module__": "deepspeed.runtime.zero.stage_1_and_2"})()
@@ -233,3 +262,21 @@ def test_lora_adapters_train_by_adams_rules_beside_muon():
     lora_a = next(n for n in groups if "lora_A" in n)
     assert groups[lora_a]["lr_mult"] == pytest.approx(0.25) and groups[lora_a]["mup_adapter"] == "mup"  # A: η/m
     _train(model, [opt], 1)
+
+
+def test_bfloat16_momentum_without_nesterov_is_not_normalised_in_place():
+    # torch's Newton-Schulz normalises its bfloat16 copy in place: for bfloat16 parameters without Nesterov that
+    # copy is the momentum buffer itself. MuonAdamW's iteration works out of place.
+    p = torch.nn.Parameter(torch.randn(8, 4, dtype=torch.bfloat16))
+    p.grad = torch.randn(8, 4, dtype=torch.bfloat16)
+    opt = MuonAdamW([{"params": [p], "use_muon": True}], lr=0.01, nesterov=False, momentum=0.95)
+    opt.step()
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], 0.05 * p.grad)
+
+
+def test_import_hf_mup_does_not_need_torchs_muon():
+    import subprocess
+    import sys
+
+    code = "import sys, hf_mup; assert 'hf_mup.muon' not in sys.modules; hf_mup.MuonAdamW"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
