@@ -191,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         require("train", "datasets", what="hf-mup sweep --dataset (a Hub dataset)")
     from . import sweep as sw
     from .results import report, trial_line
-    from .search import confirm_top, make_pruner
+    from .search import MIN_FRACTION, confirm_top, make_pruner
     from .storage import default_storage, safe_url
 
     sw.check_arch(args.arch)
@@ -207,8 +207,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise MuPError(f"tune mode tunes at one proxy width: give exactly one, e.g. --widths {widths[-1]}.")
     if args.mode == "tune":
         sw.check_n_trials(args.n_trials)
-        pruner = make_pruner(args.pruner, args.steps, args.min_steps or max(1, args.steps // 4))
-        eval_every = 0 if args.pruner == "none" else args.eval_every or max(1, args.steps // 8)
+        min_steps = args.min_steps or max(1, args.steps // MIN_FRACTION)
+        pruner = make_pruner(args.pruner, args.steps, min_steps)
+        eval_every = 0 if args.pruner == "none" else args.eval_every or min_steps
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -360,11 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
     p.add_argument("--pruner", default="none", choices=["none", "asha", "hyperband", "median"], help="tune mode: stop "
                    "hopeless trials early on their validation loss (hf_mup.lab.search)")
-    p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/4)")
+    p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/3)")
     p.add_argument("--confirm-top", type=int, default=0, help="tune mode: rerun this many best trials with "
                    "--confirm-seeds seeds; transfer takes the best seed-mean and says whether it wins beyond noise")
     p.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed trial, the search's own included")
-    p.add_argument("--eval-every", type=int, help="with --pruner: validate every this many steps (--steps/8)")
+    p.add_argument("--eval-every", type=int, help="with --pruner: validate every this many steps (--min-steps)")
     p.add_argument("--seed", type=int, default=0, help="tune mode sampler seed")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-sizes", help="grid: also at these batch sizes, e.g. 8,16,32 (fits horizon_fit.json)")

@@ -173,7 +173,7 @@ class Pipeline:
     def search(self) -> dict:
         from . import sweep as sw
         from .results import report, trial_line
-        from .search import confirm_top, make_pruner
+        from .search import MIN_FRACTION, confirm_top, make_pruner
         from .storage import default_storage
 
         p = self.preset
@@ -181,10 +181,11 @@ class Pipeline:
         spec = sw.SweepSpec("tune", p.proxy_recipe(len(tok)), self.corpus(), p.log2_lr_range, name=p.name)
         study = sw.open_study("proxy", self.storage or default_storage(self.out), spec.stamp((train, val)))
         study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
-        study.pruner = make_pruner(self.pruner, p.search_steps, max(1, p.search_steps // 4))
+        every = max(1, p.search_steps // MIN_FRACTION)  # the minimum resource and the report interval
+        study.pruner = make_pruner(self.pruner, p.search_steps, every)
         sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress,
                     after_trial=None if self.progress else lambda st: self._log(f"search: {trial_line(st)}"),
-                    eval_every=0 if self.pruner == "none" else max(1, p.search_steps // 8))
+                    eval_every=0 if self.pruner == "none" else every)
         if self.confirm_top:  # the top trials rerun with 3 seeds: transfer takes the best seed-mean
             confirm_top(study, spec, (train, val), self.confirm_top, 3, self.device, self.progress)
         report(study, self.out, plot_name=None)

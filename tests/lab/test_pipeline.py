@@ -86,7 +86,7 @@ def test_pretraining_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_the_search_stage_prunes_and_confirms(tmp_path):
-    """`--pruner asha --confirm_top 2`: the search's trials report their loss every step (of 8) and the worst stop at
+    """`--pruner asha --confirm_top 2`: the search's trials report their loss every 2 steps (of 8) and the worst stop at
     equal steps; the 2 best are rerun with 3 seeds, and transfer takes the best seed-mean (hparams.json says so)."""
     from optuna.trial import TrialState
 
