@@ -3,7 +3,7 @@ Muon on the hidden matrices, AdamW on the rest), with and without μP's Muon fac
 
 Usage:
     python benchmarks/muon_transfer.py --workers 2     # about an hour on 2 idle cores per seed; kill and rerun to resume
-    python benchmarks/muon_transfer.py --quick         # 2 widths, 3 LRs, 20 steps: a few minutes
+    python benchmarks/muon_transfer.py --quick         # 2 widths, 2 LRs, 10 steps: a minute
 
 The setup of benchmarks/lr_transfer.py: GPT-2, 2 layers, head size 16, seq 64, WikiText-2 as bytes, widths 64…512
 (8×), μP with base width 64 and output_mult 8, 150 steps of batch 16 (warmup 10%, cosine to 10%), no weight decay;
@@ -42,8 +42,8 @@ GOAL_DRIFT = 0.5
 
 def settings(quick: bool, seeds: int) -> dict:
     if quick:
-        return {"stem": "muon_transfer_quick", "widths": [64, 128], "log2_lrs": [-9.0, -7.0, -5.0], "seeds": 1,
-                "steps": 20, "train_chars": 200_000, "val_blocks": 32}
+        return {"stem": "muon_transfer_quick", "widths": [64, 128], "log2_lrs": [-8.0, -6.0], "seeds": 1,
+                "steps": 10, "train_chars": 100_000, "val_blocks": 16}
     return {"stem": "muon_transfer", "widths": [64, 128, 256, 512], "log2_lrs": sw.parse_log2_lrs("-11:-4:1"),
             "seeds": seeds, "steps": 150, "train_chars": None, "val_blocks": 128}
 

@@ -68,7 +68,7 @@ REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, 
 def preset_of(arch: str, name: str, quick: bool) -> Preset:
     preset = (GPT2_PRESETS if arch == "gpt2" else BERT_PRESETS)[name]
     if quick:  # toy sizes: every stage in about a minute
-        preset = dataclasses.replace(preset, name=f"{name}-quick", search_trials=6, search_steps=27, pretrain_steps=12,
+        preset = dataclasses.replace(preset, name=f"{name}-quick", search_trials=5, search_steps=18, pretrain_steps=8,
                                      target=dataclasses.replace(preset.target, width=128), eval_blocks=16,
                                      train_chars=200_000)
     return preset

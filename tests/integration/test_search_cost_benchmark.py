@@ -1,0 +1,33 @@
+"""benchmarks/search_cost.py end to end on its --quick setting: a full-length and a pruned search, each winner
+pretrained, the report; a rerun resumes from the runs' log."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import search_cost as sc
+
+
+def test_the_methods_and_presets():
+    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded"}
+    hour = sc.preset_of("gpt2", "hour", quick=False)
+    assert (hour.search_trials, hour.proxy.width, hour.target.width) == (24, 64, 1024)
+
+
+@pytest.mark.slow
+def test_quick_run_and_resume(tmp_path):
+    args = ["--quick", "--arch", "gpt2", "--preset", "tiny", "--seeds", "1", "--methods", "tpe,asha",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
+    assert sc.main(args) == 0
+    r = json.loads((tmp_path / "search_cost_gpt2_tiny_quick.json").read_text())
+    runs = {x["method"]: x for x in r["runs"]}
+    assert runs["asha"]["pruned"] > 0 and runs["asha"]["fraction"] < runs["tpe"]["fraction"]  # pruned trials cost less
+    assert runs["tpe"]["pruned"] == 0 and runs["tpe"]["fraction"] == pytest.approx(r["plan_fraction"], rel=1e-6)
+    bias = r["early_bias"]  # from the full-length search's curves, reported every steps/9
+    assert [b["step"] for b in bias][-1] == 18 and bias[-1]["spearman"] == pytest.approx(1.0)
+    log = tmp_path / "search_cost_gpt2_tiny_quick_runs.jsonl"
+    lines = log.read_text()
+    assert sc.main(args) == 0 and log.read_text() == lines  # resumed: nothing run twice
+    assert (tmp_path / "search_cost_gpt2_tiny_quick.png").stat().st_size > 10_000
