@@ -3,6 +3,7 @@ Muon on the hidden matrices, AdamW on the rest), with and without μP's Muon fac
 
 Usage:
     python benchmarks/muon_transfer.py --workers 2     # about an hour on 2 idle cores per seed; kill and rerun to resume
+    python benchmarks/muon_transfer.py --spectral      # the update's spectral norm against width: a minute
     python benchmarks/muon_transfer.py --quick         # 2 widths, 2 LRs, 10 steps: a minute
 
 The setup of benchmarks/lr_transfer.py: GPT-2, 2 layers, head size 16, seq 64, WikiText-2 as bytes, widths 64…512
@@ -15,11 +16,15 @@ one grid study per row, in benchmarks/results/muon_transfer.db:
 Each row's optimum is the grid LR with the lowest seed-mean training loss per width; its drift is the spread of
 those optima over the widths (goal for "muon": ≤ 0.5 log2). The losses at each row's best LR show whether Muon wins
 at equal tokens. Writes benchmarks/results/muon_transfer.{json,md,png} (the quick run: muon_transfer_quick.*).
+
+`--spectral`: the spectral norm of the first update of each hidden matrix (block 0, same model, same batch, LR 2^-6,
+3 seeds) at widths 64…1024, per row: flat under μP's factor, growing as √m without it; writes muon_spectral.{json,png}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,9 +84,63 @@ def plot(optima: dict, s: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def spectral(out: Path, widths: tuple[int, ...] = (64, 128, 256, 512, 1024), seeds: int = 3) -> dict:
+    """The spectral norm of each hidden matrix's first update, per row and width (mean over seeds)."""
+
+    data = spec_of(settings(False, 1), "muon").load_data()[0]
+    norms: dict[str, dict[int, dict[str, float]]] = {row: {} for row in ROWS}
+    for row in ROWS:
+        for width in widths:
+            acc: dict[str, list[float]] = {}
+            for seed in range(seeds):
+                recipe = spec_of(settings(False, 1), row).recipe.replace(width=width, lr=2.0**-6, seed=seed)
+                model = recipe.build_model()
+                opt = recipe.build_optimizer(model)
+                before = {n: p.detach().clone() for n, p in model.named_parameters() if ".h.0." in n and p.ndim == 2}
+                batch = data[seed * 16:(seed + 1) * 16]
+                model(input_ids=batch, labels=batch).loss.backward()
+                opt.step()
+                for n, p in model.named_parameters():
+                    if n in before:
+                        short = n.split(".h.0.")[1].removesuffix(".weight")
+                        acc.setdefault(short, []).append(torch.linalg.matrix_norm(p.detach() - before[n], ord=2).item())
+            norms[row][width] = {k: sum(v) / len(v) for k, v in acc.items()}
+            print(f"{row} width {width}: " + ", ".join(f"{k} {v:.4f}" for k, v in norms[row][width].items()), flush=True)
+    slopes = {}
+    for row, by_width in norms.items():
+        ws = sorted(by_width)
+        slopes[row] = {k: (math.log(by_width[ws[-1]][k]) - math.log(by_width[ws[0]][k])) / math.log(ws[-1] / ws[0])
+                       for k in by_width[ws[0]]}
+    result = {"command": "python benchmarks/muon_transfer.py --spectral", "lr": 2.0**-6, "seeds": seeds,
+              "widths": list(widths), "norms": norms, "slope_against_width": slopes}
+    (out / "muon_spectral.json").write_text(json.dumps(result, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ROWS), figsize=(5 * len(ROWS), 3.8), dpi=120, sharey=True)
+    for ax, (row, by_width) in zip(axes, norms.items()):
+        for k in next(iter(by_width.values())):
+            ax.plot(widths, [by_width[w][k] for w in widths], "o-", ms=3, label=f"{k} (slope {slopes[row][k]:+.2f})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_title(ROWS[row], fontsize=10)
+        ax.set_xlabel("width")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("spectral norm of the first update")
+    fig.suptitle("GPT-2 block 0's hidden matrices, one step at LR 2^-6, μP base width 64 (mean of 3 seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "muon_spectral.png")
+    plt.close(fig)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--spectral", action="store_true", help="only the update's spectral norm against width")
     p.add_argument("--seeds", type=int, default=1, help="seeds per point (rerun with more to add seeds)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"a subset of {', '.join(ROWS)}")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the grid (one torch thread each)")
@@ -94,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args.quick, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.spectral:
+        spectral(out)
+        return 0
     storage = f"sqlite:///{out.resolve() / (s['stem'] + '.db')}"
     rows = args.rows.split(",")
     helpers = [] if args.worker else [
