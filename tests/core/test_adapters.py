@@ -280,7 +280,8 @@ def test_inspect_shows_the_adapters_rules(tmp_path, capsys):
     a = next(line.split() for line in out.splitlines() if line.startswith("transformer.h.1.attn.c_attn.lora_A"))
     b = next(line.split() for line in out.splitlines() if line.startswith("transformer.h.1.attn.c_attn.lora_B"))
     assert (a[1], a[2], a[3], b[1], b[2]) == ("8×128", "down", "4", "384×8", "input")
-    assert a[-3:] == ["0.25", "0.25", "0.25"] and b[-3:] == ["1", "4", "0.25"]  # Adam LR ×, SGD LR ×, Adam ε ×
+    # Adam LR ×, SGD LR ×, Muon LR × (an adapter: Adam's), Adam ε ×
+    assert a[-4:] == ["0.25", "0.25", "Adam", "0.25"] and b[-4:] == ["1", "4", "Adam", "0.25"]
     assert "adapters: 4 LoRA-family tensors" in out
 
 
