@@ -9,14 +9,15 @@ Lion's usual learning rate is 3-10x smaller than AdamW's and its weight decay 3-
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import overload
+from typing import Any
 
 import torch
 from torch.optim.optimizer import ParamsT
 
+from .stepped import GroupwiseOptimizer
 
-class Lion(torch.optim.Optimizer):
+
+class Lion(GroupwiseOptimizer):
     """Lion, with decoupled weight decay (as AdamW) and per-group `lr`, `betas` and `weight_decay`.
 
     Per step, for each parameter p with gradient g and momentum m (zero at first):
@@ -35,32 +36,19 @@ class Lion(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay: {weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
-    @overload
-    def step(self, closure: None = None) -> None: ...
-
-    @overload
-    def step(self, closure: Callable[[], float]) -> float: ...
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Lion does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avg = state["exp_avg"]
-                if wd != 0:
-                    p.mul_(1.0 - lr * wd)
-                update = exp_avg.mul(beta1).add_(p.grad, alpha=1.0 - beta1).sign_()
-                p.add_(update, alpha=-lr)
-                exp_avg.mul_(beta2).add_(p.grad, alpha=1.0 - beta2)
-        return loss
+    def update_group(self, group: dict[str, Any]) -> None:
+        lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("Lion does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avg = state["exp_avg"]
+            if wd != 0:
+                p.mul_(1.0 - lr * wd)
+            update = exp_avg.mul(beta1).add_(p.grad, alpha=1.0 - beta1).sign_()
+            p.add_(update, alpha=-lr)
+            exp_avg.mul_(beta2).add_(p.grad, alpha=1.0 - beta2)

@@ -16,8 +16,7 @@ it many times slower than float32, so on such a CPU give `ns_dtype=torch.float32
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, overload
+from typing import Any
 
 import torch
 from torch.optim.adam import adam
@@ -30,9 +29,10 @@ except ImportError as e:  # pragma: no cover - torch < 2.9 has no Muon
     raise ImportError("hf_mup.MuonAdamW needs torch.optim.Muon (torch 2.9 or later)") from e
 
 from .rules import MUON_ADJUST, muon_adjust
+from .stepped import GroupwiseOptimizer
 
 
-class MuonAdamW(torch.optim.Optimizer):
+class MuonAdamW(GroupwiseOptimizer):
     """torch.optim.Muon on the groups with `use_muon`, torch.optim.AdamW on the others.
 
     Keys of a Muon group: `lr`, `weight_decay`, `momentum`, `nesterov`, `ns_coefficients`, `ns_steps`, `ns_eps`
@@ -69,28 +69,15 @@ class MuonAdamW(torch.optim.Optimizer):
             if group["maximize"]:
                 raise ValueError("maximize=True: Muon's update has no maximize (torch.optim.Muon's neither)")
 
-    @overload
-    def step(self, closure: None = None) -> None: ...
-
-    @overload
-    def step(self, closure: Callable[[], float]) -> float: ...
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params if p.grad is not None]  # (the same list, typed for the checker)
-            if any(g.is_sparse or torch.is_complex(p) for p, g in zip(params, grads)):
-                raise RuntimeError("MuonAdamW does not support sparse gradients or complex parameters")
-            if group["use_muon"]:
-                self._muon_step(group, params, grads)
-            else:
-                self._adamw_step(group, params, grads)
-        return loss
+    def update_group(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]  # (the same list, typed for the checker)
+        if any(g.is_sparse or torch.is_complex(p) for p, g in zip(params, grads)):
+            raise RuntimeError("MuonAdamW does not support sparse gradients or complex parameters")
+        if group["use_muon"]:
+            self._muon_step(group, params, grads)
+        else:
+            self._adamw_step(group, params, grads)
 
     def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         bufs = []
