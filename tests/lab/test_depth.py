@@ -257,7 +257,8 @@ def test_inspect_shows_the_depth_factors():
     text = hf_mup.describe(_model("gpt2", width=64, layers=8, base_width=32, base_layers=2))
     assert "Adam ε ×" in text.splitlines()[0]
     row = next(line.split() for line in text.splitlines() if line.startswith("transformer.h.7.mlp.c_fc.weight"))
-    assert row[-3:] == ["0.5", "4", "0.125"]  # Adam LR η/m_N · m_L^0, SGD LR m_L^(2α-1), ε m_N^-1 · m_L^-α
+    # Adam LR η/m_N · m_L^0, SGD LR m_L^(2α-1), Muon LR 1/√m_N · m_L^(α-1) (match_rms_adamw), ε m_N^-1 · m_L^-α
+    assert row[-4:] == ["0.5", "4", "0.707107", "0.125"]
     assert "depth: 8 layers, base 2 (m_L 4, α 1): residual branches × 0.25 on 16 modules" in text
     width_only = hf_mup.describe(hf_mup.MuPModel.from_config(_config("gpt2", 64, 8), base_hidden_size=32))
     assert "Adam ε ×" in width_only.splitlines()[0] and "no depth scaling" in width_only
