@@ -1,5 +1,6 @@
 """Trains a tiny μP GPT-2 with a plain accelerate loop; run by tests/integration/test_accelerate.py, alone or under
-`accelerate launch --cpu --num_processes 2`. Writes the losses and a parameter checksum to --out (rank 0)."""
+`accelerate launch --cpu --num_processes 2`. Writes, per optimizer in --optimizers (a fresh model each, one launch),
+the losses and a parameter checksum to --out (rank 0)."""
 import argparse
 import faulthandler
 import json
@@ -22,32 +23,14 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--batch-size", type=int, default=4, help="per process")
 parser.add_argument("--steps", type=int, default=4)
 parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2's fully_shard")
-parser.add_argument("--muon", action="store_true", help="hf_mup.MuonAdamW (Newton-Schulz in float32) for AdamW")
+parser.add_argument("--optimizers", default="adamw",
+                    help="comma-separated: adamw (torch's, μP groups), muon (hf_mup.MuonAdamW, Newton-Schulz in float32)")
 args = parser.parse_args()
 
 accelerator = Accelerator(cpu=True)
-model = tiny_gpt2.model(output_mult=4.0)
 data = torch.randint(0, 128, (args.steps * args.batch_size * accelerator.num_processes, 16),
                      generator=torch.Generator().manual_seed(1))
-loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
-if args.fsdp:
-    # accelerate's FSDP plugin needs GPUs; on CPU (gloo) shard with FSDP2 directly and let accelerate do the rest.
-    from torch.distributed.fsdp import fully_shard
 
-    for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
-if args.muon:
-    optimizer = hf_mup.mup_optimizer(model, hf_mup.MuonAdamW, lr=1e-2, weight_decay=0.1, ns_dtype=torch.float32)
-else:
-    optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
-if args.fsdp:
-    optimizer, loader = accelerator.prepare(optimizer, loader)
-else:
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-hf_mup.check_optimizer(model, optimizer)  # the groups survived wrapping
-
-losses = tiny_gpt2.train(accelerator, model, optimizer, loader)
 
 def without_key_biases(name: str, t: torch.Tensor) -> torch.Tensor:
     """GPT-2's key biases (the middle third of c_attn.bias) have a zero gradient in exact arithmetic (softmax ignores a
@@ -59,20 +42,43 @@ def without_key_biases(name: str, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([t[:third], t[2 * third:]])
 
 
-state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
-         for n, p in hf_mup.model.unwrap(model).named_parameters()}
-unwrapped = hf_mup.model.unwrap(model)
-plan = hf_mup.get_plan(unwrapped)
-result = {
-    "num_processes": accelerator.num_processes,
-    "sharded": any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()),
-    "losses": losses,
-    "param_sums": {hf_mup.model.canonical_name(n): without_key_biases(n, t).double().abs().sum().item()
-                   for n, t in state.items()},
-    "lr_mults": sorted({g["lr_mult"] for g in optimizer.param_groups}),
-    "readout_scale": plan.readouts["lm_head"],
-    "attn_scaling": [m.scaling for m in unwrapped.modules() if hasattr(m, "mup_stock_scaling")],
-}
+def run(optimizer_name: str) -> dict:
+    model = tiny_gpt2.model(output_mult=4.0)
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
+    if args.fsdp:
+        # accelerate's FSDP plugin needs GPUs; on CPU (gloo) shard with FSDP2 directly and let accelerate do the rest.
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+    if optimizer_name == "muon":
+        optimizer = hf_mup.mup_optimizer(model, hf_mup.MuonAdamW, lr=1e-2, weight_decay=0.1, ns_dtype=torch.float32)
+    else:
+        optimizer = torch.optim.AdamW(hf_mup.mup_param_groups(model, lr=1e-2, weight_decay=0.1))
+    if args.fsdp:
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    hf_mup.check_optimizer(model, optimizer)  # the groups survived wrapping
+
+    losses = tiny_gpt2.train(accelerator, model, optimizer, loader)
+    unwrapped = hf_mup.model.unwrap(model)
+    state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in unwrapped.named_parameters()}
+    plan = hf_mup.get_plan(unwrapped)
+    return {
+        "sharded": any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()),
+        "losses": losses,
+        "param_sums": {hf_mup.model.canonical_name(n): without_key_biases(n, t).double().abs().sum().item()
+                       for n, t in state.items()},
+        "lr_mults": sorted({g["lr_mult"] for g in optimizer.param_groups}),
+        "readout_scale": plan.readouts["lm_head"],
+        "attn_scaling": [m.scaling for m in unwrapped.modules() if hasattr(m, "mup_stock_scaling")],
+    }
+
+
+result: dict = {name: run(name) for name in args.optimizers.split(",")}
+result["num_processes"] = accelerator.num_processes
 # Tear the process group down on every rank, after a barrier, before the interpreter exits. A rank that exits with
 # it alive may destroy gloo's threads while they are still joinable: "terminate called without an active
 # exception", SIGABRT, and `accelerate launch` fails (3 test runs in 10 on a busy 2-core machine).
