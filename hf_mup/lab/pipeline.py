@@ -91,8 +91,9 @@ class Pipeline:
 
     def check_inputs(self, stages: tuple[str, ...] = STAGES) -> None:
         """Refuse, before the first stage starts, what a later stage would fail on: the packages each stage imports
-        (with the `pip install 'hf_mup[...]'` line), the WikiText-2 text and every fine-tuning task's data. Stages
-        finished in an earlier run are not checked again."""
+        (with the `pip install 'hf_mup[...]'` line), the WikiText-2 text, every fine-tuning task's data and a
+        pretraining batch that does not split over the launched processes. Stages finished in an earlier run are not
+        checked again."""
         from ..extras import require
         from . import data, tasks
 
@@ -117,6 +118,13 @@ class Pipeline:
         if "finetune" in todo:
             for task in self.preset.tasks:
                 tasks.check_task(task)
+        if "pretrain" in todo:  # WORLD_SIZE: set by every launcher, readable before any process group exists
+            self._check_batch_splits(int(os.environ.get("WORLD_SIZE", "1")))
+
+    def _check_batch_splits(self, processes: int) -> None:
+        if self.preset.pretrain_batch % processes:
+            raise MuPError(f"the pretraining batch {self.preset.pretrain_batch} does not split over {processes} "
+                           "processes: launch a number of processes that divides it.")
 
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
         """Run the stages in order, skipping finished ones; returns the report (or the stages' state)."""
@@ -231,7 +239,6 @@ class Pipeline:
 
     def pretrain_row(self, name: str, row: Recipe, callbacks: tuple = ()) -> dict:
         """Pretrain one row to `pretrain_steps` (continuing from its last checkpoint), evaluate and save it."""
-        from accelerate import PartialState
         from transformers import TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -245,10 +252,10 @@ class Pipeline:
         if (row.steps, row.batch_size) != (p.pretrain_steps, p.pretrain_batch):
             raise MuPError(f"row {name!r} trains {row.steps} steps of {row.batch_size}, the preset "
                            f"{p.pretrain_steps} of {p.pretrain_batch}: hparams.json was made for another preset.")
+        from accelerate import PartialState
+
         processes = PartialState().num_processes
-        if row.batch_size % processes:
-            raise MuPError(f"the pretraining batch {row.batch_size} does not split over {processes} processes: "
-                           "launch a number of processes that divides it.")
+        self._check_batch_splits(processes)
         tok, train, val = self.data()
         model = row.build_model()
         optimizer = row.build_optimizer(model)

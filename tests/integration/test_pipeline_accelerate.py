@@ -58,13 +58,10 @@ def test_two_processes_pretrain_as_one_on_the_same_global_batch(tmp_path):
             torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-4, msg=f"{row}: {name}")
 
 
-def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
-    preset = replace(PRESET, pretrain_batch=7)
-    out = tmp_path / "out"
-    one = Pipeline(preset, out, progress=False)
-    one.run(("search", "transfer"))
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_stage(tmp_path):
     preset_file = tmp_path / "preset.json"
-    preset_file.write_text(json.dumps(preset.to_dict()))
-    proc = _launch(out, preset_file, "--stages", "pretrain")
+    preset_file.write_text(json.dumps(replace(PRESET, pretrain_batch=7).to_dict()))
+    proc = _launch(tmp_path / "out", preset_file, "--stages", "search,transfer,pretrain")
     assert proc.returncode != 0
-    assert "does not split over 2 processes" in proc.stderr
+    assert "the pretraining batch 7 does not split over 2 processes" in proc.stderr
+    assert not (tmp_path / "out" / "stages.json").exists()  # refused before the first stage started

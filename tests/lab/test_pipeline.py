@@ -160,6 +160,16 @@ def test_bad_input(tmp_path, capsys):
         Pipeline(MINI, tmp_path / "b").task_data("mnlii")
 
 
+def test_a_batch_that_does_not_split_over_the_launched_processes_is_refused_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what `accelerate launch --num_processes 3` sets
+    pipe = Pipeline(replace(MINI, pretrain_batch=8), tmp_path)
+    with pytest.raises(MuPError, match="the pretraining batch 8 does not split over 3 processes"):
+        pipe.check_inputs(("search", "transfer", "pretrain"))
+    pipe.check_inputs(("search", "transfer"))  # the batch matters to pretraining only
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    pipe.check_inputs(("search", "transfer", "pretrain"))
+
+
 def test_megatron_baseline_does_not_decay_layernorm_weights_and_biases():
     """Megatron-LM's param groups leave LayerNorm weights and biases out of weight decay: so does the baseline row."""
     recipe = MINI.baseline_recipe(vocab_size=320)
