@@ -34,7 +34,7 @@ demo: $(VENV)/.installed-demo
 	$(VENV)/bin/python -m hf_mup.lab.demo --out demo_out
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -rs
+	$(VENV)/bin/python -m pytest -q -rs --durations=30
 
 # The core's quick tests only (tests/core, markers in setup.cfg): what a change to the core needs first, in under a
 # minute. tests/lab and tests/integration mirror the lab and the doors users take; `make test` runs all three.

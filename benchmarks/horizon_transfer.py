@@ -50,7 +50,7 @@ GOAL = {"log2_lr_distance": 0.5, "loss_regret_frac": 0.005}
 
 def settings(quick: bool) -> dict:
     proxy = Recipe(arch="gpt2", width=32, base_width=32, layers=2, head_dim=16, seq_len=64, vocab_size=256,
-                   mup={"output_mult": 8.0, "base_num_layers": 2}, batch_size=8, steps=10 if quick else 50,
+                   mup={"output_mult": 8.0, "base_num_layers": 2}, batch_size=8, steps=5 if quick else 50,
                    weight_decay_timescale=1.0)
     d0 = proxy.tokens
     if quick:
