@@ -239,6 +239,7 @@ class Pipeline:
 
     def pretrain_row(self, name: str, row: Recipe, callbacks: tuple = ()) -> dict:
         """Pretrain one row to `pretrain_steps` (continuing from its last checkpoint), evaluate and save it."""
+        from accelerate import PartialState
         from transformers import TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -252,8 +253,6 @@ class Pipeline:
         if (row.steps, row.batch_size) != (p.pretrain_steps, p.pretrain_batch):
             raise MuPError(f"row {name!r} trains {row.steps} steps of {row.batch_size}, the preset "
                            f"{p.pretrain_steps} of {p.pretrain_batch}: hparams.json was made for another preset.")
-        from accelerate import PartialState
-
         processes = PartialState().num_processes
         self._check_batch_splits(processes)
         tok, train, val = self.data()
