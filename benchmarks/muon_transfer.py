@@ -2,17 +2,20 @@
 Muon on the hidden matrices, AdamW on the rest), with and without μP's Muon factor, beside AdamW in μP.
 
 Usage:
-    python benchmarks/muon_transfer.py --workers 2     # about an hour on 2 idle cores per seed; kill and rerun to resume
+    python benchmarks/muon_transfer.py --workers 2     # about 3 hours on 2 idle cores per seed; kill and rerun to resume
     python benchmarks/muon_transfer.py --spectral      # the update's spectral norm against width: a minute
     python benchmarks/muon_transfer.py --quick         # 2 widths, 2 LRs, 10 steps: a minute
 
 The setup of benchmarks/lr_transfer.py: GPT-2, 2 layers, head size 16, seq 64, WikiText-2 as bytes, widths 64…512
 (8×), μP with base width 64 and output_mult 8, 150 steps of batch 16 (warmup 10%, cosine to 10%), no weight decay;
-one grid study per row, in benchmarks/results/muon_transfer.db:
+one grid study per row (log2 LR -11 to -4; the μP row also at -6.5, -5.5, -4.5), in
+benchmarks/results/muon_transfer.db:
 - "muon": μP with MuonAdamW, torch's adjust_lr_fn "match_rms_adamw" (Moonlight's: one LR for both parts) and μP's
   factor on Muon's groups (1/√m here: `hf_mup.rules.TensorRule.muon_lr_mult`);
 - "muon_torch": the same without μP's factor (Muon's LR as torch scales it, which grows the update as √m);
-- "adamw": AdamW in μP.
+- "adamw": AdamW in μP. This is Figure 1's μP row: unless `--rows` names it, it is read from the committed run of
+  benchmarks/lr_transfer.py (benchmarks/results/lr_transfer.json: the same spec and data, checked field by field;
+  2 seeds, with half steps around its optimum) instead of being trained again.
 Each row's optimum is the grid LR with the lowest seed-mean training loss per width; its drift is the spread of
 those optima over the widths (goal for "muon": ≤ 0.5 log2). The losses at each row's best LR show whether Muon wins
 at equal tokens. Writes benchmarks/results/muon_transfer.{json,md,png} (the quick run: muon_transfer_quick.*).
@@ -43,14 +46,17 @@ from hf_mup.lab.results import lr_optima, plot_width_curves, trial_rows
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = {"muon": "Muon, μP's factor", "muon_torch": "Muon, torch's LR (no factor)", "adamw": "AdamW, μP"}
 GOAL_DRIFT = 0.5
+FIGURE1 = RESULTS / "lr_transfer.json"
 
 
 def settings(quick: bool, seeds: int) -> dict:
     if quick:
         return {"stem": "muon_transfer_quick", "widths": [64, 128], "log2_lrs": [-8.0, -6.0], "seeds": 1,
                 "steps": 10, "train_chars": 100_000, "val_blocks": 16}
+    # half steps around the μP row's optimum (2^-5 to 2^-6 at every width with seed 0), as Figure 1 has around AdamW's
     return {"stem": "muon_transfer", "widths": [64, 128, 256, 512], "log2_lrs": sw.parse_log2_lrs("-11:-4:1"),
-            "seeds": seeds, "steps": 150, "train_chars": None, "val_blocks": 128}
+            "half_steps": {"muon": [-6.5, -5.5, -4.5]}, "seeds": seeds, "steps": 150, "train_chars": None,
+            "val_blocks": 128}
 
 
 def spec_of(s: dict, optimizer: str) -> sw.SweepSpec:
@@ -58,6 +64,23 @@ def spec_of(s: dict, optimizer: str) -> sw.SweepSpec:
                     base_width=64, mup={"output_mult": 8.0}, optimizer=optimizer, steps=s["steps"], batch_size=16)
     return sw.SweepSpec("grid", recipe, Corpus(tokenizer="bytes", train_chars=s["train_chars"],
                                                val_blocks=s["val_blocks"]))
+
+
+def figure1_adamw(s: dict, path: Path = FIGURE1) -> dict:
+    """The "adamw" row's optimum (`lr_optima`'s) from the committed Figure 1 run; refused unless that run trained the
+    spec this benchmark would (the same recipe and data, `data_hash` included)."""
+    ref = json.loads(path.read_text())
+    spec = spec_of(s, "adamw")
+    ours = spec.stamp(spec.load_data())
+    recipe = ours["recipe"]
+    mine = {**ours["data"], **recipe, **{k: recipe["mup"].get(k, 1.0) for k in ("input_mult", "output_mult", "attn_mult")},
+            "mode": spec.mode, "data_hash": ours["data_hash"]}
+    differ = {k: (v, mine.get(k)) for k, v in ref["spec"].items() if mine.get(k) != v}
+    if differ or recipe["optimizer"] != "adamw":
+        raise SystemExit(f"{path} trained another spec ({differ}): rerun benchmarks/lr_transfer.py, or pass "
+                         "--rows with adamw to train the row here")
+    o = ref["optimum"]["train_loss"]["mup"]
+    return {"optimum": {int(w): v for w, v in o["optimum"].items() if int(w) in s["widths"]}, "drift": o["drift"]}
 
 
 def plot(optima: dict, s: dict, path: Path) -> None:
@@ -142,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--spectral", action="store_true", help="only the update's spectral norm against width")
     p.add_argument("--seeds", type=int, default=1, help="seeds per point (rerun with more to add seeds)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"a subset of {', '.join(ROWS)}")
+    p.add_argument("--rows", default="muon,muon_torch",
+                   help=f"the rows to train, a subset of {', '.join(ROWS)} (adamw: read from Figure 1's run if not)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the grid (one torch thread each)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec_of(s, row)
         data = spec.load_data()
         study = sw.open_study(f"{s['stem']}_{row}", storage, spec.stamp(data), heartbeat=10)
-        points = sw.grid_points(s["widths"], s["log2_lrs"], ["mup"], s["seeds"])
+        points = sw.grid_points(s["widths"], s["log2_lrs"] + s.get("half_steps", {}).get(row, []), ["mup"], s["seeds"])
         sw.run_grid(study, spec, points, data, args.device, progress=not args.worker)
         if not args.worker:
             trials = trial_rows(study)
@@ -176,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         h.wait()
     if args.worker:
         return 0
+    if "adamw" not in rows and not args.quick:
+        optima["adamw"] = figure1_adamw(s)
     summary = {row: {"drift": o["drift"], "best": {w: {"log2_lr": v["log2_lr"], "train_loss": v["loss"]}
                                                    for w, v in o["optimum"].items()}} for row, o in optima.items()}
     command = "python benchmarks/muon_transfer.py" + (" --quick" if args.quick else "") + (

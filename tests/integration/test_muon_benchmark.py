@@ -26,3 +26,15 @@ def test_quick_run_writes_the_rows(tmp_path):
     assert curves["muon"]["128"] != pytest.approx(curves["muon_torch"]["128"], abs=1e-4)
     assert "| Muon, μP's factor |" in (tmp_path / "muon_transfer_quick.md").read_text()
     assert (tmp_path / "muon_transfer_quick.png").stat().st_size > 10_000
+
+
+def test_the_adamw_row_is_figure1s_run_only_if_it_trained_the_same_spec(tmp_path):
+    s = mt.settings(quick=False, seeds=1)
+    row = mt.figure1_adamw(s)
+    assert sorted(row["optimum"]) == s["widths"] and row["drift"] is not None
+    ref = json.loads(mt.FIGURE1.read_text())
+    ref["spec"]["output_mult"] = 1.0
+    changed = tmp_path / "lr_transfer.json"
+    changed.write_text(json.dumps(ref))
+    with pytest.raises(SystemExit, match="output_mult"):
+        mt.figure1_adamw(s, changed)
