@@ -213,6 +213,7 @@ def plot(summary: dict, runs: list[dict], bias: list[dict], steps: int, title: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
@@ -224,6 +225,8 @@ def plot(summary: dict, runs: list[dict], bias: list[dict], steps: int, title: s
         ax.errorbar(100 * s["fraction_mean"], s["target_loss_mean"], yerr=s["target_loss_sd"], color=color, fmt="o",
                     ms=8, capsize=4, label=f"{m} (mean ± sd over {s['seeds']} seeds)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
     ax.set_xlabel("search FLOPs, % of the target's pretraining")
     ax.set_ylabel("target validation loss")
     ax.set_title(title)
