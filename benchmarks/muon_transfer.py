@@ -18,7 +18,8 @@ benchmarks/results/muon_transfer.db:
   2 seeds, with half steps around its optimum) instead of being trained again.
 Each row's optimum is the grid LR with the lowest seed-mean training loss per width; its drift is the spread of
 those optima over the widths (goal for "muon": ≤ 0.5 log2). The losses at each row's best LR show whether Muon wins
-at equal tokens. Writes benchmarks/results/muon_transfer.{json,md,png} (the quick run: muon_transfer_quick.*).
+at equal tokens. Writes benchmarks/results/muon_transfer.{json,md,png} (the quick run: muon_transfer_quick.*); the
+json holds every trial, the study (muon_transfer.db) only the resume state.
 
 `--spectral`: the spectral norm of the first update of each hidden matrix (block 0, same model, same batch, LR 2^-6,
 3 seeds) at widths 64…1024, per row: flat under μP's factor, growing as √m without it; writes muon_spectral.{json,png}.
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     helpers = [] if args.worker else [
         subprocess.Popen([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker"])
         for _ in range(args.workers - 1)]
-    optima, seconds = {}, {}
+    optima, seconds, completed = {}, {}, {}
     for row in rows:  # every worker walks the rows in order, sharing each row's remaining points
         spec = spec_of(s, row)
         data = spec.load_data()
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             trials = trial_rows(study)
             optima[row] = lr_optima(trials, "train_loss")["mup"]
             seconds[row] = sum(t["seconds"] or 0 for t in trials if t["state"] == "COMPLETE")
+            completed[row] = [t for t in trials if t["state"] == "COMPLETE"]
     for h in helpers:
         h.wait()
     if args.worker:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/muon_transfer.py" + (" --quick" if args.quick else "") + (
         f" --seeds {args.seeds}" if args.seeds != 1 else "")
     result = {"command": command, "settings": s, "rows": ROWS, "goal_drift": GOAL_DRIFT, "summary": summary,
-              "optima": optima, "seconds": seconds}
+              "optima": optima, "seconds": seconds, "trials": completed}
     (out / f"{s['stem']}.json").write_text(json.dumps(result, indent=1, default=str))
     lines = ["| row | drift (log2) | " + " | ".join(f"width {w}: best log2 LR, loss" for w in s["widths"]) + " |",
              "|---|---|" + "---|" * len(s["widths"])]
