@@ -2,7 +2,7 @@
 Muon on the hidden matrices, AdamW on the rest), with and without μP's Muon factor, beside AdamW in μP.
 
 Usage:
-    python benchmarks/muon_transfer.py --workers 2     # about 3 hours on 2 idle cores per seed; kill and rerun to resume
+    python benchmarks/muon_transfer.py --workers 2     # about an hour on 2 idle cores per seed; kill and rerun to resume
     python benchmarks/muon_transfer.py --spectral      # the update's spectral norm against width: a minute
     python benchmarks/muon_transfer.py --quick         # 2 widths, 2 LRs, 10 steps: a minute
 
