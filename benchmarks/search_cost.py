@@ -16,7 +16,10 @@ For each method and search seed (`--seeds`, 3):
      loss every `steps // 9` steps and continues past steps/9 and steps/3 only while in the best third of the
      trials that reached that step (compared at equal steps, hence equal tokens; nothing stopped before steps/9);
    - "asha_guarded": the same with the minimum resource at steps/3 (`--min-steps`), where comparing early no longer
-     favours high LRs as much (the curves below measure it).
+     favours high LRs as much (the curves below measure it);
+   - "sha": TPE with synchronous successive halving (`--pruner sha`, `hf_mup.lab.halving`): every trial trains to
+     steps/9, the best third go on from their checkpoints to steps/3, the best third of those to the end (24
+     trials: 24, 8, 3), a rung decided only once every trial has reached it.
    The full-length searches also record their validation curves every steps/9 (not part of today's cost: counted
    apart). TPE's first 10 trials are random draws from the same seed as the random search's: tpe and random share
    them (a paired comparison; with 12 trials they often share the winner).
@@ -52,7 +55,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from hf_mup.lab import sweep as sw
 from hf_mup.lab.pipeline import Pipeline
 from hf_mup.lab.presets import BERT_PRESETS, GPT2_PRESETS, Preset, param_count
-from hf_mup.lab.search import make_pruner
+from hf_mup.lab.halving import run_halving
+from hf_mup.lab.search import make_pruner, searched
 from hf_mup.lab.storage import open_study
 from hf_mup.lab.transfer import transfer
 
@@ -61,8 +65,8 @@ WORK = Path(__file__).resolve().parents[1] / "out" / "search_cost"
 # sampler, pruner, and the report interval as a fraction of the trial: the pruner's first rung (its minimum resource);
 # the full-length searches record their curves at it
 METHODS = {"tpe": ("tpe", "none", 9), "random": ("random", "none", 9), "asha": ("tpe", "asha", 9),
-           "asha_guarded": ("tpe", "asha", 3)}
-REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, steps/3 (asha); steps/3 (guarded)
+           "asha_guarded": ("tpe", "asha", 3), "sha": ("tpe", "sha", 9)}
+REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, steps/3 (asha, sha); steps/3 (guarded)
 
 
 def preset_of(arch: str, name: str, quick: bool) -> Preset:
@@ -84,8 +88,26 @@ def search(pipe: Pipeline, method: str, seed: int, storage: str) -> object:
     every = max(1, p.search_steps // rungs)
     study.sampler = sw.make_sampler(sampler, seed, len(study.trials))
     study.pruner = make_pruner(pruner, p.search_steps, every, REDUCTION)
-    sw.run_tune(study, spec, p.search_trials, (train, val), progress=False, eval_every=every)
+    if pruner == "sha":
+        run_halving(study, spec, p.search_trials, (train, val), pipe.out / f"{method}_s{seed}_checkpoints", every,
+                    REDUCTION, progress=False)
+    else:
+        sw.run_tune(study, spec, p.search_trials, (train, val), progress=False, eval_every=every)
     return study
+
+
+def curves(study) -> list[dict]:
+    """Each configuration's validation curve (successive halving's legs joined), its last state and value."""
+    legs = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out = []
+    for t in searched(study):
+        losses, leg = {}, t
+        while leg is not None:
+            losses.update({int(k): v for k, v in leg.intermediate_values.items()})
+            leg = legs.get(leg.user_attrs.get("resumes", -1))
+        out.append({"log2_lr": t.params["log2_lr"], "state": t.state.name, "final": t.value,
+                    "losses": dict(sorted(losses.items()))})
+    return out
 
 
 def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
@@ -98,13 +120,17 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
     searched_s = time.time() - start
     result = transfer(study, pipe.target_config(), target_tokens=pipe.pretrain_tokens(), batch_size=p.pretrain_batch,
                       allow_depth_change=True, rule="copy")
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    legs = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and "duplicate_of" not in t.user_attrs]  # a trial, or a leg of one between two rungs (sha)
+    trials = searched(study)
     proxy_n = trials[0].user_attrs["n_params"]
     val_tokens = p.eval_blocks * p.seq_len
     # an evaluation is a forward pass (2 FLOPs per parameter and token) over the validation blocks; the final one is
-    # today's too, the intermediate ones (reports to the pruner, or the curves recorded here) are not
-    final_eval = 2.0 * proxy_n * val_tokens * len(trials)
-    reports = 2.0 * proxy_n * val_tokens * sum(len(t.intermediate_values) for t in trials)
+    # today's too, the intermediate ones (reports to the pruner, or the curves recorded here) are not. A leg of
+    # successive halving evaluates once, at its rung: that is its report.
+    final_eval = 2.0 * proxy_n * val_tokens * (len(legs) if METHODS[method][1] == "sha" else len(trials))
+    reports = 0.0 if METHODS[method][1] == "sha" else 2.0 * proxy_n * val_tokens * sum(
+        len(t.intermediate_values) for t in trials)
     target_flops = result.cost["target_flops"]
     # one folder per transferred recipe: two searches with the same winner share its pretraining
     key = hashlib.sha1(json.dumps(result.recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -113,7 +139,7 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
     return {
         "method": method, "seed": seed, "trials": len(trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "steps_run": sum(t.user_attrs["steps_run"] for t in trials),
+        "steps_run": sum(t.user_attrs["steps_run"] for t in legs),
         "train_flops": result.cost["tuning_flops"], "target_flops": target_flops,
         "fraction": result.cost["fraction"], "final_eval_fraction": final_eval / target_flops,
         "report_eval_fraction": reports / target_flops,
@@ -122,8 +148,7 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
                    "initializer_range": result.recipe.initializer_range},
         "target_loss": row["eval_loss"], "search_seconds": round(searched_s, 1),
         "seconds": round(time.time() - start, 1),
-        "curves": [{"log2_lr": t.params["log2_lr"], "state": t.state.name, "final": t.value,
-                    "losses": {int(k): v for k, v in t.intermediate_values.items()}} for t in trials],
+        "curves": curves(study),
     }
 
 

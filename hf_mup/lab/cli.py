@@ -209,7 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sw.check_n_trials(args.n_trials)
         min_steps = args.min_steps or max(1, args.steps // MIN_FRACTION)
         pruner = make_pruner(args.pruner, args.steps, min_steps)
-        eval_every = 0 if args.pruner == "none" else args.eval_every or min_steps
+        eval_every = 0 if args.pruner in ("none", "sha") else args.eval_every or min_steps
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -239,7 +239,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sw.run_grid(study, spec, points, data, device, progress, after_trial=write)
     else:
         study.sampler, study.pruner = sw.make_sampler(args.sampler, args.seed, len(study.trials)), pruner
-        sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
+        if args.pruner == "sha":
+            from .halving import run_halving
+
+            run_halving(study, spec, args.n_trials, data, out / "checkpoints" / study.study_name, min_steps,
+                        device=device, progress=progress, after_trial=write)
+        else:
+            sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
         if args.confirm_top:  # the top trials rerun with more seeds: transfer takes the best seed-mean
             confirm_top(study, spec, data, args.confirm_top, args.confirm_seeds, device, progress)
     result = report(study, out, metric=f"{args.metric}_loss")
@@ -359,9 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=2, help="seeds per grid point (init and data order)")
     p.add_argument("--n-trials", type=int, default=20, help="tune mode: trials wanted in the study (complete or pruned)")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
-    p.add_argument("--pruner", default="none", choices=["none", "asha", "hyperband", "median"], help="tune mode: stop "
-                   "hopeless trials early on their validation loss (hf_mup.lab.search)")
-    p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/3)")
+    p.add_argument("--pruner", default="none", choices=["none", "asha", "sha", "hyperband", "median"],
+                   help="tune mode: stop hopeless trials early on their validation loss (hf_mup.lab.search); sha: "
+                   "synchronous successive halving, which pauses trials at each rung (checkpoints under "
+                   "OUT/checkpoints) and goes on with the best third (hf_mup.lab.halving)")
+    p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/3); "
+                   "sha: the first rung")
     p.add_argument("--confirm-top", type=int, default=0, help="tune mode: rerun this many best trials with "
                    "--confirm-seeds seeds; transfer takes the best seed-mean and says whether it wins beyond noise")
     p.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed trial, the search's own included")

@@ -141,7 +141,8 @@ def lm_batches(model: nn.Module, blocks: torch.Tensor, batch_size: int, seed: in
 def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
              eval_every: int = 0, progress: bool = False, desc: str = "", task: str | None = None,
              mask_id: int | None = None, special_ids: Iterable[int] = (),
-             on_eval: Callable[[int, float], bool] | None = None) -> dict:
+             on_eval: Callable[[int, float], bool] | None = None, resume: dict | None = None,
+             until: int | None = None) -> dict:
     """Train a causal or masked LM as `recipe` says (the loop: `hf_mup.lab.train.train`) on random batches of
     `train_blocks`; never raises on divergence.
 
@@ -151,7 +152,7 @@ def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_b
     `mask_tokens` (15% targets, 80/10/10) drawn from the recipe's seed, with `mask_id` (default: the last id of the
     vocabulary) and `special_ids` never chosen as targets; it is validated on fixed masks (`evaluate`). The batch
     order depends on the seed only. Validation every `eval_every` steps (0: only at the end), each loss passed to
-    `on_eval(step, loss)` (`hf_mup.lab.train.train`).
+    `on_eval(step, loss)`; `until` and `resume` pause and resume the run (`hf_mup.lab.train.train`).
     Returns the loop's per-step `train_loss`, `val_steps`/`val_loss`, `diverged`, `steps_run`, `seconds`, and
     `final_train_loss` (mean of the last 10% of steps), `final_val_loss` (+inf when diverged), `tokens` (every
     position, the forward's), `n_params`, `task`. Losses are nats per predicted token (masked LM: per target).
@@ -165,7 +166,7 @@ def train_lm(model: nn.Module, recipe: Recipe, train_blocks: torch.Tensor, val_b
         def validate() -> float:
             return evaluate(model, val_blocks, task=masking.task, mask_id=masking.mask_id,
                             special_ids=masking.special_ids)
-    r = train(model, recipe, batches, validate, eval_every, progress, desc, on_eval)
+    r = train(model, recipe, batches, validate, eval_every, progress, desc, on_eval, resume, until)
     tail = r["train_loss"][-max(1, recipe.steps // 10) :]
     diverged = r["diverged"]
     return {**r,

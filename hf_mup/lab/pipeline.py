@@ -191,9 +191,15 @@ class Pipeline:
         study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
         every = max(1, p.search_steps // MIN_FRACTION)  # the minimum resource and the report interval
         study.pruner = make_pruner(self.pruner, p.search_steps, every)
-        sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress,
-                    after_trial=None if self.progress else lambda st: self._log(f"search: {trial_line(st)}"),
-                    eval_every=0 if self.pruner == "none" else every)
+        log = None if self.progress else lambda st: self._log(f"search: {trial_line(st)}")
+        if self.pruner == "sha":
+            from .halving import run_halving
+
+            run_halving(study, spec, p.search_trials, (train, val), self.out / "search_checkpoints", every,
+                        device=self.device, progress=self.progress, after_trial=log)
+        else:
+            sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress, after_trial=log,
+                        eval_every=0 if self.pruner == "none" else every)
         if self.confirm_top:  # the top trials rerun with 3 seeds: transfer takes the best seed-mean
             confirm_top(study, spec, (train, val), self.confirm_top, 3, self.device, self.progress)
         report(study, self.out, plot_name=None)
@@ -408,8 +414,9 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry_run", action="store_true", help="print the plan (shapes, parameters, tokens, FLOPs)")
     parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument("--pruner", default="none", choices=["none", "asha", "hyperband", "median"],
-                        help="stop hopeless search trials early on their validation loss (hf_mup.lab.search)")
+    parser.add_argument("--pruner", default="none", choices=["none", "asha", "sha", "hyperband", "median"],
+                        help="stop hopeless search trials early on their validation loss (hf_mup.lab.search; sha: "
+                        "synchronous successive halving, hf_mup.lab.halving)")
     parser.add_argument("--confirm_top", type=int, default=0, help="rerun this many best search trials with 3 seeds")
     args = parser.parse_args(argv)
     try:

@@ -25,7 +25,8 @@ def trial_rows(study) -> list[dict]:
         row = {"number": t.number, "state": t.state.name, "parametrization": t.params.get("parametrization", "mup"),
                "width": t.params.get("width", study.user_attrs["spec"]["recipe"]["width"]),
                "seed": t.params.get("seed", a.get("seed", 0)), "log2_lr": t.params.get("log2_lr"),
-               "confirm_of": a.get("confirm_of")}  # a tune trial's rerun with another seed (search.confirm_top)
+               "confirm_of": a.get("confirm_of"),  # a tune trial's rerun with another seed (search.confirm_top)
+               "rung": a.get("rung"), "resumes": a.get("resumes")}  # successive halving's legs (lab.halving)
         row["lr"] = 2.0 ** row["log2_lr"] if row["log2_lr"] is not None else None
         recipe = a.get("recipe") or study.user_attrs["spec"]["recipe"]
         row["batch_size"] = recipe["batch_size"]  # the horizon grid's cell (grid_points' optional axes)
@@ -79,19 +80,22 @@ def trial_line(study) -> str:
 
     Usage: `run_tune(..., progress=False, after_trial=lambda st: print(trial_line(st)))`
     """
-    finished = [r for r in trial_rows(study) if r["state"] in ("COMPLETE", "FAIL")]
+    finished = [r for r in trial_rows(study) if r["state"] in ("COMPLETE", "FAIL")
+                or (r["state"] == "PRUNED" and r["val_loss"] is not None)]  # stopped early, or paused at a rung
     if not finished:
         return f"study {study.study_name!r}: no finished trial yet"
     r = max(finished, key=lambda r: r["number"])
     done = sum(x["state"] == "COMPLETE" for x in finished)
     point = f"{r['parametrization']} width {r['width']} seed {r['seed']}, log2 LR {r['log2_lr']:.2f}" \
         if r["log2_lr"] is not None else f"width {r['width']}"
-    if r["state"] != "COMPLETE":
+    if r["state"] == "FAIL":
         result = "failed"
     elif r["diverged"]:
         result = "diverged"
     else:
         result = f"train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f}"
+    if r["state"] == "PRUNED":
+        result += f" at rung {r['rung']}" if r["rung"] is not None else f", pruned after {r['steps_run']} steps"
     seconds = f" ({r['seconds']:.0f} s)" if r["seconds"] is not None else ""
     return f"trial {r['number']} ({point}): {result}{seconds}; {done} complete"
 

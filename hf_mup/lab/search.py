@@ -24,7 +24,7 @@ import optuna  # noqa: E402 (after the check that names the extra)
 
 from ..errors import MuPError  # noqa: E402
 
-PRUNERS = ("none", "asha", "hyperband", "median")
+PRUNERS = ("none", "asha", "sha", "hyperband", "median")
 # The default minimum resource, steps // MIN_FRACTION, also the default report interval: measured on the BERT tiny
 # preset (benchmarks/search_cost.py), the best third of the trials at steps/9 had LRs 1.2 log2 above the final best
 # third's, at steps/3 0.8, and pruning from steps/3 kept the full search's winner in 2 seeds of 3 at 59% of its cost.
@@ -48,6 +48,8 @@ def make_pruner(name: str, steps: int, min_steps: int, reduction: int = 3) -> op
 
     - "asha": successive halving (asynchronous, as in Li et al. 2020's ASHA): at steps min_steps·reduction^k a
       trial continues only if it is in the best 1/reduction of the trials that reached that rung.
+    - "sha": synchronous successive halving, which pauses and resumes trials: `hf_mup.lab.halving.run_halving` runs
+      it (in place of `run_tune`), and no Optuna pruner is needed (this returns the one that prunes nothing).
     - "hyperband": Hyperband's brackets of successive halving between `min_steps` and `steps`.
     - "median": stop a trial whose loss is worse than the median of the others' at the same step (after 4 trials).
     - "none": never.
@@ -115,23 +117,31 @@ def confirm_top(study, spec, data: tuple, k: int = 3, seeds: int = 3, device: st
 
 
 def searched(study) -> list:
-    """The search's own finished trials (complete or pruned), without the reruns `confirm_top` added."""
+    """The search's own finished trials (complete or pruned), one per configuration: without the reruns
+    `confirm_top` added, and of successive halving's legs (`hf_mup.lab.halving`) only each configuration's last."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "confirm_of" not in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+              and "confirm_of" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    gone_on = {t.user_attrs["resumes"] for t in trials if "resumes" in t.user_attrs}
+    return [t for t in trials if t.number not in gone_on]
 
 
 def param_importance(study) -> dict[str, float] | None:
     """How much of the search's validation loss each hyperparameter explains (PED-ANOVA, Watanabe et al. 2023:
-    Optuna's evaluator that needs no scikit-learn), over its complete trials; None with fewer than 4."""
+    Optuna's evaluator that needs no scikit-learn), over its complete trials, or with successive halving over every
+    configuration at the first rung (equal tokens); None with fewer than 4."""
     from optuna.trial import TrialState
 
-    done = [t for t in searched(study) if t.state == TrialState.COMPLETE and not t.user_attrs.get("diverged")]
+    first_rung = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rung") == 0
+                  and t.state == TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
+    pool = first_rung or [t for t in searched(study) if t.state == TrialState.COMPLETE]
+    done = [t for t in pool if not t.user_attrs.get("diverged") and math.isfinite(t.user_attrs.get("val_loss") or math.nan)]
     if len(done) < 4:
         return None
     copy = optuna.create_study(direction="minimize")  # the search's trials alone (no reruns, no diverged ones)
-    copy.add_trials(done)
+    copy.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                               value=t.user_attrs["val_loss"]) for t in done])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning
         found = optuna.importance.get_param_importances(copy, evaluator=optuna.importance.PedAnovaImportanceEvaluator())

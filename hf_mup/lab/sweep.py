@@ -275,21 +275,24 @@ def _hparams(recipe: Recipe, log2_lr: float) -> dict[str, Any]:
 
 
 def run_trial(spec: SweepSpec, recipe: Recipe, data: tuple, device: str = "cpu", progress: bool = False,
-              desc: str = "", reporter: Reporter | None = None, eval_every: int = 0) -> dict[str, Any]:
+              desc: str = "", reporter: Reporter | None = None, eval_every: int = 0, resume: dict | None = None,
+              until: int | None = None) -> dict[str, Any]:
     """Train one recipe; returns the user attrs a trial records (the recipe, losses, diverged, cost, timing). With a
     `reporter` (a pruned search) the validation loss goes to it every `eval_every` steps; a trial it stops returns
-    what it ran: `pruned` (the step), its cost, its last loss."""
+    what it ran: `pruned` (the step), its cost, its last loss. `until` / `resume`: a rung of successive halving
+    (`hf_mup.lab.halving`): its cost is the steps it ran, and a paused one returns its `state` too."""
     model = recipe.build_model(device)
     r = train_lm(model, recipe, data[0], data[1], progress=progress, desc=desc, eval_every=eval_every,
-                 on_eval=reporter, **spec.masking())
+                 on_eval=reporter, resume=resume, until=until, **spec.masking())
     return {"recipe": recipe.to_dict(), "hparams": _hparams(recipe, math.log2(recipe.lr)),
             "train_loss": r["final_train_loss"], "val_loss": r["final_val_loss"], "diverged": r["diverged"],
             "steps_run": r["steps_run"], "n_params": r["n_params"], "tokens": r["tokens"],
             "flops": 6 * r["n_params"] * r["tokens"], "seconds": round(r["seconds"], 3),
-            **({"pruned": r["steps_run"]} if r["stopped"] else {})}
+            **({"pruned": r["steps_run"]} if r["stopped"] else {}), **({"state": r["state"]} if "state" in r else {})}
 
 
-def _record(trial, attrs: dict) -> float:
+def record(trial, attrs: dict) -> float:
+    """Store `attrs` (run_trial's) as the trial's user attrs; returns its objective value."""
     for k, v in attrs.items():
         trial.set_user_attr(k, v if not (isinstance(v, float) and math.isinf(v)) else "inf")
     return DIVERGED_VALUE if attrs["diverged"] else attrs["val_loss"]
@@ -316,9 +319,16 @@ def grid_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: 
             p["tokens"] = trial.suggest_int("tokens", 1, 1 << 60)
         if "timescale" in axes:
             p["timescale"] = trial.suggest_float("timescale", 1e-9, 1e9, log=True)
-        return _record(trial, run_trial(spec, spec.grid_recipe(p), data, device, progress, desc=key))
+        return record(trial, run_trial(spec, spec.grid_recipe(p), data, device, progress, desc=key))
 
     return objective
+
+
+def sample_hparams(trial, spec: SweepSpec) -> dict[str, float]:
+    """A tune trial's values from the spec's space (an enqueued trial's own values)."""
+    hp = {k: trial.suggest_float(k, *v, log=k != "log2_lr") for k, v in spec.space.items()}
+    hp.update({k: 1.0 for k in NO_EFFECT.get(spec.recipe.arch, ())})  # recorded, so transfer copies 1
+    return hp
 
 
 def tune_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: bool = False, eval_every: int = 0):
@@ -326,12 +336,11 @@ def tune_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: 
     `eval_every`, reports its validation loss to the study's pruner (`hf_mup.lab.search`), which may stop it."""
 
     def objective(trial) -> float:
-        hp = {k: trial.suggest_float(k, *v, log=k != "log2_lr") for k, v in spec.space.items()}
-        hp.update({k: 1.0 for k in NO_EFFECT.get(spec.recipe.arch, ())})  # recorded, so transfer copies 1
+        hp = sample_hparams(trial, spec)
         every = 0 if "confirm_of" in trial.user_attrs else eval_every  # a top trial's rerun (a seed): not pruned
         attrs = run_trial(spec, spec.tune_recipe(hp, trial.user_attrs.get("seed", 0)), data, device, progress,
                           f"trial {trial.number}", Reporter(trial) if every else None, every)
-        value = _record(trial, attrs)
+        value = record(trial, attrs)
         if "pruned" in attrs:  # its cost and last loss are recorded; Optuna marks it PRUNED
             raise optuna.TrialPruned(f"pruned at step {attrs['pruned']}")
         return value
@@ -339,7 +348,7 @@ def tune_objective(spec: SweepSpec, data: tuple, device: str = "cpu", progress: 
     return objective
 
 
-def _fail_stale(study, adopted: set[int]) -> None:
+def fail_stale(study, adopted: set[int]) -> None:
     """Fail the trials of killed workers (optuna's heartbeat check; the callback queues each one again, once).
 
     A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial that optuna never sees
@@ -377,7 +386,7 @@ def run_grid(study, spec: SweepSpec, points: list[dict], data: tuple, device: st
     bar = tqdm(total=len(keys), desc="grid", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
-        _fail_stale(study, adopted)  # killed workers' trials: FAIL, and a WAITING retry (once)
+        fail_stale(study, adopted)  # killed workers' trials: FAIL, and a WAITING retry (once)
         trials = study.get_trials(deepcopy=False)
         held: dict = {}  # point -> its most advanced state, COMPLETE > RUNNING > WAITING
         for state in (S.WAITING, S.RUNNING, S.COMPLETE):
@@ -413,7 +422,7 @@ def run_tune(study, spec: SweepSpec, n_trials: int, data: tuple, device: str = "
     bar = tqdm(total=n_trials, desc="tune", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
-        _fail_stale(study, adopted)
+        fail_stale(study, adopted)
         states = [t.state for t in study.get_trials(deepcopy=False) if "confirm_of" not in t.user_attrs]
         done = states.count(S.COMPLETE) + states.count(S.PRUNED)
         bar.update(min(done, n_trials) - bar.n)

@@ -20,14 +20,20 @@ from .recipe import Recipe
 
 def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Tensor]],
           evaluate: Callable[[], float] | None = None, eval_every: int = 0, progress: bool = False,
-          desc: str = "", on_eval: Callable[[int, float], bool] | None = None) -> dict[str, Any]:
+          desc: str = "", on_eval: Callable[[int, float], bool] | None = None, resume: dict[str, Any] | None = None,
+          until: int | None = None) -> dict[str, Any]:
     """Train `model` for `recipe.steps` steps on `batches` with the recipe's optimizer, schedule and clipping; never
     raises on divergence.
 
+    `until`: pause after that step (validated there) and return the run's `state` (model, optimizer, schedule, RNG
+    and step); `resume` such a state to go on exactly where it paused (`batches` starts from the beginning: its first
+    draws are replayed, so the batch stream must depend on its seed only). Successive halving's rungs
+    (`hf_mup.lab.halving`) are made so.
+
     `evaluate` (a validation loss) runs every `eval_every` steps (0: only at the end). A non-finite train or
     validation loss stops training: `diverged` is True. `on_eval(step, loss)` sees each validation loss and stops
-    training by returning True (a pruned search trial, `hf_mup.lab.search`): `stopped` is True. Returns the per-step
-    `train_loss`, `val_steps`, `val_loss`, `diverged`, `stopped`, `steps_run`, `seconds`.
+    training by returning True (a pruned search trial, `hf_mup.lab.search`): `stopped` is True. Returns this call's
+    per-step `train_loss`, `val_steps`, `val_loss`, `diverged`, `stopped`, `steps_run`, `seconds` (and `state`).
     """
     from tqdm.auto import tqdm
 
@@ -37,12 +43,17 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
     optimizer = recipe.build_optimizer(model)
     check_optimizer(model, optimizer)  # no-op for a stock (SP) model
     scheduler = recipe.build_scheduler(optimizer)
+    first, stop = 0, recipe.steps if until is None else until
+    if resume is not None:
+        first = _load_state(resume, model, optimizer, scheduler, batches)
+    if not first <= stop <= recipe.steps:
+        raise ValueError(f"train: pause at step {stop} of {recipe.steps}, resumed at {first}")
     train_losses: list[float] = []
     val_steps: list[int] = []
     val_losses: list[float] = []
     diverged = stopped = False
     start = time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(first, stop), initial=first, total=stop, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
         loss = model(**next(batches)).loss
         value = loss.item()
@@ -57,7 +68,7 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
         scheduler.step()
         train_losses.append(value)
         done = step + 1
-        if evaluate is not None and ((eval_every and done % eval_every == 0) or done == recipe.steps):
+        if evaluate is not None and ((eval_every and done % eval_every == 0) or done == stop):
             v = evaluate()
             model.train()
             val_steps.append(done)
@@ -71,5 +82,29 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
         if step % 10 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
     bar.close()
-    return {"train_loss": train_losses, "val_steps": val_steps, "val_loss": val_losses, "diverged": diverged,
-            "stopped": stopped, "steps_run": len(train_losses), "seconds": time.perf_counter() - start}
+    out = {"train_loss": train_losses, "val_steps": val_steps, "val_loss": val_losses, "diverged": diverged,
+           "stopped": stopped, "steps_run": len(train_losses), "seconds": time.perf_counter() - start}
+    if stop < recipe.steps and not (diverged or stopped):
+        out["state"] = _state(stop, model, optimizer, scheduler)
+    return out
+
+
+def _state(step: int, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """What resuming at `step` needs, on the CPU (a checkpoint's contents)."""
+    state = {"step": step, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _load_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler, batches: Iterator) -> int:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    for _ in range(state["step"]):  # the batches it had trained on, drawn again and dropped
+        next(batches)
+    return int(state["step"])

@@ -196,8 +196,9 @@ def transfer(study, target_config, target_tokens: float | None = None, batch_siz
     extrapolated = scaling.check_range(batch_size or best.batch_size, tokens, allow_extrapolation)
     target, moves = scaling.apply(target, batch_size or best.batch_size, tokens, proxy_params, n_params,
                                   allow_extrapolation, proxy=best)
-    flops = [r["flops"] for r in trial_rows(study) if r["flops"]]
-    cost: dict[str, Any] = {"trials": len(flops), "tuning_flops": float(sum(flops)), "target_params": n_params,
+    rows = [r for r in trial_rows(study) if r["flops"]]  # a configuration's legs (lab.halving): one trial, its cost
+    cost: dict[str, Any] = {"trials": sum(r["resumes"] is None for r in rows),
+                            "tuning_flops": float(sum(r["flops"] for r in rows)), "target_params": n_params,
                             "target_tokens": tokens, "target_flops": 6.0 * n_params * tokens}
     cost["fraction"] = cost["tuning_flops"] / cost["target_flops"]
     notes = [f"the target's config sets {k}={v!r}; the proxy trained with {best.config[k]!r}"

@@ -9,21 +9,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import search_cost as sc
 
+from hf_mup.lab.halving import planned_steps
+
 
 def test_the_methods_and_presets():
-    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded"}
+    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded", "sha"}
     hour = sc.preset_of("gpt2", "hour", quick=False)
     assert (hour.search_trials, hour.proxy.width, hour.target.width) == (24, 64, 1024)
 
 
 @pytest.mark.slow
 def test_quick_run_and_resume(tmp_path):
-    args = ["--quick", "--arch", "gpt2", "--preset", "tiny", "--seeds", "1", "--methods", "tpe,asha",
+    args = ["--quick", "--arch", "gpt2", "--preset", "tiny", "--seeds", "1", "--methods", "tpe,asha,sha",
             "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
     assert sc.main(args) == 0
     r = json.loads((tmp_path / "search_cost_gpt2_tiny_quick.json").read_text())
     runs = {x["method"]: x for x in r["runs"]}
     assert runs["asha"]["pruned"] > 0 and runs["asha"]["fraction"] < runs["tpe"]["fraction"]  # pruned trials cost less
+    # successive halving: 5 trials to step 2, the best 2 to step 6, the best to 18; its cost is known in advance
+    assert runs["sha"]["steps_run"] == planned_steps(5, 18, 2) == 5 * 2 + 2 * 4 + 12 and runs["sha"]["trials"] == 5
+    assert runs["sha"]["fraction"] == pytest.approx(runs["tpe"]["fraction"] * 30 / 90, rel=1e-6)
     assert runs["tpe"]["pruned"] == 0 and runs["tpe"]["fraction"] == pytest.approx(r["plan_fraction"], rel=1e-6)
     bias = r["early_bias"]  # from the full-length search's curves, reported every steps/9
     assert [b["step"] for b in bias][-1] == 18 and bias[-1]["spearman"] == pytest.approx(1.0)
