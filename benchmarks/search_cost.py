@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
     result = {"command": command, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
-        "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in methods},
+        "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in summary},
         "reduction": REDUCTION, "summary": summary, "early_bias": bias,
         "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))

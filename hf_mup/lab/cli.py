@@ -210,6 +210,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         min_steps = args.min_steps or max(1, args.steps // MIN_FRACTION)
         pruner = make_pruner(args.pruner, args.steps, min_steps)
         eval_every = 0 if args.pruner in ("none", "sha") else args.eval_every or min_steps
+    if args.checkpoint_dir and (args.mode != "tune" or args.pruner != "sha"):
+        raise MuPError("--checkpoint-dir is where --pruner sha pauses its trials: use it with --mode tune --pruner sha.")
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -242,8 +244,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.pruner == "sha":
             from .halving import run_halving
 
-            run_halving(study, spec, args.n_trials, data, out / "checkpoints" / study.study_name, min_steps,
-                        device=device, progress=progress, after_trial=write)
+            checkpoints = args.checkpoint_dir or out / "checkpoints" / study.study_name
+            run_halving(study, spec, args.n_trials, data, checkpoints, min_steps, device=device, progress=progress,
+                        after_trial=write)
         else:
             sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
         if args.confirm_top:  # the top trials rerun with more seeds: transfer takes the best seed-mean
@@ -367,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="tune mode sampler")
     p.add_argument("--pruner", default="none", choices=["none", "asha", "sha", "hyperband", "median"],
                    help="tune mode: stop hopeless trials early on their validation loss (hf_mup.lab.search); sha: "
-                   "synchronous successive halving, which pauses trials at each rung (checkpoints under "
-                   "OUT/checkpoints) and goes on with the best third (hf_mup.lab.halving)")
+                   "synchronous successive halving, which pauses trials at each rung (--checkpoint-dir) and goes "
+                   "on with the best third (hf_mup.lab.halving)")
+    p.add_argument("--checkpoint-dir", help="--pruner sha: where paused trials wait, shared by every worker of the "
+                   "study (default: OUT/checkpoints/STUDY)")
     p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/3); "
                    "sha: the first rung")
     p.add_argument("--confirm-top", type=int, default=0, help="tune mode: rerun this many best trials with "

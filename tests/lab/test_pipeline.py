@@ -105,6 +105,27 @@ def test_the_search_stage_prunes_and_confirms(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_search_stage_runs_successive_halving(tmp_path):
+    """`--pruner sha`: 6 trials to step 3 of 9, the best 2 on from their checkpoints to the end; transfer takes the
+    better complete one and counts every leg's cost (all 6 trials)."""
+    from optuna.trial import TrialState
+
+    from hf_mup.lab.halving import planned_steps
+    from hf_mup.lab.storage import default_storage, load_study
+
+    preset = replace(MINI, search_trials=6, search_steps=9, log2_lr_range=(-14.0, -4.0))
+    assert main(["--preset", "p", "--output_dir", str(tmp_path), "--stages", "search,transfer", "--pruner", "sha",
+                 "--no_progress"], {"p": preset}, "test") == 0
+    trials = load_study("proxy", default_storage(tmp_path)).get_trials(deepcopy=False)
+    assert [t.user_attrs["rung"] for t in trials] == [0] * 6 + [1] * 2
+    assert sum(t.user_attrs["steps_run"] for t in trials) == planned_steps(6, 9, 3) == 6 * 3 + 2 * 6
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    hp = json.loads((tmp_path / "hparams.json").read_text())
+    assert hp["source"]["trial"] == min(complete, key=lambda t: t.value).number and hp["cost"]["trials"] == 6
+    assert list((tmp_path / "search_checkpoints").iterdir()) == []
+
+
+@pytest.mark.slow
 def test_gpt2_pipeline_reports_the_regret(tmp_path):
     mini = Preset("mini", "gpt2", proxy=Shape(32, 1, 16), target=Shape(64, 1, 16), seq_len=32, vocab_size=320,
                   search_trials=2, search_steps=4, search_batch=8, pretrain_steps=4, pretrain_batch=8,
