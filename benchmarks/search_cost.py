@@ -53,9 +53,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from hf_mup.lab import sweep as sw
+from hf_mup.lab.halving import run_halving
 from hf_mup.lab.pipeline import Pipeline
 from hf_mup.lab.presets import BERT_PRESETS, GPT2_PRESETS, Preset, param_count
-from hf_mup.lab.halving import run_halving
 from hf_mup.lab.search import make_pruner, searched
 from hf_mup.lab.storage import open_study
 from hf_mup.lab.transfer import transfer

@@ -86,7 +86,7 @@ def next_step(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: in
     size = n_trials
     for k in range(n_rungs):
         here = [t for t in legs if _rung(t) == k]
-        finished = {}  # a leg per configuration: the first to finish
+        finished: dict[int, optuna.trial.FrozenTrial] = {}  # a leg per configuration: the first to finish
         for t in sorted((t for t in here if t.state in FINISHED), key=lambda t: t.number):
             finished.setdefault(t.user_attrs.get("resumes", t.number), t)
         if any(t.state == TrialState.WAITING for t in here) or (k == 0 and len(finished) + sum(

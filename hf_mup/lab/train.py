@@ -53,7 +53,8 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
     val_losses: list[float] = []
     diverged = stopped = False
     start = time.perf_counter()
-    bar = tqdm(range(first, stop), initial=first, total=stop, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(first, stop), initial=first, total=stop, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True)
     for step in bar:
         loss = model(**next(batches)).loss
         value = loss.item()
