@@ -30,6 +30,9 @@ For each method and search seed (`--seeds`, 3):
    method their mean and spread across seeds; and from the full-length searches' curves, whether comparing trials
    early favours high learning rates: at each step, the rank correlation of the loss there with the final loss and
    the mean log2 LR of the best third there minus that of the best third at the end.
+5. with `--target-seeds 3`: the target's own noise, the points of `--noise-runs` (default tpe and sha seed 0)
+   pretrained again with init seeds 1 and 2 (kept like the runs: a rerun only trains what is missing). A spread of the
+   transferred points' losses across search seeds under this is not the search's doing.
 
 Writes benchmarks/results/search_cost_<arch>_<preset>.{json,md,png} and search_cost_<arch>_<preset>_runs.jsonl (one
 line per finished run, the resume state); the studies and target checkpoints go to out/search_cost/ (not committed).
@@ -150,6 +153,22 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
         "seconds": round(time.time() - start, 1),
         "curves": curves(study),
     }
+
+
+def target_noise(pipe: Pipeline, run_: dict, seeds: int, storage: str) -> dict:
+    """The target's own noise: the point `run_` transferred, pretrained again with init seeds 1 … `seeds`-1 (the
+    data order stays the pipeline's); its losses beside the search seeds' spread say whether that spread is signal."""
+    from hf_mup.lab.storage import load_study
+
+    p = pipe.preset
+    study = load_study(f"{run_['method']}_s{run_['seed']}", storage)
+    result = transfer(study, pipe.target_config(), target_tokens=pipe.pretrain_tokens(), batch_size=p.pretrain_batch,
+                      allow_depth_change=True, rule="copy")
+    key = hashlib.sha1(json.dumps(result.recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    losses = [run_["target_loss"]] + [pipe.pretrain_row(f"target_{key}_seed{s}", result.recipe.replace(seed=s))[
+        "eval_loss"] for s in range(1, seeds)]
+    return {"method": run_["method"], "seed": run_["seed"], "target_losses": losses, "sd": statistics.stdev(losses),
+            "range": max(losses) - min(losses)}
 
 
 def _ranks(xs: list[float]) -> list[float]:
@@ -276,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS), help=f"a subset of {', '.join(METHODS)}")
     ap.add_argument("--quick", action="store_true", help="toy sizes, a minute")
+    ap.add_argument("--target-seeds", type=int, default=1, help="pretrain the points of --noise-runs with this many "
+                    "init seeds: the target's own noise")
+    ap.add_argument("--noise-runs", default="tpe:0,sha:0", help="METHOD:SEED runs whose points --target-seeds uses")
     ap.add_argument("--work", default=str(WORK), help="the studies and the targets' checkpoints (not committed)")
     ap.add_argument("--out", default=str(RESULTS), help="where the results and the runs' log go")
     args = ap.parse_args(argv)
@@ -306,18 +328,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(todo)}, {time.time() - start:.0f} s] {m} seed {s}: search {100 * r['fraction']:.2f}% "
               f"of the target ({r['pruned']}/{r['trials']} pruned, {r['search_seconds']:.0f} s), winner log2 LR "
               f"{r['winner']['log2_lr']:.2f}, target val loss {r['target_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    noise = []
+    if args.target_seeds > 1:
+        for item in args.noise_runs.split(","):
+            method, seed = item.split(":")
+            [r] = [r for r in runs if (r["method"], r["seed"]) == (method, int(seed))]
+            noise.append(target_noise(pipe, r, args.target_seeds, storage))
+            print(f"target noise, {method} seed {seed}'s point: {noise[-1]['target_losses']}", flush=True)
     summary = summarize(runs)
     bias = early_bias(runs)
     plan = preset.plan()
     command = f"python benchmarks/search_cost.py --arch {args.arch} --preset {args.preset}" + (
-        " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+        " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + (
+        f" --target-seeds {args.target_seeds} --noise-runs {args.noise_runs}" if noise else "")
     result = {"command": command, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
         "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in summary},
-        "reduction": REDUCTION, "summary": summary, "early_bias": bias,
+        "reduction": REDUCTION, "summary": summary, "early_bias": bias, "target_noise": noise,
         "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     md = table(summary, runs, bias, preset.search_steps)
+    if noise:
+        rows = [f"| {n['method']} seed {n['seed']}'s | {', '.join(f'{x:.4f}' for x in n['target_losses'])} | "
+                f"{n['sd']:.4f} | {n['range']:.4f} |" for n in noise]
+        md += "\n".join(["", "", f"The target's own noise (one transferred point, init seeds 0 … {args.target_seeds - 1}"
+                         "):", "", "| point | target val losses | sd | range |", "|---|---|---|---|", *rows])
     (out / f"{name}.md").write_text(f"`{command}`\n\n{md}\n")
     plot(summary, runs, bias, preset.search_steps, f"{args.arch} {preset.name}: search cost against target loss",
          out / f"{name}.png")

@@ -35,4 +35,8 @@ def test_quick_run_and_resume(tmp_path):
     log = tmp_path / "search_cost_gpt2_tiny_quick_runs.jsonl"
     lines = log.read_text()
     assert sc.main(args) == 0 and log.read_text() == lines  # resumed: nothing run twice
+    assert sc.main([*args, "--target-seeds", "2", "--noise-runs", "sha:0"]) == 0  # the target's own noise
+    [noise] = json.loads((tmp_path / "search_cost_gpt2_tiny_quick.json").read_text())["target_noise"]
+    first, other = noise["target_losses"]
+    assert first == runs["sha"]["target_loss"] and other != first and noise["range"] == abs(other - first)
     assert (tmp_path / "search_cost_gpt2_tiny_quick.png").stat().st_size > 10_000
