@@ -19,7 +19,10 @@ For each method and search seed (`--seeds`, 3):
      favours high LRs as much (the curves below measure it);
    - "sha": TPE with synchronous successive halving (`--pruner sha`, `hf_mup.lab.halving`): every trial trains to
      steps/9, the best third go on from their checkpoints to steps/3, the best third of those to the end (24
-     trials: 24, 8, 3), a rung decided only once every trial has reached it.
+     trials: 24, 8, 3), a rung decided only once every trial has reached it. TPE learns from the first rung's
+     losses only (no trial is complete before the last rung).
+   - "sha_b2": the same in 2 brackets of 12 trials (12, 4, 2 each), one after the other: TPE samples the second
+     bracket knowing the first one's full-length trials.
    The full-length searches also record their validation curves every steps/9 (not part of today's cost: counted
    apart). TPE's first 10 trials are random draws from the same seed as the random search's: tpe and random share
    them (a paired comparison; with 12 trials they often share the winner).
@@ -65,10 +68,10 @@ from hf_mup.lab.transfer import transfer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parents[1] / "out" / "search_cost"
-# sampler, pruner, and the report interval as a fraction of the trial: the pruner's first rung (its minimum resource);
-# the full-length searches record their curves at it
-METHODS = {"tpe": ("tpe", "none", 9), "random": ("random", "none", 9), "asha": ("tpe", "asha", 9),
-           "asha_guarded": ("tpe", "asha", 3), "sha": ("tpe", "sha", 9)}
+# sampler, pruner, the report interval as a fraction of the trial: the pruner's first rung (its minimum resource),
+# and successive halving's brackets; the full-length searches record their curves at the first rung
+METHODS = {"tpe": ("tpe", "none", 9, 1), "random": ("random", "none", 9, 1), "asha": ("tpe", "asha", 9, 1),
+           "asha_guarded": ("tpe", "asha", 3, 1), "sha": ("tpe", "sha", 9, 1), "sha_b2": ("tpe", "sha", 9, 2)}
 REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, steps/3 (asha, sha); steps/3 (guarded)
 
 
@@ -87,13 +90,13 @@ def search(pipe: Pipeline, method: str, seed: int, storage: str) -> object:
     tok, train, val = pipe.data()
     spec = sw.SweepSpec("tune", p.proxy_recipe(len(tok)), pipe.corpus(), p.log2_lr_range, name=p.name)
     study = open_study(f"{method}_s{seed}", storage, spec.stamp((train, val)))
-    sampler, pruner, rungs = METHODS[method]
+    sampler, pruner, rungs, brackets = METHODS[method]
     every = max(1, p.search_steps // rungs)
     study.sampler = sw.make_sampler(sampler, seed, len(study.trials))
     study.pruner = make_pruner(pruner, p.search_steps, every, REDUCTION)
     if pruner == "sha":
         run_halving(study, spec, p.search_trials, (train, val), pipe.out / f"{method}_s{seed}_checkpoints", every,
-                    REDUCTION, progress=False)
+                    REDUCTION, progress=False, brackets=brackets)
     else:
         sw.run_tune(study, spec, p.search_trials, (train, val), progress=False, eval_every=every)
     return study

@@ -212,6 +212,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         eval_every = 0 if args.pruner in ("none", "sha") else args.eval_every or min_steps
     if args.checkpoint_dir and (args.mode != "tune" or args.pruner != "sha"):
         raise MuPError("--checkpoint-dir is where --pruner sha pauses its trials: use it with --mode tune --pruner sha.")
+    if args.brackets != 1 and (args.mode != "tune" or args.pruner != "sha"):
+        raise MuPError("--brackets splits --pruner sha's trials: use it with --mode tune --pruner sha.")
+    if args.mode == "tune" and args.pruner == "sha":
+        from .halving import rungs, split
+
+        split(args.n_trials, args.brackets)
+        rungs(args.steps, min_steps)
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -246,7 +253,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
             checkpoints = args.checkpoint_dir or out / "checkpoints" / study.study_name
             run_halving(study, spec, args.n_trials, data, checkpoints, min_steps, device=device, progress=progress,
-                        after_trial=write)
+                        after_trial=write, brackets=args.brackets)
         else:
             sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
         if args.confirm_top:  # the top trials rerun with more seeds: transfer takes the best seed-mean
@@ -372,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune mode: stop hopeless trials early on their validation loss (hf_mup.lab.search); sha: "
                    "synchronous successive halving, which pauses trials at each rung (--checkpoint-dir) and goes "
                    "on with the best third (hf_mup.lab.halving)")
+    p.add_argument("--brackets", type=int, default=1, help="--pruner sha: split the trials into this many successive "
+                   "halvings run one after the other, so that TPE learns from full-length trials (hf_mup.lab.halving)")
     p.add_argument("--checkpoint-dir", help="--pruner sha: where paused trials wait, shared by every worker of the "
                    "study (default: OUT/checkpoints/STUDY)")
     p.add_argument("--min-steps", type=int, help="with --pruner: no trial is stopped before this step (--steps/3); "

@@ -46,44 +46,78 @@ ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def rungs(steps: int, min_steps: int, reduction: int = 3) -> list[int]:
-    """The steps at which configurations are compared: `min_steps`·`reduction`^k below `steps`, then `steps`."""
+    """The steps at which configurations are compared: `min_steps`·`reduction`^k while a rung is at most
+    1/`reduction` of the trial, then `steps` (150 steps from 16: 16, 48, 150; no rung just short of the end)."""
     if not 1 <= min_steps <= steps:
         raise MuPError(f"--min-steps {min_steps}: between 1 and the trial's {steps} steps (the first rung).")
     if reduction < 2:
         raise MuPError(f"reduction factor {reduction}: at least 2 (3 keeps a third of the trials at each rung).")
     out, r = [], min_steps
-    while r < steps:
+    while r * reduction <= steps:
         out.append(r)
         r *= reduction
     return out + [steps]
 
 
+def split(n_trials: int, brackets: int) -> list[int]:
+    """The configurations of each bracket: `n_trials` shared as evenly as can be, the first brackets larger."""
+    if not 1 <= brackets <= n_trials:
+        raise MuPError(f"--brackets {brackets}: between 1 and --n-trials ({n_trials}), each bracket a search of its "
+                       "own that the next one's sampler learns from.")
+    return [n_trials // brackets + (b < n_trials % brackets) for b in range(brackets)]
+
+
 def sizes(n_trials: int, n_rungs: int, reduction: int = 3) -> list[int]:
-    """How many configurations reach each rung: all, then the best ⌈n/reduction⌉ of each rung."""
+    """How many configurations of a bracket reach each rung: all, then the best ⌈n/reduction⌉ of each rung."""
     out = [n_trials]
     while len(out) < n_rungs:
         out.append(math.ceil(out[-1] / reduction))
     return out
 
 
-def planned_steps(n_trials: int, steps: int, min_steps: int, reduction: int = 3) -> int:
+def planned_steps(n_trials: int, steps: int, min_steps: int, reduction: int = 3, brackets: int = 1) -> int:
     """The training steps the search runs in all (every leg that no divergence cut short), before it starts."""
     ladder = rungs(steps, min_steps, reduction)
-    return sum(n * (r - prev) for n, r, prev in zip(sizes(n_trials, len(ladder), reduction), ladder, [0, *ladder]))
+    return sum(n * (r - prev) for b in split(n_trials, brackets)
+               for n, r, prev in zip(sizes(b, len(ladder), reduction), ladder, [0, *ladder]))
 
 
 def _rung(t: optuna.trial.FrozenTrial) -> int:
     return int(t.user_attrs.get("rung", 0))  # a first leg sets it when it starts; a promoted one is enqueued with it
 
 
-def next_step(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: int,
-              reduction: int) -> tuple[str, list[optuna.trial.FrozenTrial]]:
-    """What the search needs next, from its legs (`trials`: the study's, any state): ("run", []) a leg (sampled or
-    waiting), ("promote", legs) to enqueue the next leg of each, ("wait", []) for legs running elsewhere, or
-    ("done", []). Deterministic: every worker decides the same promotions."""
-    legs = [t for t in trials if t.state != TrialState.FAIL and "confirm_of" not in t.user_attrs
-            and "duplicate_of" not in t.user_attrs]
-    size = n_trials
+def _legs(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if "confirm_of" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+
+
+def _by_bracket(legs: list[optuna.trial.FrozenTrial],
+                n_brackets: int) -> tuple[list[list[optuna.trial.FrozenTrial]], list[optuna.trial.FrozenTrial]]:
+    """The legs of each bracket, and the loose ones: a first leg records its bracket when it starts, so one running
+    without it (for a moment) or waiting without it (the retry of one killed at once) belongs to the first bracket
+    not decided, the one it will join."""
+    out: list[list[optuna.trial.FrozenTrial]] = [[] for _ in range(n_brackets)]
+    loose: list[optuna.trial.FrozenTrial] = []
+    for t in legs:
+        (out[int(t.user_attrs["bracket"])] if "bracket" in t.user_attrs else loose).append(t)
+    return out, loose
+
+
+def next_step(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: int, reduction: int,
+              brackets: int = 1) -> tuple[str, list[optuna.trial.FrozenTrial], int]:
+    """What the search needs next, from its legs (`trials`: the study's, any state), and in which bracket:
+    ("run", [], b) a leg (sampled or waiting), ("promote", legs, b) to enqueue the next leg of each, ("wait", [], b)
+    for legs running elsewhere, or ("done", [], last). Brackets run one after the other. Deterministic: every worker
+    decides the same promotions."""
+    tagged, loose = _by_bracket([t for t in _legs(trials) if t.state != TrialState.FAIL], brackets)
+    for b, (here, size) in enumerate(zip(tagged, split(n_trials, brackets))):
+        action, promote = _bracket_step(here, size, n_rungs, reduction)
+        if action != "done":
+            return (*_bracket_step(here + loose, size, n_rungs, reduction), b) if loose else (action, promote, b)
+    return "done", [], brackets - 1
+
+
+def _bracket_step(legs: list[optuna.trial.FrozenTrial], size: int, n_rungs: int,
+                  reduction: int) -> tuple[str, list[optuna.trial.FrozenTrial]]:
     for k in range(n_rungs):
         here = [t for t in legs if _rung(t) == k]
         finished: dict[int, optuna.trial.FrozenTrial] = {}  # a leg per configuration: the first to finish
@@ -109,15 +143,17 @@ def next_step(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: in
     return "done", []
 
 
-def obsolete_checkpoints(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """The finished (or failed) legs whose checkpoints no leg can need any more: not promoted from a decided rung,
-    or gone on from by a finished leg. A running leg's checkpoint (being written) is never among them."""
-    legs = [t for t in trials if "confirm_of" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
-    top = max((_rung(t) for t in legs), default=0)
-    referenced = {t.user_attrs["resumes"] for t in legs if "resumes" in t.user_attrs}
-    gone_on = {t.user_attrs["resumes"] for t in legs if t.state in FINISHED and "resumes" in t.user_attrs}
-    return {t.number for t in legs if t.state in (*FINISHED, TrialState.FAIL)
-            and (t.number in gone_on or (t.number not in referenced and _rung(t) < top))}
+def obsolete_checkpoints(trials: list[optuna.trial.FrozenTrial], brackets: int = 1) -> set[int]:
+    """The finished (or failed) legs whose checkpoints no leg can need any more: not promoted from a decided rung of
+    their bracket, or gone on from by a finished leg. A running leg's checkpoint (being written) is never among them."""
+    out = set()
+    for legs in _by_bracket(_legs(trials), brackets)[0]:
+        top = max((_rung(t) for t in legs), default=0)
+        referenced = {t.user_attrs["resumes"] for t in legs if "resumes" in t.user_attrs}
+        gone_on = {t.user_attrs["resumes"] for t in legs if t.state in FINISHED and "resumes" in t.user_attrs}
+        out |= {t.number for t in legs if t.state in (*FINISHED, TrialState.FAIL)
+                and (t.number in gone_on or (t.number not in referenced and _rung(t) < top))}
+    return out
 
 
 class Checkpoints:
@@ -150,7 +186,8 @@ class Checkpoints:
 
 def leg_objective(spec: SweepSpec, data: tuple, ladder: list[int], checkpoints: Checkpoints, device: str = "cpu",
                   progress: bool = False):
-    """The objective of a leg: trains the configuration from its previous rung (its checkpoint) to the next."""
+    """The objective of a leg: trains the configuration from its previous rung (its checkpoint) to the next. A first
+    leg joins the bracket `objective.bracket` (run_halving sets it)."""
 
     def objective(trial: optuna.Trial) -> float:
         prev = trial.user_attrs.get("resumes")
@@ -162,6 +199,7 @@ def leg_objective(spec: SweepSpec, data: tuple, ladder: list[int], checkpoints: 
                     raise optuna.TrialPruned(f"trial {t.number} goes on from trial {prev}")
         rung = _rung(trial)  # type: ignore[arg-type]
         trial.set_user_attr("rung", rung)
+        trial.set_user_attr("bracket", trial.user_attrs.get("bracket", objective.bracket))  # type: ignore[attr-defined]
         hp = sample_hparams(trial, spec)
         resume = checkpoints.load(prev) if prev is not None else None
         attrs = run_trial(spec, spec.tune_recipe(hp), data, device, progress, f"trial {trial.number} rung {rung}",
@@ -176,36 +214,43 @@ def leg_objective(spec: SweepSpec, data: tuple, ladder: list[int], checkpoints: 
             raise optuna.TrialPruned(f"paused at step {ladder[rung]} (rung {rung})")
         return value
 
+    objective.bracket = 0  # type: ignore[attr-defined]
     return objective
 
 
 def run_halving(study: optuna.Study, spec: SweepSpec, n_trials: int, data: tuple, checkpoints: str | Path,
                 min_steps: int, reduction: int = 3, device: str = "cpu", progress: bool = True,
-                after_trial=None) -> None:
+                after_trial=None, brackets: int = 1) -> None:
     """Successive halving over `n_trials` configurations of the tune `spec`, from `min_steps` to the recipe's
-    steps; resumes a search that was stopped, and shares the work with other workers on the same study."""
+    steps; resumes a search that was stopped, and shares the work with other workers on the same study.
+
+    `brackets`: the configurations split into that many successive halvings, run one after the other, so that the
+    sampler (TPE) of a later bracket learns from the full-length trials of the earlier ones; with one bracket it has
+    only the first rung's losses to go on, and chases what trains fastest early."""
     from tqdm.auto import tqdm
 
     check_n_trials(n_trials)
+    split(n_trials, brackets)
     ladder = rungs(spec.recipe.steps, min_steps, reduction)
     store = Checkpoints(checkpoints)
     objective = leg_objective(spec, data, ladder, store, device, progress)
-    bar = tqdm(total=sum(sizes(n_trials, len(ladder), reduction)), desc="halving", disable=not progress,
-               dynamic_ncols=True)
+    legs_planned = sum(sum(sizes(n, len(ladder), reduction)) for n in split(n_trials, brackets))
+    bar = tqdm(total=legs_planned, desc="halving", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
         fail_stale(study, adopted)
         trials = study.get_trials(deepcopy=False)
-        store.remove(obsolete_checkpoints(trials))
+        store.remove(obsolete_checkpoints(trials, brackets))
         finished = sum(t.state in FINISHED and "confirm_of" not in t.user_attrs
                        and "duplicate_of" not in t.user_attrs for t in trials)
         bar.update(finished - bar.n)
-        action, legs = next_step(trials, n_trials, len(ladder), reduction)
+        action, legs, objective.bracket = next_step(trials, n_trials, len(ladder), reduction, brackets)
         if action == "done":
             break
         if action == "promote":
             for t in legs:
-                study.enqueue_trial(t.params, user_attrs={"rung": _rung(t) + 1, "resumes": t.number})
+                study.enqueue_trial(t.params, user_attrs={"rung": _rung(t) + 1, "resumes": t.number,
+                                                          "bracket": t.user_attrs["bracket"]})
         elif action == "run":
             study.optimize(objective, n_trials=1)
             if after_trial:

@@ -13,7 +13,7 @@ from hf_mup.lab.halving import planned_steps
 
 
 def test_the_methods_and_presets():
-    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded", "sha"}
+    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded", "sha", "sha_b2"}
     hour = sc.preset_of("gpt2", "hour", quick=False)
     assert (hour.search_trials, hour.proxy.width, hour.target.width) == (24, 64, 1024)
 

@@ -10,7 +10,7 @@ from test_sweep import TINY, tiny_spec
 from hf_mup import MuPError
 from hf_mup.lab import cli
 from hf_mup.lab import sweep as sw
-from hf_mup.lab.halving import next_step, planned_steps, run_halving, rungs, sizes
+from hf_mup.lab.halving import next_step, planned_steps, run_halving, rungs, sizes, split
 from hf_mup.lab.lm import train_lm
 from hf_mup.lab.results import report
 from hf_mup.lab.search import param_importance, searched
@@ -20,16 +20,21 @@ from hf_mup.lab.transfer import transfer
 HP = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 1.0, "output_mult": 2.0, "attn_mult": 1.0}
 
 
-def test_rungs_sizes_and_the_planned_cost():
-    assert rungs(150, 16) == [16, 48, 144, 150] and rungs(18, 2) == [2, 6, 18] and rungs(8, 8) == [8]
+def test_rungs_sizes_brackets_and_the_planned_cost():
+    assert rungs(150, 16) == [16, 48, 150] and rungs(18, 2) == [2, 6, 18] and rungs(8, 8) == [8]
+    assert rungs(140, 16) == [16, 140]  # no rung just short of the end: each at most a third of the trial
     assert sizes(24, 3) == [24, 8, 3] and sizes(5, 3) == [5, 2, 1] and sizes(8, 3, reduction=2) == [8, 4, 2]
-    # GPT-2 `hour`: 24 trials of 150 steps from step 16 cost 27% of running every one to the end
-    assert planned_steps(24, 150, 16) == 24 * 16 + 8 * 32 + 3 * 96 + 1 * 6
-    assert planned_steps(24, 150, 16) / (24 * 150) == pytest.approx(0.2594, abs=1e-4)
+    assert split(24, 2) == [12, 12] and split(7, 3) == [3, 2, 2]
+    # GPT-2 `hour`: 24 trials of 150 steps from step 16 cost 26% of running every one to the end; 2 brackets 29%
+    assert planned_steps(24, 150, 16) == 24 * 16 + 8 * 32 + 3 * 102
+    assert planned_steps(24, 150, 16) / (24 * 150) == pytest.approx(0.2628, abs=1e-4)
+    assert planned_steps(24, 150, 16, brackets=2) == 2 * (12 * 16 + 4 * 32 + 2 * 102)
     with pytest.raises(MuPError, match="--min-steps 0: between 1 and the trial's 150 steps"):
         rungs(150, 0)
     with pytest.raises(MuPError, match="reduction factor 1: at least 2"):
         rungs(150, 16, reduction=1)
+    with pytest.raises(MuPError, match="--brackets 9: between 1 and --n-trials \\(8\\)"):
+        split(8, 9)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
@@ -105,6 +110,28 @@ def test_a_search_runs_each_rung_once_and_its_winner_is_a_straight_full_run(tmp_
     assert len(study.trials) == 12  # resumed: nothing left to run
 
 
+@pytest.mark.slow
+def test_brackets_run_one_after_the_other(tmp_path):
+    """2 brackets of 4 (4, 2, 1 legs each): the second samples only once the first is decided, so TPE sees a
+    full-length trial; transfer takes the better of the two complete ones."""
+    spec, data, url, study = _search(tmp_path)
+    run_halving(study, spec, 8, data, tmp_path / "ck", min_steps=2, progress=False, brackets=2)
+    trials = study.get_trials(deepcopy=False)
+    brackets = [[t for t in trials if t.user_attrs["bracket"] == b] for b in (0, 1)]
+    assert [sorted(t.user_attrs["rung"] for t in legs) for legs in brackets] == [[0] * 4 + [1] * 2 + [2]] * 2
+    assert max(t.number for t in brackets[0]) < min(t.number for t in brackets[1])
+    assert all(trials[t.user_attrs["resumes"]].user_attrs["bracket"] == 1 for t in brackets[1] if "resumes" in
+               t.user_attrs)
+    assert sum(t.user_attrs["steps_run"] for t in trials) == planned_steps(8, 18, 2, brackets=2) == 2 * 28
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and list((tmp_path / "ck").iterdir()) == []
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 32,
+                                  "vocab_size": 256}))
+    result = transfer(load_study("tune", url), cli.load_config(str(target)), rule="copy")
+    assert result.source["trial"] == min(complete, key=lambda t: t.value).number and result.cost["trials"] == 8
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 @pytest.mark.slow
 def test_a_killed_leg_goes_on_from_the_same_checkpoint_and_a_leg_enqueued_twice_runs_once(tmp_path):
@@ -145,7 +172,7 @@ def test_a_killed_leg_goes_on_from_the_same_checkpoint_and_a_leg_enqueued_twice_
             t.user_attrs]
     assert sorted(t.user_attrs["rung"] for t in legs) == [0] * 8 + [1] * 3 + [2]
     assert sum(t.user_attrs["steps_run"] for t in legs) == planned_steps(8, 18, 2)
-    assert next_step(trials, 8, 3, 3) == ("done", []) and list((tmp_path / "ck").iterdir()) == []
+    assert next_step(trials, 8, 3, 3) == ("done", [], 0) and list((tmp_path / "ck").iterdir()) == []
 
 
 @pytest.mark.slow
@@ -158,6 +185,8 @@ def test_the_cli_runs_successive_halving_and_refuses_a_stray_checkpoint_dir(tmp_
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["counts"]["COMPLETE"] == 1 and result["counts"]["PRUNED"] == 6 + 2  # 6, 2, 1 legs
     assert "at rung 1" in capsys.readouterr().out  # --no-progress: a line per leg
+    assert cli.main([*args, "--brackets", "7"]) == 2  # refused before any data is read
+    assert "--brackets 7: between 1 and --n-trials (6)" in capsys.readouterr().err
     args[args.index("sha")] = "asha"
     assert cli.main(args) == 2
     assert "--checkpoint-dir is where --pruner sha pauses its trials" in capsys.readouterr().err
