@@ -2,7 +2,9 @@
 study: every configuration trains to the first rung, the best 1/`reduction` of them go on from their checkpoints to
 the next, and so on to the trial's full length. A rung is decided only when every configuration has reached it, so
 the cost is fixed in advance (`planned_steps`); Optuna's asynchronous rule (`--pruner asha`) lets the first trials
-at each rung through unchallenged, which made its cost vary from 21% to 50% of a full search on GPT-2 `hour`.
+at each rung through unchallenged, so its cost varies from search to search (docs/results/search.md). With
+`brackets`, the trials are split into successive halvings run one after the other, so that TPE samples the later
+ones knowing full-length trials (within one bracket it sees only first-rung losses).
 
 Usage:
     study.sampler = make_sampler("tpe", seed=0, n_existing=len(study.trials))   # hf_mup.lab.search
@@ -10,7 +12,7 @@ Usage:
 
 Each leg of a configuration, from one rung to the next, is a trial of the study, so the study's storage keeps the
 search's state and many workers can share it (`hf-mup sweep --mode tune --pruner sha`, the pipeline's search):
-- the first leg is sampled (TPE learns from the legs that reached the first rung), trains to the first rung, saves
+- the first leg is sampled (TPE learns from every finished leg), records its `bracket`, trains to the first rung, saves
   its state (`hf_mup.lab.train.train`: model, optimizer, schedule, RNG) under `checkpoints`, and ends PRUNED;
 - a promoted configuration's next leg is enqueued with its values and the user attrs `rung` and `resumes` (the leg
   it goes on from); it loads that leg's checkpoint, trains to the next rung, and the last leg ends COMPLETE with
