@@ -39,7 +39,7 @@ class Pipeline:
     """The staged μTransfer run of one preset in one output folder. See the module docstring."""
 
     def __init__(self, preset: Preset, out: str | os.PathLike, storage: str | None = None, device: str = "cpu",
-                 progress: bool = True, pruner: str = "none", confirm_top: int = 0):
+                 progress: bool = True, pruner: str = "none", confirm_top: int = 0, brackets: int = 1):
         if preset.proxy.width > preset.target.width:
             raise MuPError(f"the proxy (width {preset.proxy.width}) is wider than the target "
                            f"({preset.target.width}): the proxy is the small model. Fix the preset.")
@@ -48,6 +48,9 @@ class Pipeline:
         self.preset, self.out, self.device, self.progress = preset, Path(out), device, progress
         self.storage = storage
         self.pruner, self.confirm_top = pruner, confirm_top  # the search's (hf_mup.lab.search); the study ignores them
+        self.brackets = brackets  # successive halving's (hf_mup.lab.halving)
+        if brackets != 1 and pruner != "sha":
+            raise MuPError(f"--brackets {brackets} splits --pruner sha's search: use it with --pruner sha.")
         self._data = None
 
     # ---------------------------------------------------------------------------------------------- bookkeeping
@@ -196,7 +199,7 @@ class Pipeline:
             from .halving import run_halving
 
             run_halving(study, spec, p.search_trials, (train, val), self.out / "search_checkpoints", every,
-                        device=self.device, progress=self.progress, after_trial=log)
+                        device=self.device, progress=self.progress, after_trial=log, brackets=self.brackets)
         else:
             sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress, after_trial=log,
                         eval_every=0 if self.pruner == "none" else every)
@@ -417,6 +420,8 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
     parser.add_argument("--pruner", default="none", choices=["none", "asha", "sha", "hyperband", "median"],
                         help="stop hopeless search trials early on their validation loss (hf_mup.lab.search; sha: "
                         "synchronous successive halving, hf_mup.lab.halving)")
+    parser.add_argument("--brackets", type=int, default=1, help="--pruner sha: this many successive halvings, one "
+                        "after the other (TPE learns from the earlier ones' full-length trials)")
     parser.add_argument("--confirm_top", type=int, default=0, help="rerun this many best search trials with 3 seeds")
     args = parser.parse_args(argv)
     try:
@@ -427,7 +432,7 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
             preset = replace(preset, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
         pipe = Pipeline(preset, args.output_dir, storage=args.storage, device=args.device,
                         progress=quiet_progress_bars() and not args.no_progress,  # bars on a terminal only
-                        pruner=args.pruner, confirm_top=args.confirm_top)
+                        pruner=args.pruner, confirm_top=args.confirm_top, brackets=args.brackets)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:

@@ -123,6 +123,8 @@ def test_the_search_stage_runs_successive_halving(tmp_path):
     hp = json.loads((tmp_path / "hparams.json").read_text())
     assert hp["source"]["trial"] == min(complete, key=lambda t: t.value).number and hp["cost"]["trials"] == 6
     assert list((tmp_path / "search_checkpoints").iterdir()) == []
+    with pytest.raises(MuPError, match="--brackets 2 splits --pruner sha's search"):
+        Pipeline(preset, tmp_path, pruner="asha", brackets=2)
 
 
 @pytest.mark.slow
