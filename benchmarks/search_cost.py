@@ -59,10 +59,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from hf_mup.lab import sweep as sw
-from hf_mup.lab.halving import run_halving
 from hf_mup.lab.pipeline import Pipeline
 from hf_mup.lab.presets import BERT_PRESETS, GPT2_PRESETS, Preset, param_count
-from hf_mup.lab.search import make_pruner, searched
+from hf_mup.lab.search import run_search, searched
 from hf_mup.lab.storage import open_study
 from hf_mup.lab.transfer import transfer
 
@@ -72,7 +71,9 @@ WORK = Path(__file__).resolve().parents[1] / "out" / "search_cost"
 # and successive halving's brackets; the full-length searches record their curves at the first rung
 METHODS = {"tpe": ("tpe", "none", 9, 1), "random": ("random", "none", 9, 1), "asha": ("tpe", "asha", 9, 1),
            "asha_guarded": ("tpe", "asha", 3, 1), "sha": ("tpe", "sha", 9, 1), "sha_b2": ("tpe", "sha", 9, 2)}
-REDUCTION = 3  # successive halving keeps the best third at each rung: steps/9, steps/3 (asha, sha); steps/3 (guarded)
+# the library's reduction: successive halving keeps the best third at each rung: steps/9, steps/3 (asha, sha);
+# steps/3 (guarded)
+REDUCTION = 3
 
 
 def preset_of(arch: str, name: str, quick: bool) -> Preset:
@@ -93,12 +94,8 @@ def search(pipe: Pipeline, method: str, seed: int, storage: str) -> object:
     sampler, pruner, rungs, brackets = METHODS[method]
     every = max(1, p.search_steps // rungs)
     study.sampler = sw.make_sampler(sampler, seed, len(study.trials))
-    study.pruner = make_pruner(pruner, p.search_steps, every, REDUCTION)
-    if pruner == "sha":
-        run_halving(study, spec, p.search_trials, (train, val), pipe.out / f"{method}_s{seed}_checkpoints", every,
-                    REDUCTION, progress=False, brackets=brackets)
-    else:
-        sw.run_tune(study, spec, p.search_trials, (train, val), progress=False, eval_every=every)
+    run_search(study, spec, p.search_trials, (train, val), pruner, every, pipe.out / f"{method}_s{seed}_checkpoints",
+               progress=False, eval_every=every, brackets=brackets)
     return study
 
 

@@ -191,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         require("train", "datasets", what="hf-mup sweep --dataset (a Hub dataset)")
     from . import sweep as sw
     from .results import report, trial_line
-    from .search import MIN_FRACTION, confirm_top, make_pruner
+    from .search import MIN_FRACTION, check_search, confirm_top, run_search
     from .storage import default_storage, safe_url
 
     sw.check_arch(args.arch)
@@ -208,17 +208,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.mode == "tune":
         sw.check_n_trials(args.n_trials)
         min_steps = args.min_steps or max(1, args.steps // MIN_FRACTION)
-        pruner = make_pruner(args.pruner, args.steps, min_steps)
-        eval_every = 0 if args.pruner in ("none", "sha") else args.eval_every or min_steps
+        check_search(args.pruner, args.n_trials, args.steps, min_steps, args.brackets)
+    elif args.brackets != 1:
+        raise MuPError("--brackets splits --pruner sha's trials: use it with --mode tune --pruner sha.")
     if args.checkpoint_dir and (args.mode != "tune" or args.pruner != "sha"):
         raise MuPError("--checkpoint-dir is where --pruner sha pauses its trials: use it with --mode tune --pruner sha.")
-    if args.brackets != 1 and (args.mode != "tune" or args.pruner != "sha"):
-        raise MuPError("--brackets splits --pruner sha's trials: use it with --mode tune --pruner sha.")
-    if args.mode == "tune" and args.pruner == "sha":
-        from .halving import rungs, split
-
-        split(args.n_trials, args.brackets)
-        rungs(args.steps, min_steps)
     sw.check_grid(widths, args.head_dim, args.base_width)
     spec = sweep_spec(args, widths, lrs)
     if args.threads:
@@ -247,15 +241,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study.sampler = sw.optuna.samplers.RandomSampler()  # grid points are fixed; nothing to sample
         sw.run_grid(study, spec, points, data, device, progress, after_trial=write)
     else:
-        study.sampler, study.pruner = sw.make_sampler(args.sampler, args.seed, len(study.trials)), pruner
-        if args.pruner == "sha":
-            from .halving import run_halving
-
-            checkpoints = args.checkpoint_dir or out / "checkpoints" / study.study_name
-            run_halving(study, spec, args.n_trials, data, checkpoints, min_steps, device=device, progress=progress,
-                        after_trial=write, brackets=args.brackets)
-        else:
-            sw.run_tune(study, spec, args.n_trials, data, device, progress, after_trial=write, eval_every=eval_every)
+        study.sampler = sw.make_sampler(args.sampler, args.seed, len(study.trials))
+        run_search(study, spec, args.n_trials, data, args.pruner, min_steps,
+                   args.checkpoint_dir or out / "checkpoints" / study.study_name, device, progress, write,
+                   args.eval_every, args.brackets)
         if args.confirm_top:  # the top trials rerun with more seeds: transfer takes the best seed-mean
             confirm_top(study, spec, data, args.confirm_top, args.confirm_seeds, device, progress)
     result = report(study, out, metric=f"{args.metric}_loss")

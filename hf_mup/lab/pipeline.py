@@ -45,10 +45,9 @@ class Pipeline:
                            f"({preset.target.width}): the proxy is the small model. Fix the preset.")
         if preset.arch not in ("bert", "gpt2"):
             raise MuPError(f"preset arch {preset.arch!r}: use bert or gpt2.")
-        self.preset, self.out, self.device, self.progress = preset, Path(out), device, progress
-        self.storage = storage
-        self.pruner, self.confirm_top = pruner, confirm_top  # the search's (hf_mup.lab.search); the study ignores them
-        self.brackets = brackets  # successive halving's (hf_mup.lab.halving)
+        self.preset, self.out, self.device, self.progress, self.storage = preset, Path(out), device, progress, storage
+        # the search's (hf_mup.lab.search); the study ignores them
+        self.pruner, self.confirm_top, self.brackets = pruner, confirm_top, brackets
         if brackets != 1 and pruner != "sha":
             raise MuPError(f"--brackets {brackets} splits --pruner sha's search: use it with --pruner sha.")
         self._data = None
@@ -184,7 +183,7 @@ class Pipeline:
     def search(self) -> dict:
         from . import sweep as sw
         from .results import report, trial_line
-        from .search import MIN_FRACTION, confirm_top, make_pruner
+        from .search import MIN_FRACTION, confirm_top, run_search
         from .storage import default_storage
 
         p = self.preset
@@ -193,16 +192,9 @@ class Pipeline:
         study = sw.open_study("proxy", self.storage or default_storage(self.out), spec.stamp((train, val)))
         study.sampler = sw.make_sampler("tpe", 0, len(study.trials))  # seeded: a rerun proposes the same trials
         every = max(1, p.search_steps // MIN_FRACTION)  # the minimum resource and the report interval
-        study.pruner = make_pruner(self.pruner, p.search_steps, every)
         log = None if self.progress else lambda st: self._log(f"search: {trial_line(st)}")
-        if self.pruner == "sha":
-            from .halving import run_halving
-
-            run_halving(study, spec, p.search_trials, (train, val), self.out / "search_checkpoints", every,
-                        device=self.device, progress=self.progress, after_trial=log, brackets=self.brackets)
-        else:
-            sw.run_tune(study, spec, p.search_trials, (train, val), self.device, self.progress, after_trial=log,
-                        eval_every=0 if self.pruner == "none" else every)
+        run_search(study, spec, p.search_trials, (train, val), self.pruner, every, self.out / "search_checkpoints",
+                   self.device, self.progress, log, brackets=self.brackets)
         if self.confirm_top:  # the top trials rerun with 3 seeds: transfer takes the best seed-mean
             confirm_top(study, spec, (train, val), self.confirm_top, 3, self.device, self.progress)
         report(study, self.out, plot_name=None)
@@ -418,10 +410,8 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print the plan (shapes, parameters, tokens, FLOPs)")
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--pruner", default="none", choices=["none", "asha", "sha", "hyperband", "median"],
-                        help="stop hopeless search trials early on their validation loss (hf_mup.lab.search; sha: "
-                        "synchronous successive halving, hf_mup.lab.halving)")
-    parser.add_argument("--brackets", type=int, default=1, help="--pruner sha: this many successive halvings, one "
-                        "after the other (TPE learns from the earlier ones' full-length trials)")
+                        help="stop hopeless search trials early (hf_mup.lab.search, hf_mup.lab.halving)")
+    parser.add_argument("--brackets", type=int, default=1, help="--pruner sha: this many halvings, one by one")
     parser.add_argument("--confirm_top", type=int, default=0, help="rerun this many best search trials with 3 seeds")
     args = parser.parse_args(argv)
     try:

@@ -5,8 +5,7 @@ what it cost (`steps_run`, `flops`) and its last loss; transfer counts it in the
 
 Usage:
     study.sampler = make_sampler("tpe", seed=0, n_existing=len(study.trials))
-    study.pruner = make_pruner("asha", steps=recipe.steps, min_steps=recipe.steps // 4)
-    run_tune(study, spec, n_trials=32, data=data, eval_every=recipe.steps // 8)   # hf_mup.lab.sweep
+    run_search(study, spec, n_trials=32, data=data, pruner="asha", min_steps=recipe.steps // 3, checkpoints=None)
 
 Pruning on an early loss favours high learning rates (they lead early and may finish worse). Two guards: no trial is
 stopped before `min_steps` (the minimum resource), and trials are only ever compared at equal steps, hence equal
@@ -68,6 +67,46 @@ def make_pruner(name: str, steps: int, min_steps: int, reduction: int = 3) -> op
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min_steps - 1)
     return optuna.pruners.NopPruner()
+
+
+def check_search(pruner: str, n_trials: int, steps: int, min_steps: int, brackets: int = 1) -> None:
+    """Refuse a search that cannot run, before any work: the pruner, its minimum resource, and for "sha" the rungs
+    and the brackets (`brackets` is only for "sha")."""
+    make_pruner(pruner, steps, min_steps)
+    if brackets != 1 and pruner != "sha":
+        raise MuPError(f"--brackets {brackets} splits --pruner sha's trials: use it with --pruner sha.")
+    if pruner == "sha":
+        from .halving import rungs, split
+
+        split(n_trials, brackets)
+        if len(rungs(steps, min_steps)) < 2:
+            raise MuPError(f"--min-steps {min_steps} leaves successive halving no rung before the end of the trial's "
+                           f"{steps} steps: use at most {steps // 3} (each rung trains 3x as long as the one before).")
+
+
+def run_search(study: optuna.Study, spec, n_trials: int, data: tuple, pruner: str, min_steps: int, checkpoints,
+               device: str = "cpu", progress: bool = True, after_trial=None, eval_every: int | None = None,
+               brackets: int = 1) -> None:
+    """Run a tune search with `pruner` (`study.sampler` is set): "sha" pauses its trials in `checkpoints`
+    (`hf_mup.lab.halving.run_halving`); the others run whole trials that report their loss every `eval_every` steps
+    to the pruner (`hf_mup.lab.sweep.run_tune`; default: every `min_steps`, or never without a pruner).
+
+    Usage: `run_search(study, spec, 32, data, "asha", min_steps=recipe.steps // 3, checkpoints=None)`
+    """
+    steps = spec.recipe.steps
+    check_search(pruner, n_trials, steps, min_steps, brackets)
+    study.pruner = make_pruner(pruner, steps, min_steps)
+    if pruner == "sha":
+        from .halving import run_halving
+
+        run_halving(study, spec, n_trials, data, checkpoints, min_steps, device=device, progress=progress,
+                    after_trial=after_trial, brackets=brackets)
+    else:
+        from .sweep import run_tune
+
+        if eval_every is None:
+            eval_every = 0 if pruner == "none" else min_steps
+        run_tune(study, spec, n_trials, data, device, progress, after_trial, eval_every)
 
 
 class Reporter:

@@ -437,8 +437,6 @@ def run_tune(study, spec: SweepSpec, n_trials: int, data: tuple, device: str = "
     bar.close()
 
 
-
-
 # ------------------------------------------------------------------------------------------------- timing
 
 def estimate_seconds(spec: SweepSpec, points: list[dict], data: tuple, device: str = "cpu",

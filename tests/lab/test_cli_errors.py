@@ -97,3 +97,18 @@ def test_sweep_arch_errors(argv, message, tmp_path, capsys):
     assert cli.main(["sweep", "--widths", "32,64", *argv, "--out", str(tmp_path)]) == 2
     assert message in _error_line(capsys)
     assert not (tmp_path / "sweep.db").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--widths", "32,64", "--brackets", "2"], "--brackets splits --pruner sha's trials: use it with --mode tune"),
+    (["--mode", "tune", "--widths", "32", "--brackets", "2"], "--brackets 2 splits --pruner sha's trials"),
+    (["--mode", "tune", "--widths", "32", "--pruner", "asha", "--checkpoint-dir", "ck"], "--checkpoint-dir is where"),
+    (["--mode", "tune", "--widths", "32", "--pruner", "sha", "--n-trials", "4", "--brackets", "5"],
+     "--brackets 5: between 1 and --n-trials (4)"),
+    (["--mode", "tune", "--widths", "32", "--pruner", "sha", "--steps", "20", "--min-steps", "10"],
+     "--min-steps 10 leaves successive halving no rung before the end of the trial's 20 steps: use at most 6"),
+])
+def test_successive_halving_options_are_refused_where_they_do_nothing(argv, message, tmp_path, capsys):
+    assert cli.main(["sweep", *argv, "--out", str(tmp_path)]) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "sweep.db").exists()  # refused before any work
