@@ -211,6 +211,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_search(args.pruner, args.n_trials, args.steps, min_steps, args.brackets)
     elif args.brackets != 1:
         raise MuPError("--brackets splits --pruner sha's trials: use it with --mode tune --pruner sha.")
+    if args.eval_every and (args.mode != "tune" or args.pruner in ("none", "sha")):
+        raise MuPError("--eval-every is how often a pruner hears the validation loss: use it with --mode tune and "
+                       "--pruner asha, hyperband or median (sha compares at its rungs).")
     if args.checkpoint_dir and (args.mode != "tune" or args.pruner != "sha"):
         raise MuPError("--checkpoint-dir is where --pruner sha pauses its trials: use it with --mode tune --pruner sha.")
     sw.check_grid(widths, args.head_dim, args.base_width)

@@ -19,7 +19,9 @@ search's state and many workers can share it (`hf-mup sweep --mode tune --pruner
   the trial's validation loss at full length. A leg records only the steps it ran, so the study's FLOPs sum is the
   search's cost; transfer picks the best COMPLETE leg (the full recipe), as for any tune study.
 - a killed worker's leg goes stale and is run again from the same checkpoint (`hf_mup.lab.storage`); a leg two
-  workers enqueued at once runs once (the other ends PRUNED with `duplicate_of`). Checkpoints are written whole
+  workers enqueued at once runs once (the other ends PRUNED with `duplicate_of`), and a first leg beyond its
+  bracket's configurations stops unsampled (`surplus`). The study records the rungs, `n_trials` and `brackets`
+  (user attr "halving") and refuses a rerun with others. Checkpoints are written whole
   (a temporary file, renamed) and deleted once no leg can need them. Workers on several machines need `checkpoints`
   on a filesystem they share.
 """
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from ..errors import MuPError  # noqa: E402
-from .search import DIVERGED_REPORT  # noqa: E402
+from .search import DIVERGED_REPORT, ran  # noqa: E402
 from .storage import storage_of  # noqa: E402
 from .sweep import SweepSpec, check_n_trials, fail_stale, record, run_trial, sample_hparams  # noqa: E402
 
@@ -89,7 +91,7 @@ def _rung(t: optuna.trial.FrozenTrial) -> int:
 
 
 def _legs(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in trials if "confirm_of" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    return [t for t in trials if "confirm_of" not in t.user_attrs and ran(t)]
 
 
 def _by_bracket(legs: list[optuna.trial.FrozenTrial],
@@ -118,43 +120,65 @@ def next_step(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: in
     return "done", [], brackets - 1
 
 
-def _bracket_step(legs: list[optuna.trial.FrozenTrial], size: int, n_rungs: int,
-                  reduction: int) -> tuple[str, list[optuna.trial.FrozenTrial]]:
-    for k in range(n_rungs):
-        here = [t for t in legs if _rung(t) == k]
-        finished: dict[int, optuna.trial.FrozenTrial] = {}  # a leg per configuration: the first to finish
-        for t in sorted((t for t in here if t.state in FINISHED), key=lambda t: t.number):
-            finished.setdefault(t.user_attrs.get("resumes", t.number), t)
-        if any(t.state == TrialState.WAITING for t in here) or (k == 0 and len(finished) + sum(
-                t.state == TrialState.RUNNING for t in here) < size):
-            return "run", []
-        if any(t.state in ACTIVE for t in here) or len(finished) < size:
-            return "wait", []
-        if k == n_rungs - 1:
-            return "done", []
+def _finished(legs: list[optuna.trial.FrozenTrial], k: int) -> dict[int, optuna.trial.FrozenTrial]:
+    """The finished legs at rung `k`, one per configuration (the first to finish), by the configuration's first leg."""
+    out: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in sorted((t for t in legs if _rung(t) == k and t.state in FINISHED), key=lambda t: t.number):
+        out.setdefault(t.user_attrs.get("resumes", t.number), t)
+    return out
+
+
+def _decided(legs: list[optuna.trial.FrozenTrial], size: int, n_rungs: int,
+             reduction: int) -> list[tuple[list[optuna.trial.FrozenTrial], list[optuna.trial.FrozenTrial]]]:
+    """(finished legs, promoted legs) of each decided rung below the last, from the first: a rung is decided when
+    each of its configurations has finished there and no leg of it runs or waits; the best 1/`reduction` that did not
+    diverge go on (ties by trial number). Every worker computes the same promotions."""
+    out = []
+    for k in range(n_rungs - 1):
+        finished = _finished(legs, k)
+        if len(finished) < size or any(_rung(t) == k and t.state in ACTIVE for t in legs):
+            break
         ranked = sorted((t for t in finished.values() if not t.user_attrs.get("diverged")),
                         key=lambda t: (t.value, t.number))
-        promoted = ranked[:math.ceil(size / reduction)]
-        if not promoted:
-            return "done", []  # every configuration diverged
-        have = {t.user_attrs.get("resumes") for t in legs if _rung(t) == k + 1}
-        missing = [t for t in promoted if t.number not in have]
-        if missing:
+        out.append((list(finished.values()), ranked[:math.ceil(size / reduction)]))
+        size = len(out[-1][1])
+        if not size:
+            break  # every configuration diverged
+    return out
+
+
+def _bracket_step(legs: list[optuna.trial.FrozenTrial], size: int, n_rungs: int,
+                  reduction: int) -> tuple[str, list[optuna.trial.FrozenTrial]]:
+    decided = _decided(legs, size, n_rungs, reduction)
+    k = len(decided)  # the first rung not decided
+    if decided and not decided[-1][1]:
+        return "done", []  # every configuration diverged
+    if decided:
+        promoted = decided[-1][1]
+        have = {t.user_attrs.get("resumes") for t in legs if _rung(t) == k}
+        if missing := [t for t in promoted if t.number not in have]:
             return "promote", missing
         size = len(promoted)
-    return "done", []
+    here = [t for t in legs if _rung(t) == k]
+    if any(t.state == TrialState.WAITING for t in here) or (k == 0 and len(_finished(legs, 0)) + sum(
+            t.state == TrialState.RUNNING for t in here) < size):
+        return "run", []
+    if k == n_rungs - 1 and len(_finished(legs, k)) >= size and not any(t.state in ACTIVE for t in here):
+        return "done", []
+    return "wait", []
 
 
-def obsolete_checkpoints(trials: list[optuna.trial.FrozenTrial], brackets: int = 1) -> set[int]:
-    """The finished (or failed) legs whose checkpoints no leg can need any more: not promoted from a decided rung of
-    their bracket, or gone on from by a finished leg. A running leg's checkpoint (being written) is never among them."""
-    out = set()
-    for legs in _by_bracket(_legs(trials), brackets)[0]:
-        top = max((_rung(t) for t in legs), default=0)
-        referenced = {t.user_attrs["resumes"] for t in legs if "resumes" in t.user_attrs}
-        gone_on = {t.user_attrs["resumes"] for t in legs if t.state in FINISHED and "resumes" in t.user_attrs}
-        out |= {t.number for t in legs if t.state in (*FINISHED, TrialState.FAIL)
-                and (t.number in gone_on or (t.number not in referenced and _rung(t) < top))}
+def obsolete_checkpoints(trials: list[optuna.trial.FrozenTrial], n_trials: int, n_rungs: int, reduction: int = 3,
+                         brackets: int = 1) -> set[int]:
+    """The legs whose checkpoints no leg can need any more: failed ones (a retry saves its own), those not promoted
+    from a decided rung, and those a finished leg went on from. A running leg's checkpoint is never among them."""
+    legs = _legs(trials)
+    out = {t.number for t in legs if t.state == TrialState.FAIL}
+    for here, size in zip(_by_bracket([t for t in legs if t.state != TrialState.FAIL], brackets)[0],
+                          split(n_trials, brackets)):
+        for finished, promoted in _decided(here, size, n_rungs, reduction):
+            out |= {t.number for t in finished} - {t.number for t in promoted}
+        out |= {t.user_attrs["resumes"] for t in here if t.state in FINISHED and "resumes" in t.user_attrs}
     return out
 
 
@@ -177,9 +201,9 @@ class Checkpoints:
         path = self.path(number)
         if not path.exists():
             raise MuPError(f"successive halving: the checkpoint of trial {number} ({path}) is missing, so the "
-                           "configuration cannot go on. Run every worker with the same --out (or checkpoint folder "
-                           "on a shared filesystem), or start the search again under a new --study.")
-        return torch.load(path, weights_only=True)
+                           "configuration cannot go on. Give every worker the same checkpoint folder (hf-mup sweep: "
+                           "--checkpoint-dir or --out; a pipeline: --output_dir), on a filesystem they share.")
+        return torch.load(path, map_location="cpu", weights_only=True)  # any worker's device: train() moves it
 
     def remove(self, numbers: set[int]) -> None:
         for n in numbers:
@@ -187,21 +211,31 @@ class Checkpoints:
 
 
 def leg_objective(spec: SweepSpec, data: tuple, ladder: list[int], checkpoints: Checkpoints, device: str = "cpu",
-                  progress: bool = False):
+                  progress: bool = False, bracket_sizes: list[int] | None = None):
     """The objective of a leg: trains the configuration from its previous rung (its checkpoint) to the next. A first
-    leg joins the bracket `objective.bracket` (run_halving sets it)."""
+    leg joins the bracket `objective.bracket` (run_halving sets it) unless that bracket already has its
+    `bracket_sizes[b]` configurations (then it stops before sampling, marked `surplus`: another worker took the leg
+    this one was meant to run)."""
 
     def objective(trial: optuna.Trial) -> float:
         prev = trial.user_attrs.get("resumes")
+        bracket = int(trial.user_attrs.get("bracket", objective.bracket))  # type: ignore[attr-defined, arg-type]
         if prev is not None:
             for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
                 if t.number != trial.number and t.user_attrs.get("resumes") == prev and "duplicate_of" not in \
                         t.user_attrs and (t.state in FINISHED or t.number < trial.number):
                     trial.set_user_attr("duplicate_of", t.number)
                     raise optuna.TrialPruned(f"trial {t.number} goes on from trial {prev}")
+        elif bracket_sizes is not None:  # first legs are numbered in the order they start: the later ones are extra
+            before = [t for t in _legs(trial.study.get_trials(deepcopy=False)) if t.number < trial.number
+                      and t.state != TrialState.FAIL and "resumes" not in t.user_attrs
+                      and int(t.user_attrs.get("bracket", bracket)) == bracket]
+            if len(before) >= bracket_sizes[bracket]:
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned(f"bracket {bracket} has its {bracket_sizes[bracket]} configurations")
         rung = _rung(trial)  # type: ignore[arg-type]
         trial.set_user_attr("rung", rung)
-        trial.set_user_attr("bracket", trial.user_attrs.get("bracket", objective.bracket))  # type: ignore[attr-defined]
+        trial.set_user_attr("bracket", bracket)
         hp = sample_hparams(trial, spec)
         resume = checkpoints.load(prev) if prev is not None else None
         attrs = run_trial(spec, spec.tune_recipe(hp), data, device, progress, f"trial {trial.number} rung {rung}",
@@ -220,6 +254,22 @@ def leg_objective(spec: SweepSpec, data: tuple, ladder: list[int], checkpoints: 
     return objective
 
 
+def _claim(study: optuna.Study, settings: dict[str, Any]) -> None:
+    """Record the search's settings in the study, or refuse a run whose settings differ from those it was started
+    with (its rungs and promotions would no longer match the legs and checkpoints already there)."""
+    have = study.user_attrs.get("halving")
+    if have is None:
+        if any(t.state != TrialState.FAIL for t in _legs(study.get_trials(deepcopy=False))):
+            raise MuPError(f"study {study.study_name!r} already holds trials of a search without successive halving; "
+                           "successive halving needs a study of its own: give a new --study name (or another output "
+                           "folder).")
+        study.set_user_attr("halving", settings)
+    elif have != settings:
+        changed = ", ".join(f"{k} {have[k]} (now {settings[k]})" for k in settings if have.get(k) != settings[k])
+        raise MuPError(f"study {study.study_name!r} runs successive halving with {changed}: rerun with the study's "
+                       "settings (--n-trials, --steps and --min-steps, --brackets), or give a new --study name.")
+
+
 def run_halving(study: optuna.Study, spec: SweepSpec, n_trials: int, data: tuple, checkpoints: str | Path,
                 min_steps: int, reduction: int = 3, device: str = "cpu", progress: bool = True,
                 after_trial=None, brackets: int = 1) -> None:
@@ -232,17 +282,17 @@ def run_halving(study: optuna.Study, spec: SweepSpec, n_trials: int, data: tuple
     from tqdm.auto import tqdm
 
     check_n_trials(n_trials)
-    split(n_trials, brackets)
     ladder = rungs(spec.recipe.steps, min_steps, reduction)
+    _claim(study, {"n_trials": n_trials, "rungs": ladder, "reduction": reduction, "brackets": brackets})
     store = Checkpoints(checkpoints)
-    objective = leg_objective(spec, data, ladder, store, device, progress)
+    objective = leg_objective(spec, data, ladder, store, device, progress, split(n_trials, brackets))
     legs_planned = sum(sum(sizes(n, len(ladder), reduction)) for n in split(n_trials, brackets))
     bar = tqdm(total=legs_planned, desc="halving", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
         fail_stale(study, adopted)
         trials = study.get_trials(deepcopy=False)
-        store.remove(obsolete_checkpoints(trials, brackets))
+        store.remove(obsolete_checkpoints(trials, n_trials, len(ladder), reduction, brackets))
         finished = sum(t.state in FINISHED and "confirm_of" not in t.user_attrs
                        and "duplicate_of" not in t.user_attrs for t in trials)
         bar.update(finished - bar.n)

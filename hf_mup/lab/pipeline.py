@@ -46,10 +46,7 @@ class Pipeline:
         if preset.arch not in ("bert", "gpt2"):
             raise MuPError(f"preset arch {preset.arch!r}: use bert or gpt2.")
         self.preset, self.out, self.device, self.progress, self.storage = preset, Path(out), device, progress, storage
-        # the search's (hf_mup.lab.search); the study ignores them
-        self.pruner, self.confirm_top, self.brackets = pruner, confirm_top, brackets
-        if brackets != 1 and pruner != "sha":
-            raise MuPError(f"--brackets {brackets} splits --pruner sha's search: use it with --pruner sha.")
+        self.pruner, self.confirm_top, self.brackets = pruner, confirm_top, brackets  # the search's; not stamped
         self._data = None
 
     # ---------------------------------------------------------------------------------------------- bookkeeping
@@ -117,6 +114,12 @@ class Pipeline:
             if missing:
                 raise MuPError(f"{folder} has no {' or '.join(missing)}: set {data.DATA_ENV} to a folder holding "
                                "WikiText-2's valid.txt and test.txt.")
+        if "search" in todo and (self.pruner != "none" or self.brackets != 1):
+            from .search import MIN_FRACTION, check_search
+
+            p = self.preset
+            check_search(self.pruner, p.search_trials, p.search_steps, max(1, p.search_steps // MIN_FRACTION),
+                         self.brackets, where=f"--pruner {self.pruner} on preset {p.name!r}'s search")
         if "finetune" in todo:
             for task in self.preset.tasks:
                 tasks.check_task(task)
@@ -424,9 +427,6 @@ def main(argv: list[str] | None, presets: dict, prog: str) -> int:
                         progress=quiet_progress_bars() and not args.no_progress,  # bars on a terminal only
                         pruner=args.pruner, confirm_top=args.confirm_top, brackets=args.brackets)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        unknown = sorted(set(stages) - set(STAGES))
-        if unknown:
-            raise MuPError(f"unknown stage(s) {unknown}: the stages are {', '.join(STAGES)}.")
         pipe.check_inputs(stages)  # every stage's inputs, before the first starts (a dry run checks them too)
         if args.dry_run:
             print(json.dumps(pipe.plan(), indent=2))

@@ -29,6 +29,13 @@ PRUNERS = ("none", "asha", "sha", "hyperband", "median")
 # third's, at steps/3 0.8, and pruning from steps/3 kept the full search's winner in 2 seeds of 3 at 59% of its cost.
 MIN_FRACTION = 3
 DIVERGED_REPORT = 1e9  # what a non-finite intermediate loss is reported as (Optuna's pruners need a number)
+# successive halving's legs that ran nothing (hf_mup.lab.halving): another worker's copy, or one too many
+SKIPPED_LEG = ("duplicate_of", "surplus")
+
+
+def ran(t: optuna.trial.FrozenTrial) -> bool:
+    """False for a leg of successive halving that stopped before training (`SKIPPED_LEG`)."""
+    return not any(k in t.user_attrs for k in SKIPPED_LEG)
 
 
 def make_sampler(name: str, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -69,19 +76,23 @@ def make_pruner(name: str, steps: int, min_steps: int, reduction: int = 3) -> op
     return optuna.pruners.NopPruner()
 
 
-def check_search(pruner: str, n_trials: int, steps: int, min_steps: int, brackets: int = 1) -> None:
+def check_search(pruner: str, n_trials: int, steps: int, min_steps: int, brackets: int = 1, where: str = "") -> None:
     """Refuse a search that cannot run, before any work: the pruner, its minimum resource, and for "sha" the rungs
-    and the brackets (`brackets` is only for "sha")."""
-    make_pruner(pruner, steps, min_steps)
-    if brackets != 1 and pruner != "sha":
-        raise MuPError(f"--brackets {brackets} splits --pruner sha's trials: use it with --pruner sha.")
-    if pruner == "sha":
-        from .halving import rungs, split
+    and the brackets (`brackets` is only for "sha"). `where` starts the message (a pipeline's preset)."""
+    try:
+        make_pruner(pruner, steps, min_steps)
+        if brackets != 1 and pruner != "sha":
+            raise MuPError(f"--brackets {brackets} splits --pruner sha's trials: use it with --pruner sha.")
+        if pruner == "sha":
+            from .halving import rungs, split
 
-        split(n_trials, brackets)
-        if len(rungs(steps, min_steps)) < 2:
-            raise MuPError(f"--min-steps {min_steps} leaves successive halving no rung before the end of the trial's "
-                           f"{steps} steps: use at most {steps // 3} (each rung trains 3x as long as the one before).")
+            split(n_trials, brackets)
+            if len(rungs(steps, min_steps)) < 2:
+                raise MuPError(f"--min-steps {min_steps} leaves successive halving no rung before the end of the "
+                               f"trial's {steps} steps: use at most a third of them" + (f" ({steps // 3})" if steps
+                               >= 3 else "") + " (each rung trains 3x as long as the one before).")
+    except MuPError as e:
+        raise MuPError(f"{where} ({n_trials} trials of {steps} steps): {e}" if where else str(e)) from None
 
 
 def run_search(study: optuna.Study, spec, n_trials: int, data: tuple, pruner: str, min_steps: int, checkpoints,
@@ -161,7 +172,7 @@ def searched(study) -> list:
     from optuna.trial import TrialState
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-              and "confirm_of" not in t.user_attrs and "duplicate_of" not in t.user_attrs]
+              and "confirm_of" not in t.user_attrs and ran(t)]
     gone_on = {t.user_attrs["resumes"] for t in trials if "resumes" in t.user_attrs}
     return [t for t in trials if t.number not in gone_on]
 
@@ -173,7 +184,7 @@ def param_importance(study) -> dict[str, float] | None:
     from optuna.trial import TrialState
 
     first_rung = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rung") == 0
-                  and t.state == TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
+                  and t.state == TrialState.PRUNED and ran(t)]
     pool = first_rung or [t for t in searched(study) if t.state == TrialState.COMPLETE]
     done = [t for t in pool if not t.user_attrs.get("diverged") and math.isfinite(t.user_attrs.get("val_loss") or math.nan)]
     if len(done) < 4:

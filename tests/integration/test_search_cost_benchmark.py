@@ -40,3 +40,15 @@ def test_quick_run_and_resume(tmp_path):
     first, other = noise["target_losses"]
     assert first == runs["sha"]["target_loss"] and other != first and noise["range"] == abs(other - first)
     assert (tmp_path / "search_cost_gpt2_tiny_quick.png").stat().st_size > 10_000
+
+
+def test_proxy_predicts_target_counts_each_transferred_point_once():
+    def run(lr, proxy, target):
+        return {"winner": {"log2_lr": lr, "mup": {"output_mult": 1.0}, "initializer_range": 0.02,
+                           "proxy_val_loss": proxy}, "target_loss": target}
+
+    same = [run(-8, 4.0, 3.0), run(-8, 4.0, 3.0)]  # two searches, one winner: one point
+    agree = sc.proxy_predicts_target([*same, run(-7, 4.1, 3.1), run(-6, 4.2, 3.2)])
+    assert agree == {"points": 3, "spearman": pytest.approx(1.0)}
+    assert sc.proxy_predicts_target([run(-8, 4.0, 3.2), run(-7, 4.1, 3.1), run(-6, 4.2, 3.0)])["spearman"] == -1.0
+    assert sc.proxy_predicts_target(same)["spearman"] is None

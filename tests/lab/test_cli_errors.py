@@ -106,7 +106,10 @@ def test_sweep_arch_errors(argv, message, tmp_path, capsys):
     (["--mode", "tune", "--widths", "32", "--pruner", "sha", "--n-trials", "4", "--brackets", "5"],
      "--brackets 5: between 1 and --n-trials (4)"),
     (["--mode", "tune", "--widths", "32", "--pruner", "sha", "--steps", "20", "--min-steps", "10"],
-     "--min-steps 10 leaves successive halving no rung before the end of the trial's 20 steps: use at most 6"),
+     "--min-steps 10 leaves successive halving no rung before the end of the trial's 20 steps: use at most a third "
+     "of them (6)"),
+    (["--mode", "tune", "--widths", "32", "--pruner", "sha", "--eval-every", "4"], "--eval-every is how often a pruner"),
+    (["--mode", "tune", "--widths", "32", "--eval-every", "4"], "use it with --mode tune and --pruner asha"),
 ])
 def test_successive_halving_options_are_refused_where_they_do_nothing(argv, message, tmp_path, capsys):
     assert cli.main(["sweep", *argv, "--out", str(tmp_path)]) == 2

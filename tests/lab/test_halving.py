@@ -1,16 +1,20 @@
 """Synchronous successive halving (hf_mup.lab.halving): rungs and their cost, legs that resume exactly from their
 checkpoints, a search that loses and repeats nothing after a kill, and the CLI and transfer through it."""
 import json
+import re
 
+import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 from test_sweep import TINY, tiny_spec
 
 from hf_mup import MuPError
 from hf_mup.lab import cli
 from hf_mup.lab import sweep as sw
-from hf_mup.lab.halving import next_step, planned_steps, run_halving, rungs, sizes, split
+from hf_mup.lab.halving import (Checkpoints, leg_objective, next_step, obsolete_checkpoints, planned_steps,
+                                run_halving, rungs, sizes, split)
 from hf_mup.lab.lm import train_lm
 from hf_mup.lab.results import report
 from hf_mup.lab.search import param_importance, searched
@@ -111,6 +115,12 @@ def test_a_search_runs_each_rung_once_and_its_winner_is_a_straight_full_run(tmp_
 
     run_halving(study, spec, 8, data, tmp_path / "ck", min_steps=2, progress=False)
     assert len(study.trials) == 12  # resumed: nothing left to run
+    for kwargs, changed in [({"brackets": 2}, "brackets 1 (now 2)"), ({"min_steps": 3}, "rungs [2, 6, 18] (now "
+                            "[3, 18])"), ({"n_trials": 9}, "n_trials 8 (now 9)")]:  # its legs were cut for those
+        with pytest.raises(MuPError, match=re.escape(f"study 'tune' runs successive halving with {changed}:")):
+            run_halving(study, spec, kwargs.pop("n_trials", 8), data, tmp_path / "ck",
+                        **{"min_steps": 2, "progress": False, **kwargs})
+    assert len(study.trials) == 12
 
 
 @pytest.mark.slow
@@ -188,8 +198,57 @@ def test_the_cli_runs_successive_halving_and_refuses_a_stray_checkpoint_dir(tmp_
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["counts"]["COMPLETE"] == 1 and result["counts"]["PRUNED"] == 6 + 2  # 6, 2, 1 legs
     assert "at rung 1" in capsys.readouterr().out  # --no-progress: a line per leg
-    assert cli.main([*args, "--brackets", "7"]) == 2  # refused before any data is read
+    refused = [*args[:-1], str(tmp_path / "refused"), "--brackets", "7"]
+    assert cli.main(refused) == 2
     assert "--brackets 7: between 1 and --n-trials (6)" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before any data is read or study made
     args[args.index("sha")] = "asha"
     assert cli.main(args) == 2
     assert "--checkpoint-dir is where --pruner sha pauses its trials" in capsys.readouterr().err
+
+
+def _legs_study(values: list[float]) -> optuna.Study:
+    """A study whose first rung is decided: one paused first leg per value, in bracket 0."""
+    study = optuna.create_study()
+    for v in values:
+        study.add_trial(create_trial(state=TrialState.PRUNED, value=v, params={"x": v},
+                                     distributions={"x": FloatDistribution(-10, 10)},
+                                     user_attrs={"rung": 0, "bracket": 0}, intermediate_values={2: v}))
+    return study
+
+
+def test_a_half_enqueued_promotion_keeps_the_checkpoints_it_still_needs():
+    """8 configurations, the best 3 promoted: while only the first of their next legs is enqueued (another worker
+    may look in between), the other two promoted legs' checkpoints stay; the 5 losers' go."""
+    study = _legs_study([0.5, 0.1, 0.7, 0.2, 0.9, 0.3, 0.8, 0.6])
+    assert next_step(study.trials, 8, 3, 3) == ("promote", [study.trials[i] for i in (1, 3, 5)], 0)
+    study.enqueue_trial({"x": 0.1}, user_attrs={"rung": 1, "resumes": 1, "bracket": 0})
+    trials = study.get_trials(deepcopy=False)
+    assert obsolete_checkpoints(trials, 8, 3) == {0, 2, 4, 6, 7}
+    assert next_step(trials, 8, 3, 3) == ("promote", [trials[3], trials[5]], 0)
+
+
+@pytest.mark.slow
+def test_a_first_leg_beyond_its_brackets_configurations_stops_before_sampling(tmp_path):
+    """Two workers can both see a waiting leg and one of them gets a fresh trial instead: it must not join a decided
+    rung (the promotions, the checkpoints kept and the planned cost would change), so it stops unsampled; the
+    retry of a killed first leg is not extra."""
+    spec, data, _, _ = _search(tmp_path)
+    study = _legs_study([0.5, 0.1, 0.7, 0.2, 0.9, 0.3, 0.8])
+    killed = study.ask()  # the 8th configuration's worker dies: its retry is still one of the 8
+    study.tell(killed, state=TrialState.FAIL)
+    study.enqueue_trial(HP, user_attrs={"bracket": 0})
+    objective = leg_objective(spec, data, [2, 6, 18], Checkpoints(tmp_path / "ck"), bracket_sizes=[8])
+    study.optimize(objective, n_trials=2)  # the retry, then one too many
+    retry, extra = study.trials[-2:]
+    assert retry.state == TrialState.PRUNED and retry.user_attrs["steps_run"] == 2 and "surplus" not in retry.user_attrs
+    assert extra.state == TrialState.PRUNED and extra.user_attrs == {"surplus": True} and extra.params == {}
+    trials = study.get_trials(deepcopy=False)
+    assert next_step(trials, 8, 3, 3)[0] == "promote" and searched(study)[-1].number == retry.number
+
+
+def test_successive_halving_refuses_a_study_searched_without_it(tmp_path):
+    spec, data, _, study = _search(tmp_path)
+    study.add_trial(create_trial(value=3.0, params={}, distributions={}))
+    with pytest.raises(MuPError, match="study 'tune' already holds trials of a search without successive halving"):
+        run_halving(study, spec, 8, data, tmp_path / "ck", min_steps=2, progress=False)

@@ -181,6 +181,12 @@ def test_bad_input(tmp_path, capsys):
         Pipeline(replace(MINI, search_steps=9), tmp_path / "a")._check_recipe()
     with pytest.raises(MuPError, match=r"unknown task 'mnlii': use polarity or nsp \(offline\) or a GLUE task"):
         Pipeline(MINI, tmp_path / "b").task_data("mnlii")
+    n = MINI.search_trials
+    argv = ["--preset", "tiny", "--output_dir", str(tmp_path / "c"), "--pruner", "sha", "--brackets", str(n + 1)]
+    assert main(argv, {"tiny": MINI}, "bert_large") == 2  # the search's settings, before any stage
+    assert (f"--pruner sha on preset {MINI.name!r}'s search ({n} trials of {MINI.search_steps} steps): --brackets "
+            f"{n + 1}: between 1 and --n-trials ({n})") in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_batch_that_does_not_split_over_the_launched_processes_is_refused_first(tmp_path, monkeypatch):
