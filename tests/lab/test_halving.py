@@ -13,8 +13,17 @@ from test_sweep import TINY, tiny_spec
 from hf_mup import MuPError
 from hf_mup.lab import cli
 from hf_mup.lab import sweep as sw
-from hf_mup.lab.halving import (Checkpoints, leg_objective, next_step, obsolete_checkpoints, planned_steps,
-                                run_halving, rungs, sizes, split)
+from hf_mup.lab.halving import (
+    Checkpoints,
+    leg_objective,
+    next_step,
+    obsolete_checkpoints,
+    planned_steps,
+    run_halving,
+    rungs,
+    sizes,
+    split,
+)
 from hf_mup.lab.lm import train_lm
 from hf_mup.lab.results import report
 from hf_mup.lab.search import param_importance, searched
