@@ -23,6 +23,8 @@ For each method and search seed (`--seeds`, 3):
      losses only (no trial is complete before the last rung).
    - "sha_b2": the same in 2 brackets of 12 trials (12, 4, 2 each), one after the other: TPE samples the second
      bracket knowing the first one's full-length trials.
+   - "sha_random": successive halving over the random search's 24 configurations (the same seed draws the same
+     ones): what the schedule alone costs and keeps.
    The full-length searches also record their validation curves every steps/9 (not part of today's cost: counted
    apart). TPE's first 10 trials are random draws from the same seed as the random search's: tpe and random share
    them (a paired comparison; with 12 trials they often share the winner).
@@ -33,7 +35,7 @@ For each method and search seed (`--seeds`, 3):
    method their mean and spread across seeds; and from the full-length searches' curves, whether comparing trials
    early favours high learning rates: at each step, the rank correlation of the loss there with the final loss and
    the mean log2 LR of the best third there minus that of the best third at the end.
-5. with `--target-seeds 3`: the target's own noise, the points of `--noise-runs` (default tpe and sha seed 0)
+5. with `--target-seeds 3`: the target's own noise, the points of `--noise-runs` (e.g. tpe and sha seed 0)
    pretrained again with init seeds 1 and 2 (kept like the runs: a rerun only trains what is missing). A spread of the
    transferred points' losses across search seeds under this is not the search's doing.
 
@@ -61,7 +63,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from hf_mup.lab import sweep as sw
 from hf_mup.lab.pipeline import Pipeline
 from hf_mup.lab.presets import BERT_PRESETS, GPT2_PRESETS, Preset, param_count
-from hf_mup.lab.search import run_search, searched
+from hf_mup.lab.search import ran, run_search, searched
 from hf_mup.lab.storage import open_study
 from hf_mup.lab.transfer import transfer
 
@@ -70,7 +72,8 @@ WORK = Path(__file__).resolve().parents[1] / "out" / "search_cost"
 # sampler, pruner, the report interval as a fraction of the trial: the pruner's first rung (its minimum resource),
 # and successive halving's brackets; the full-length searches record their curves at the first rung
 METHODS = {"tpe": ("tpe", "none", 9, 1), "random": ("random", "none", 9, 1), "asha": ("tpe", "asha", 9, 1),
-           "asha_guarded": ("tpe", "asha", 3, 1), "sha": ("tpe", "sha", 9, 1), "sha_b2": ("tpe", "sha", 9, 2)}
+           "asha_guarded": ("tpe", "asha", 3, 1), "sha": ("tpe", "sha", 9, 1), "sha_b2": ("tpe", "sha", 9, 2),
+           "sha_random": ("random", "sha", 9, 1)}
 # the library's reduction: successive halving keeps the best third at each rung: steps/9, steps/3 (asha, sha);
 # steps/3 (guarded)
 REDUCTION = 3
@@ -124,7 +127,7 @@ def run(pipe: Pipeline, method: str, seed: int, storage: str) -> dict:
     result = transfer(study, pipe.target_config(), target_tokens=pipe.pretrain_tokens(), batch_size=p.pretrain_batch,
                       allow_depth_change=True, rule="copy")
     legs = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            and "duplicate_of" not in t.user_attrs]  # a trial, or a leg of one between two rungs (sha)
+            and ran(t)]  # a trial, or a leg of one between two rungs (sha)
     trials = searched(study)
     proxy_n = trials[0].user_attrs["n_params"]
     val_tokens = p.eval_blocks * p.seq_len
@@ -209,6 +212,15 @@ def early_bias(runs: list[dict]) -> list[dict]:
             per_step.setdefault(s, []).append((rho, bias))
     return [{"step": s, "spearman": statistics.fmean(v[0] for v in vals), "lr_bias": statistics.fmean(v[1] for v in vals),
              "searches": len(vals)} for s, vals in sorted(per_step.items())]
+
+
+def proxy_predicts_target(runs: list[dict]) -> dict:
+    """Over the distinct transferred points: the rank correlation of the winner's proxy loss with its target loss
+    (does a better proxy winner make a better target?)."""
+    points = {json.dumps([r["winner"]["log2_lr"], r["winner"]["mup"], r["winner"]["initializer_range"]],
+                         sort_keys=True): r for r in runs}
+    xs, ys = [r["winner"]["proxy_val_loss"] for r in points.values()], [r["target_loss"] for r in points.values()]
+    return {"points": len(points), "spearman": spearman(xs, ys) if len(points) > 2 else None}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -345,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
         "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in summary},
         "reduction": REDUCTION, "summary": summary, "early_bias": bias, "target_noise": noise,
+        "proxy_predicts_target": proxy_predicts_target(runs),
         "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     md = table(summary, runs, bias, preset.search_steps)
+    if (pt := result["proxy_predicts_target"])["spearman"] is not None:
+        md += (f"\n\nThe winners' proxy val loss against their target val loss, over the {pt['points']} distinct "
+               f"transferred points: rank correlation {pt['spearman']:.2f}.")
     if noise:
         rows = [f"| {n['method']} seed {n['seed']}'s | {', '.join(f'{x:.4f}' for x in n['target_losses'])} | "
                 f"{n['sd']:.4f} | {n['range']:.4f} |" for n in noise]
