@@ -92,7 +92,10 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
 
 def _state(step: int, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
     """What resuming at `step` needs, on the CPU (a checkpoint's contents)."""
-    state = {"step": step, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    # the tensors as they are: a μP model's state_dict() folds its multipliers into the weights, and unfolding them
+    # on load rounds the last bit, which a long run with a high LR turns into a different run
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    state = {"step": step, "model": {k: v.detach().cpu().clone() for k, v in tensors},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -100,7 +103,9 @@ def _state(step: int, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
 
 
 def _load_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler, batches: Iterator) -> int:
-    model.load_state_dict(state["model"])
+    with torch.no_grad():  # as `_state` saved them (not through load_state_dict, which unfolds μP's weights)
+        for k, v in [*model.named_parameters(), *model.named_buffers()]:
+            v.copy_(state["model"][k])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])

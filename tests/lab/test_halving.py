@@ -30,7 +30,8 @@ from hf_mup.lab.search import param_importance, searched
 from hf_mup.lab.storage import default_storage, load_study, storage_of, trial_id
 from hf_mup.lab.transfer import transfer
 
-HP = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 1.0, "output_mult": 2.0, "attn_mult": 1.0}
+# multipliers that are not powers of two: folding them into the weights (a μP state_dict) does not round-trip
+HP = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 2.5, "output_mult": 3.0, "attn_mult": 1.5}
 
 
 def test_rungs_sizes_brackets_and_the_planned_cost():
@@ -50,6 +51,7 @@ def test_rungs_sizes_brackets_and_the_planned_cost():
         split(8, 9)
 
 
+@pytest.mark.filterwarnings("ignore:input_mult=2.5 has no effect on bert")
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 def test_a_paused_run_resumed_from_its_checkpoint_is_the_straight_run(arch, tmp_path):
     """Paused at steps 4 and 8 of 12, saved, loaded and resumed: every loss equals the uninterrupted run's, bit for
