@@ -119,7 +119,7 @@ class Pipeline:
 
             p = self.preset
             check_search(self.pruner, p.search_trials, p.search_steps, max(1, p.search_steps // MIN_FRACTION),
-                         self.brackets, where=f"--pruner {self.pruner} on preset {p.name!r}'s search")
+                         self.brackets, where=f"--pruner {self.pruner} on the search of preset {p.name!r}")
         if "finetune" in todo:
             for task in self.preset.tasks:
                 tasks.check_task(task)

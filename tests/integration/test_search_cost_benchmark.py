@@ -13,7 +13,8 @@ from hf_mup.lab.halving import planned_steps
 
 
 def test_the_methods_and_presets():
-    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded", "sha", "sha_b2"}
+    assert set(sc.METHODS) == {"tpe", "random", "asha", "asha_guarded", "sha", "sha_b2", "sha_random"}
+    assert sc.METHODS["sha_random"][:2] == sc.METHODS["random"][:1] + ("sha",)  # the random search's draws, halved
     hour = sc.preset_of("gpt2", "hour", quick=False)
     assert (hour.search_trials, hour.proxy.width, hour.target.width) == (24, 64, 1024)
 

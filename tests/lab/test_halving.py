@@ -106,10 +106,7 @@ def test_a_search_runs_each_rung_once_and_its_winner_is_a_straight_full_run(tmp_
     winner = by_rung[2][0]  # three legs, one training run: the same numbers as the configuration trained straight
     recipe = spec.tune_recipe(winner.user_attrs["hparams"])
     straight = train_lm(recipe.build_model(), recipe, *data, **spec.masking())
-    # bit for bit in the paused-run test above; here, after 11 other models in the same process, a CPU's BLAS may
-    # pick differently aligned kernels and round the last bit differently (seen once: one float32 ulp)
-    assert winner.value == pytest.approx(straight["final_val_loss"], rel=1e-6)
-    assert winner.user_attrs["recipe"] == recipe.to_dict()
+    assert winner.value == straight["final_val_loss"] and winner.user_attrs["recipe"] == recipe.to_dict()
 
     assert [t.number for t in searched(study)] == sorted(
         [t.number for t in by_rung[0] if t.number not in {x.user_attrs["resumes"] for x in by_rung[1]}]

@@ -123,8 +123,9 @@ def test_the_search_stage_runs_successive_halving(tmp_path):
     hp = json.loads((tmp_path / "hparams.json").read_text())
     assert hp["source"]["trial"] == min(complete, key=lambda t: t.value).number and hp["cost"]["trials"] == 6
     assert list((tmp_path / "search_checkpoints").iterdir()) == []
-    with pytest.raises(MuPError, match="--brackets 2 splits --pruner sha's search"):
-        Pipeline(preset, tmp_path, pruner="asha", brackets=2)
+    with pytest.raises(MuPError, match="--pruner asha on the search of preset 'mini' \\(6 trials of 9 steps\\): "
+                       "--brackets 2 splits --pruner sha's trials"):
+        Pipeline(preset, tmp_path / "other", pruner="asha", brackets=2).check_inputs(("search",))
 
 
 @pytest.mark.slow
@@ -184,7 +185,7 @@ def test_bad_input(tmp_path, capsys):
     n = MINI.search_trials
     argv = ["--preset", "tiny", "--output_dir", str(tmp_path / "c"), "--pruner", "sha", "--brackets", str(n + 1)]
     assert main(argv, {"tiny": MINI}, "bert_large") == 2  # the search's settings, before any stage
-    assert (f"--pruner sha on preset {MINI.name!r}'s search ({n} trials of {MINI.search_steps} steps): --brackets "
+    assert (f"--pruner sha on the search of preset {MINI.name!r} ({n} trials of {MINI.search_steps} steps): --brackets "
             f"{n + 1}: between 1 and --n-trials ({n})") in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
