@@ -362,9 +362,10 @@ def test_two_workers_one_killed_mid_trial_every_point_completes_once(cluster, tm
     assert result["counts"]["COMPLETE"] == len(points) and result["counts"]["FAIL"] == 1
 
 
-def _two_workers_one_killed(url: str, study: str, args: list[str], tmp_path: Path, what: str) -> list[int]:
+def _two_workers_one_killed(url: str, study: str, args: list[str], tmp_path: Path, what: str) -> tuple:
     """Workers A and B run `hf-mup` with `args` on one study; A is SIGKILLed once both are mid-trial, C runs the same
-    command again, and B and C finish; returns the numbers of the trials A held when killed."""
+    command again, and B and C finish. Nothing is left running or waiting, A's trial failed and was retried once:
+    returns the study's trials, A's failed trial and its retry."""
     import psycopg
 
     procs: dict[str, subprocess.Popen] = {}
@@ -396,7 +397,12 @@ def _two_workers_one_killed(url: str, study: str, args: list[str], tmp_path: Pat
         _finish(procs, logs, ("b", "c"))
     finally:
         _kill_all(procs)
-    return killed
+    trials = load_study(study, url).get_trials(deepcopy=False)
+    assert not {TrialState.RUNNING, TrialState.WAITING} & {t.state for t in trials}
+    [failed] = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.number in killed
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]  # retried once
+    return trials, failed, retry
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -411,16 +417,9 @@ def test_two_workers_on_a_pruned_search_lose_and_repeat_no_trial(cluster, tmp_pa
             "--seq-len", "32", "--tokenizer", "bytes", "--train-chars", "20000", "--val-blocks", "4", "--threads", "1",
             "--log2-lrs=-14:-2:1", "--n-trials", "8", "--sampler", "random", "--pruner", "asha", "--min-steps", "2",
             "--eval-every", "2", "--heartbeat", "1", "--no-progress", "--storage", url, "--study", study]
-    killed = _two_workers_one_killed(url, study, args, tmp_path, "both workers mid-trial")
-
-    trials = load_study(study, url).get_trials(deepcopy=False)
+    trials, failed, retry = _two_workers_one_killed(url, study, args, tmp_path, "both workers mid-trial")
     states = [t.state for t in trials]
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].number in killed
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
-    assert len(retries) == 1  # retried once, with the values A had drawn before it died (the rest drawn afresh)
-    assert all(retries[0].params[k] == v for k, v in failed[0].params.items())
+    assert all(retry.params[k] == v for k, v in failed.params.items())  # the values A had drawn (the rest afresh)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= 8 and {TrialState.COMPLETE, TrialState.PRUNED} <= set(states)
     for t in finished:  # nothing lost: each one's cost and steps recorded, a pruned one stopped early
@@ -443,15 +442,8 @@ def test_two_workers_on_successive_halving_lose_and_repeat_no_leg(cluster, tmp_p
             "--seq-len", "32", "--tokenizer", "bytes", "--train-chars", "20000", "--val-blocks", "4", "--threads", "1",
             "--log2-lrs=-14:-4:1", "--n-trials", "8", "--pruner", "sha", "--min-steps", "2", "--heartbeat", "1",
             "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress", "--storage", url, "--study", study]
-    killed = _two_workers_one_killed(url, study, args, tmp_path, "both workers mid-leg")
-
-    trials = load_study(study, url).get_trials(deepcopy=False)
-    states = [t.state for t in trials]
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].number in killed
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
-    assert len(retries) == 1 and retries[0].state.is_finished()
+    trials, _, retry = _two_workers_one_killed(url, study, args, tmp_path, "both workers mid-leg")
+    assert retry.state.is_finished()
     legs = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and ran(t)]
     by_rung = {k: [t for t in legs if t.user_attrs["rung"] == k] for k in range(3)}
     assert [len(v) for v in by_rung.values()] == [8, 3, 1]
