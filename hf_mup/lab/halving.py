@@ -265,7 +265,7 @@ def _claim(study: optuna.Study, settings: dict[str, Any]) -> None:
                            "folder).")
         study.set_user_attr("halving", settings)
     elif have != settings:
-        changed = ", ".join(f"{k} {have[k]} (now {settings[k]})" for k in settings if have.get(k) != settings[k])
+        changed = ", ".join(f"{k} {have.get(k)} (now {settings[k]})" for k in settings if have.get(k) != settings[k])
         raise MuPError(f"study {study.study_name!r} runs successive halving with {changed}: rerun with the study's "
                        "settings (--n-trials, --steps and --min-steps, --brackets), or give a new --study name.")
 
@@ -282,19 +282,18 @@ def run_halving(study: optuna.Study, spec: SweepSpec, n_trials: int, data: tuple
     from tqdm.auto import tqdm
 
     check_n_trials(n_trials)
-    ladder = rungs(spec.recipe.steps, min_steps, reduction)
-    _claim(study, {"n_trials": n_trials, "rungs": ladder, "reduction": reduction, "brackets": brackets})
+    ladder, bracket_sizes = rungs(spec.recipe.steps, min_steps, reduction), split(n_trials, brackets)
+    _claim(study, {"n_trials": n_trials, "rungs": ladder, "reduction": reduction, "brackets": brackets})  # once valid
     store = Checkpoints(checkpoints)
-    objective = leg_objective(spec, data, ladder, store, device, progress, split(n_trials, brackets))
-    legs_planned = sum(sum(sizes(n, len(ladder), reduction)) for n in split(n_trials, brackets))
+    objective = leg_objective(spec, data, ladder, store, device, progress, bracket_sizes)
+    legs_planned = sum(sum(sizes(n, len(ladder), reduction)) for n in bracket_sizes)
     bar = tqdm(total=legs_planned, desc="halving", disable=not progress, dynamic_ncols=True)
     adopted: set[int] = set()
     while True:
         fail_stale(study, adopted)
         trials = study.get_trials(deepcopy=False)
         store.remove(obsolete_checkpoints(trials, n_trials, len(ladder), reduction, brackets))
-        finished = sum(t.state in FINISHED and "confirm_of" not in t.user_attrs
-                       and "duplicate_of" not in t.user_attrs for t in trials)
+        finished = sum(t.state in FINISHED for t in _legs(trials))
         bar.update(finished - bar.n)
         action, legs, objective.bracket = next_step(trials, n_trials, len(ladder), reduction, brackets)
         if action == "done":

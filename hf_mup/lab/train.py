@@ -90,12 +90,16 @@ def train(model: nn.Module, recipe: Recipe, batches: Iterator[dict[str, torch.Te
     return out
 
 
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers by name, as they are (unlike a μP model's state_dict(): see `_state`)."""
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
 def _state(step: int, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
     """What resuming at `step` needs, on the CPU (a checkpoint's contents)."""
     # the tensors as they are: a μP model's state_dict() folds its multipliers into the weights, and unfolding them
     # on load rounds the last bit, which a long run with a high LR turns into a different run
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    state = {"step": step, "model": {k: v.detach().cpu().clone() for k, v in tensors},
+    state = {"step": step, "model": {k: v.detach().cpu().clone() for k, v in _tensors(model)},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -104,7 +108,7 @@ def _state(step: int, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
 
 def _load_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler, batches: Iterator) -> int:
     with torch.no_grad():  # as `_state` saved them (not through load_state_dict, which unfolds μP's weights)
-        for k, v in [*model.named_parameters(), *model.named_buffers()]:
+        for k, v in _tensors(model):
             v.copy_(state["model"][k])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -260,3 +260,10 @@ def test_successive_halving_refuses_a_study_searched_without_it(tmp_path):
     study.add_trial(create_trial(value=3.0, params={}, distributions={}))
     with pytest.raises(MuPError, match="study 'tune' already holds trials of a search without successive halving"):
         run_halving(study, spec, 8, data, tmp_path / "ck", min_steps=2, progress=False)
+
+
+def test_settings_that_cannot_run_are_not_recorded_in_the_study(tmp_path):
+    spec, data, _, study = _search(tmp_path)
+    with pytest.raises(MuPError, match="--brackets 9: between 1 and --n-trials \\(8\\)"):
+        run_halving(study, spec, 8, data, tmp_path / "ck", min_steps=2, progress=False, brackets=9)
+    assert "halving" not in study.user_attrs and study.trials == []  # a corrected rerun is not refused
