@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = preset.plan()
     command = f"python benchmarks/search_cost.py --arch {args.arch} --preset {args.preset}" + (
         " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + (
+        f" --methods {args.methods}" if methods != list(METHODS) else "") + (
         f" --target-seeds {args.target_seeds} --noise-runs {args.noise_runs}" if noise else "")
     result = {"command": command, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[

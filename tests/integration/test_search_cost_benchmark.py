@@ -1,5 +1,5 @@
 """benchmarks/search_cost.py end to end on its --quick setting: a full-length and a pruned search, each winner
-pretrained, the report; a rerun resumes from the runs' log."""
+pretrained, the report; a rerun resumes from the runs' log. Then benchmarks/proxy_fidelity.py over its points."""
 import json
 import sys
 from pathlib import Path
@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import proxy_fidelity as pf
 import search_cost as sc
 
 from hf_mup.lab.halving import planned_steps
+from hf_mup.lab.sweep import SweepSpec, run_trial
 
 
 def test_the_methods_and_presets():
@@ -41,6 +43,35 @@ def test_quick_run_and_resume(tmp_path):
     first, other = noise["target_losses"]
     assert first == runs["sha"]["target_loss"] and other != first and noise["range"] == abs(other - first)
     assert (tmp_path / "search_cost_gpt2_tiny_quick.png").stat().st_size > 10_000
+    # the transferred points trained again at the proxy (seed 0 again: the search's own proxy loss), then as varied
+    preset = sc.preset_of("gpt2", "tiny", quick=True)
+    pipe = sc.Pipeline(preset, tmp_path / "work" / "search_cost_gpt2_tiny_quick", progress=False)
+    tok, train, val = pipe.data()
+    spec = SweepSpec("tune", preset.proxy_recipe(len(tok)), pipe.corpus(), preset.log2_lr_range, name=preset.name)
+    point = pf.points([runs["tpe"]])[0]
+    again = run_trial(spec, pf.recipe_of(spec, point["hp"], "seed0", preset.pretrain_steps), (train, val))
+    assert again["val_loss"] == pytest.approx(point["proxy"], rel=1e-5)
+    fidelity = ["--quick", "--preset", "tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
+    assert pf.main([*fidelity, "--variants", "seed1,trainer"]) == 0
+    f = json.loads((tmp_path / "proxy_fidelity_gpt2_tiny_quick.json").read_text())
+    assert {p["target"] for p in f["points"]} == {x["target_loss"] for x in runs.values()}
+    assert all(p["seed1"] != p["proxy"] and p["trainer"] > 0 for p in f["points"])
+    assert set(f["spearman_with_target"]) <= {"proxy", "seed1", "trainer"}
+
+
+def test_proxy_fidelity_trains_each_variant_as_named():
+    spec = sc.preset_of("gpt2", "hour", quick=False)
+    recipe = spec.proxy_recipe(spec.vocab_size)
+    sweep = SweepSpec("tune", recipe, log2_lr_range=spec.log2_lr_range)
+    hp = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 2.0, "output_mult": 1.0, "attn_mult": 1.0}
+    shapes = {v: (r.width, r.steps, r.seed, r.base_width) for v in pf.VARIANTS
+              for r in [pf.recipe_of(sweep, hp, v, spec.pretrain_steps)]}
+    assert shapes == {"steps": (64, 300, 0, 64), "seed1": (64, 150, 1, 64), "seed2": (64, 150, 2, 64), "w128": (128, 150, 0, 64),
+                      "w256": (256, 150, 0, 64), "w256_steps": (256, 300, 0, 64), "trainer": (64, 300, 0, 64)}
+    run = {"method": "tpe", "seed": 0, "target_loss": 3.0,
+           "winner": {"log2_lr": -7.0, "initializer_range": 0.02, "mup": {"output_mult": 1.0}, "proxy_val_loss": 4.0}}
+    [point] = pf.points([run, {**run, "method": "sha"}])  # two searches, one winner
+    assert point["runs"] == ["tpe s0", "sha s0"] and (point["proxy"], point["target"]) == (4.0, 3.0)
 
 
 def test_proxy_predicts_target_counts_each_transferred_point_once():
