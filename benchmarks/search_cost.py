@@ -354,13 +354,18 @@ def main(argv: list[str] | None = None) -> int:
         " --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + (
         f" --methods {args.methods}" if methods != list(METHODS) else "") + (
         f" --target-seeds {args.target_seeds} --noise-runs {args.noise_runs}" if noise else "")
-    result = {"command": command, "preset": preset.to_dict(), "target_params": param_count(
+    # the runs' log may hold runs of earlier commands (other seeds or methods): the report names them all
+    report = out / f"{name}.json"
+    before = json.loads(report.read_text()) if report.exists() else {}
+    commands = [c for c in before.get("commands", [before["command"]] if "command" in before else []) if c != command]
+    commands.append(command)
+    result = {"commands": commands, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
         "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in summary},
         "reduction": REDUCTION, "summary": summary, "early_bias": bias, "target_noise": noise,
         "proxy_predicts_target": proxy_predicts_target(runs),
         "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    report.write_text(json.dumps(result, indent=1))
     md = table(summary, runs, bias, preset.search_steps)
     if (pt := result["proxy_predicts_target"])["spearman"] is not None:
         md += (f"\n\nThe winners' proxy val loss against their target val loss, over the {pt['points']} distinct "
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{n['sd']:.4f} | {n['range']:.4f} |" for n in noise]
         md += "\n".join(["", "", f"The target's own noise (one transferred point, init seeds 0 … {args.target_seeds - 1}"
                          "):", "", "| point | target val losses | sd | range |", "|---|---|---|---|", *rows])
-    (out / f"{name}.md").write_text(f"`{command}`\n\n{md}\n")
+    (out / f"{name}.md").write_text("".join(f"`{c}`\n" for c in commands) + f"\n{md}\n")
     plot(summary, runs, bias, preset.search_steps, f"{args.arch} {preset.name}: search cost against target loss",
          out / f"{name}.png")
     print(md)

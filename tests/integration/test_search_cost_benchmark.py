@@ -39,7 +39,10 @@ def test_quick_run_and_resume(tmp_path):
     lines = log.read_text()
     assert sc.main(args) == 0 and log.read_text() == lines  # resumed: nothing run twice
     assert sc.main([*args, "--target-seeds", "2", "--noise-runs", "sha:0"]) == 0  # the target's own noise
-    [noise] = json.loads((tmp_path / "search_cost_gpt2_tiny_quick.json").read_text())["target_noise"]
+    report = json.loads((tmp_path / "search_cost_gpt2_tiny_quick.json").read_text())
+    [noise] = report["target_noise"]
+    quick = "python benchmarks/search_cost.py --arch gpt2 --preset tiny --quick --seeds 1 --methods tpe,asha,sha"
+    assert report["commands"] == [quick, f"{quick} --target-seeds 2 --noise-runs sha:0"]  # both made the runs
     first, other = noise["target_losses"]
     assert first == runs["sha"]["target_loss"] and other != first and noise["range"] == abs(other - first)
     assert (tmp_path / "search_cost_gpt2_tiny_quick.png").stat().st_size > 10_000
@@ -66,8 +69,9 @@ def test_proxy_fidelity_trains_each_variant_as_named():
     hp = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 2.0, "output_mult": 1.0, "attn_mult": 1.0}
     shapes = {v: (r.width, r.steps, r.seed, r.base_width) for v in pf.VARIANTS
               for r in [pf.recipe_of(sweep, hp, v, spec.pretrain_steps)]}
-    assert shapes == {"steps": (64, 300, 0, 64), "seed1": (64, 150, 1, 64), "seed2": (64, 150, 2, 64), "w128": (128, 150, 0, 64),
-                      "w256": (256, 150, 0, 64), "w256_steps": (256, 300, 0, 64), "trainer": (64, 300, 0, 64)}
+    assert shapes == {"steps": (64, 300, 0, 64), "seed1": (64, 150, 1, 64), "seed2": (64, 150, 2, 64),
+                      "w128": (128, 150, 0, 64), "w256": (256, 150, 0, 64), "w256_steps": (256, 300, 0, 64),
+                      "trainer": (64, 300, 0, 64)}
     run = {"method": "tpe", "seed": 0, "target_loss": 3.0,
            "winner": {"log2_lr": -7.0, "initializer_range": 0.02, "mup": {"output_mult": 1.0}, "proxy_val_loss": 4.0}}
     [point] = pf.points([run, {**run, "method": "sha"}])  # two searches, one winner
