@@ -25,8 +25,8 @@ from ..errors import MuPError  # noqa: E402
 
 PRUNERS = ("none", "asha", "sha", "hyperband", "median")
 # The default minimum resource, steps // MIN_FRACTION, also the default report interval: measured on the BERT tiny
-# preset (benchmarks/search_cost.py), the best third of the trials at steps/9 had LRs 1.2 log2 above the final best
-# third's, at steps/3 0.8, and pruning from steps/3 kept the full search's winner in 2 seeds of 3 at 59% of its cost.
+# preset (benchmarks/search_cost.py), the best third of the trials at steps/9 had LRs 1.3 log2 above the final best
+# third's, at steps/3 0.85, and pruning from steps/3 kept the full search's winner in 2 seeds of 3 at 59% of its cost.
 MIN_FRACTION = 3
 DIVERGED_REPORT = 1e9  # what a non-finite intermediate loss is reported as (Optuna's pruners need a number)
 # successive halving's legs that ran nothing (hf_mup.lab.halving): another worker's copy, or one too many
