@@ -4,7 +4,7 @@ ranks the targets?
 
 Usage:
     python benchmarks/search_cost.py --arch gpt2 --preset hour           # first: the points and their target losses
-    python benchmarks/proxy_fidelity.py --arch gpt2 --preset hour        # about 25 minutes on 2 cores; resumes
+    python benchmarks/proxy_fidelity.py --arch gpt2 --preset hour        # about 40 minutes on 2 cores; resumes
 
 Variants (`--variants`, in this order):
 - "steps": the proxy trained for the target's steps (`pretrain_steps`, 300 for hour) instead of the search's (150);
@@ -41,26 +41,33 @@ from search_cost import RESULTS, WORK, preset_of, spearman
 from hf_mup.lab import sweep as sw
 from hf_mup.lab.pipeline import Pipeline
 
-VARIANTS = ("steps", "seed1", "seed2", "w128", "w256", "w256_steps", "trainer")
+# what each variant changes in the search's proxy recipe: its init seed, its width, its steps (to the target's), the
+# loop that trains it (the target's: Pipeline.pretrain_row)
+VARIANTS: dict[str, dict] = {
+    "steps": {"target_steps": True}, "seed1": {"seed": 1}, "seed2": {"seed": 2}, "w128": {"width": 128},
+    "w256": {"width": 256}, "w256_steps": {"width": 256, "target_steps": True},
+    "trainer": {"target_steps": True, "loop": "trainer"},
+}
 
 
 def points(runs: list[dict]) -> list[dict]:
-    """The distinct transferred points: their hyperparameters, the search's proxy loss, the target's loss."""
+    """The distinct transferred points: their hyperparameters, the search's proxy loss, the target's loss (of the
+    last run that transferred the point, as `search_cost.proxy_predicts_target` counts them)."""
     out: dict[str, dict] = {}
     for r in runs:
         w = r["winner"]
         hp = {"log2_lr": w["log2_lr"], "initializer_range": w["initializer_range"], **w["mup"]}
         key = json.dumps(hp, sort_keys=True)
-        out.setdefault(key, {"key": key, "hp": hp, "proxy": w["proxy_val_loss"], "target": r["target_loss"],
-                             "runs": []})["runs"].append(f"{r['method']} s{r['seed']}")
+        point = out.setdefault(key, {"key": key, "hp": hp, "runs": []})
+        point.update(proxy=w["proxy_val_loss"], target=r["target_loss"])
+        point["runs"].append(f"{r['method']} s{r['seed']}")
     return list(out.values())
 
 
-def recipe_of(spec: sw.SweepSpec, hp: dict, variant: str, target_steps: int):
-    r = spec.tune_recipe(hp, seed=int(variant[4:]) if variant.startswith("seed") else 0)
-    if variant.startswith("w"):
-        r = r.replace(width=int(variant[1:4]))
-    return r.replace(steps=target_steps) if variant.endswith("steps") or variant == "trainer" else r
+def recipe_of(spec: sw.SweepSpec, hp: dict, change: dict, target_steps: int):
+    """The search's proxy recipe for `hp` (`change` {}: what the search trained), changed as a `VARIANTS` entry says."""
+    r = spec.tune_recipe(hp, seed=change.get("seed", 0))
+    return r.replace(width=change.get("width", r.width), steps=target_steps if change.get("target_steps") else r.steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                  "losses are what this ranks).")
     pts = points([json.loads(line) for line in source.read_text().splitlines()])
     pipe = Pipeline(preset, Path(args.work) / f"search_cost_{name}", progress=False)
+    if "trainer" in variants and preset.search_batch != preset.pretrain_batch:
+        ap.error(f"--variants trainer: the target's loop trains the preset's pretraining batch ({preset.pretrain_batch}), "
+                 f"the search's is {preset.search_batch}; leave 'trainer' out for this preset.")
     tok, train, val = pipe.data()
     spec = sw.SweepSpec("tune", preset.proxy_recipe(len(tok)), pipe.corpus(), preset.log2_lr_range, name=preset.name)
     log = Path(args.out) / f"proxy_fidelity_{name}_runs.jsonl"
@@ -92,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(v, p) for v in variants for p in pts if (p["key"], v) not in have]
     start = time.time()
     for i, (v, p) in enumerate(todo):
-        recipe = recipe_of(spec, p["hp"], v, preset.pretrain_steps)
+        recipe = recipe_of(spec, p["hp"], VARIANTS[v], preset.pretrain_steps)
         t0 = time.time()
-        if v == "trainer":
-            key = hashlib.sha1(p["key"].encode()).hexdigest()[:12]
-            attrs = {"val_loss": pipe.pretrain_row(f"fidelity_{key}", recipe)["eval_loss"], "diverged": False}
+        if VARIANTS[v].get("loop") == "trainer":  # its folder named by the whole recipe: a changed one is not reused
+            key = hashlib.sha1(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+            loss = pipe.pretrain_row(f"fidelity_{key}", recipe)["eval_loss"]
+            attrs = {"val_loss": loss, "diverged": not math.isfinite(loss)}
         else:
             attrs = sw.run_trial(spec, recipe, (train, val))
         line = {"key": p["key"], "variant": v, "val_loss": attrs["val_loss"], "diverged": attrs["diverged"],
@@ -111,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman's, or None where it is undefined (under 3 points, or one side constant)."""
+    """Spearman's over the pairs whose proxy loss is finite (a diverged run has none), or None where it is undefined
+    (under 3 pairs, or one side constant)."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x)]
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     return spearman(xs, ys) if len(xs) > 2 and len(set(xs)) > 1 and len(set(ys)) > 1 else None
 
 
@@ -135,8 +149,8 @@ def report(pts: list[dict], done: list[dict], variants: list[str], name: str, ou
     (out / f"proxy_fidelity_{name}.json").write_text(json.dumps(result, indent=1))
     head = {"proxy": "search's proxy (150 steps, seed 0)", "steps": "proxy, target's steps", "seed1": "proxy seed 1",
             "seed2": "proxy seed 2", "seed_mean": "proxy, 3-seed mean", "w128": "proxy at width 128",
-            "w256": "proxy at width 256",
-            "w256_steps": "width 256, target's steps", "trainer": "proxy, target's steps and loop"}
+            "w256": "proxy at width 256", "w256_steps": "width 256, target's steps",
+            "trainer": "proxy, target's steps and loop"}
     lines = ["| point (searches) | log2 LR | log2 init | " + " | ".join(head[c] for c in full) + " | target |",
              "|---|---|---|" + "---|" * (len(full) + 1)]
     for p in sorted(pts, key=lambda p: p["target"]):
@@ -144,6 +158,8 @@ def report(pts: list[dict], done: list[dict], variants: list[str], name: str, ou
                      f" | " + " | ".join(f"{p[c]:.4f}" for c in full) + f" | {p['target']:.4f} |")
     lines += ["", "| proxy | rank correlation with the target's val loss |", "|---|---|"]
     lines += [f"| {head[c]} | {_r(rho[c])} |" for c in full]
+    if partial := [head[c] for c in columns if c not in full and any(c in p for p in pts)]:
+        lines += ["", f"Left out, not yet run for every point (rerun to finish): {', '.join(partial)}."]
     if sds:
         lines += ["", f"The proxy's own init-seed noise: median sd {statistics.median(sds):.4f} over {len(sds)} points "
                   f"(max {max(sds):.4f})."]

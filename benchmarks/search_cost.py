@@ -357,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     # the runs' log may hold runs of earlier commands (other seeds or methods): the report names them all
     report = out / f"{name}.json"
     before = json.loads(report.read_text()) if report.exists() else {}
-    commands = [c for c in before.get("commands", [before["command"]] if "command" in before else []) if c != command]
-    commands.append(command)
+    commands = before.get("commands", [before["command"]] if "command" in before else [])
+    commands += [command] if command not in commands else []
     result = {"commands": commands, "preset": preset.to_dict(), "target_params": param_count(
         preset.arch, preset.target, preset.vocab_size, preset.seq_len), "plan_fraction": plan[
         "search_fraction_of_pretraining"], "methods": {m: METHODS[m] for m in summary},

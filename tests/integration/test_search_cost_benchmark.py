@@ -52,14 +52,15 @@ def test_quick_run_and_resume(tmp_path):
     tok, train, val = pipe.data()
     spec = SweepSpec("tune", preset.proxy_recipe(len(tok)), pipe.corpus(), preset.log2_lr_range, name=preset.name)
     point = pf.points([runs["tpe"]])[0]
-    again = run_trial(spec, pf.recipe_of(spec, point["hp"], "seed0", preset.pretrain_steps), (train, val))
+    again = run_trial(spec, pf.recipe_of(spec, point["hp"], {}, preset.pretrain_steps), (train, val))
     assert again["val_loss"] == pytest.approx(point["proxy"], rel=1e-5)
     fidelity = ["--quick", "--preset", "tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
-    assert pf.main([*fidelity, "--variants", "seed1,trainer"]) == 0
+    assert pf.main([*fidelity, "--variants", "seed1,steps,trainer"]) == 0
     f = json.loads((tmp_path / "proxy_fidelity_gpt2_tiny_quick.json").read_text())
     assert {p["target"] for p in f["points"]} == {x["target_loss"] for x in runs.values()}
-    assert all(p["seed1"] != p["proxy"] and p["trainer"] > 0 for p in f["points"])
-    assert set(f["spearman_with_target"]) <= {"proxy", "seed1", "trainer"}
+    # the target's loop (MuPTrainer) trains the proxy as the search's loop does: the same loss at the same steps
+    assert all(p["seed1"] != p["proxy"] and p["trainer"] == pytest.approx(p["steps"], rel=1e-5) for p in f["points"])
+    assert set(f["spearman_with_target"]) == {"proxy", "seed1", "steps", "trainer"}
 
 
 def test_proxy_fidelity_trains_each_variant_as_named():
@@ -67,15 +68,19 @@ def test_proxy_fidelity_trains_each_variant_as_named():
     recipe = spec.proxy_recipe(spec.vocab_size)
     sweep = SweepSpec("tune", recipe, log2_lr_range=spec.log2_lr_range)
     hp = {"log2_lr": -7.0, "initializer_range": 0.02, "input_mult": 2.0, "output_mult": 1.0, "attn_mult": 1.0}
-    shapes = {v: (r.width, r.steps, r.seed, r.base_width) for v in pf.VARIANTS
-              for r in [pf.recipe_of(sweep, hp, v, spec.pretrain_steps)]}
+    recipes = {v: pf.recipe_of(sweep, hp, change, spec.pretrain_steps) for v, change in pf.VARIANTS.items()}
+    assert all((r.lr, r.initializer_range, r.mup["input_mult"], r.parametrization) == (2**-7, 0.02, 2.0, "mup")
+               for r in recipes.values())  # every variant trains the transferred point
+    shapes = {v: (r.width, r.steps, r.seed, r.base_width) for v, r in recipes.items()}
     assert shapes == {"steps": (64, 300, 0, 64), "seed1": (64, 150, 1, 64), "seed2": (64, 150, 2, 64),
                       "w128": (128, 150, 0, 64), "w256": (256, 150, 0, 64), "w256_steps": (256, 300, 0, 64),
                       "trainer": (64, 300, 0, 64)}
     run = {"method": "tpe", "seed": 0, "target_loss": 3.0,
            "winner": {"log2_lr": -7.0, "initializer_range": 0.02, "mup": {"output_mult": 1.0}, "proxy_val_loss": 4.0}}
-    [point] = pf.points([run, {**run, "method": "sha"}])  # two searches, one winner
-    assert point["runs"] == ["tpe s0", "sha s0"] and (point["proxy"], point["target"]) == (4.0, 3.0)
+    rerun = {**run, "method": "sha", "target_loss": 3.1, "winner": {**run["winner"], "proxy_val_loss": 4.1}}
+    [point] = pf.points([run, rerun])  # two searches, one winner: its last run's losses, as search_cost counts them
+    assert point["runs"] == ["tpe s0", "sha s0"] and (point["proxy"], point["target"]) == (4.1, 3.1)
+    assert sc.proxy_predicts_target([run, rerun])["points"] == 1
 
 
 def test_proxy_predicts_target_counts_each_transferred_point_once():
