@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_cost import RESULTS, WORK, preset_of, spearman
+from search_cost import RESULTS, WORK, preset_of, spearman, transferred_points
 
 from hf_mup.lab import sweep as sw
 from hf_mup.lab.pipeline import Pipeline
@@ -48,20 +48,6 @@ VARIANTS: dict[str, dict] = {
     "w256": {"width": 256}, "w256_steps": {"width": 256, "target_steps": True},
     "trainer": {"target_steps": True, "loop": "trainer"},
 }
-
-
-def points(runs: list[dict]) -> list[dict]:
-    """The distinct transferred points: their hyperparameters, the search's proxy loss, the target's loss (of the
-    last run that transferred the point, as `search_cost.proxy_predicts_target` counts them)."""
-    out: dict[str, dict] = {}
-    for r in runs:
-        w = r["winner"]
-        hp = {"log2_lr": w["log2_lr"], "initializer_range": w["initializer_range"], **w["mup"]}
-        key = json.dumps(hp, sort_keys=True)
-        point = out.setdefault(key, {"key": key, "hp": hp, "runs": []})
-        point.update(proxy=w["proxy_val_loss"], target=r["target_loss"])
-        point["runs"].append(f"{r['method']} s{r['seed']}")
-    return list(out.values())
 
 
 def recipe_of(spec: sw.SweepSpec, hp: dict, change: dict, target_steps: int):
@@ -89,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{source} is missing: run `python benchmarks/search_cost.py --arch {args.arch} --preset "
                  f"{args.preset}{' --quick' if args.quick else ''}` first (its transferred points and their target "
                  "losses are what this ranks).")
-    pts = points([json.loads(line) for line in source.read_text().splitlines()])
+    pts = transferred_points([json.loads(line) for line in source.read_text().splitlines()])
     pipe = Pipeline(preset, Path(args.work) / f"search_cost_{name}", progress=False)
     if "trainer" in variants and preset.search_batch != preset.pretrain_batch:
         ap.error(f"--variants trainer: the target's loop trains the preset's pretraining batch ({preset.pretrain_batch}), "

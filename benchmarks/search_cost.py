@@ -214,12 +214,25 @@ def early_bias(runs: list[dict]) -> list[dict]:
              "searches": len(vals)} for s, vals in sorted(per_step.items())]
 
 
+def transferred_points(runs: list[dict]) -> list[dict]:
+    """The distinct points the runs transferred: their hyperparameters (`hp`), the search's proxy loss and the
+    target's loss (of the last run that transferred the point), the runs that chose it."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        w = r["winner"]
+        hp = {"log2_lr": w["log2_lr"], "initializer_range": w["initializer_range"], **w["mup"]}
+        key = json.dumps(hp, sort_keys=True)
+        point = out.setdefault(key, {"key": key, "hp": hp, "runs": []})
+        point.update(proxy=w["proxy_val_loss"], target=r["target_loss"])
+        point["runs"].append(f"{r['method']} s{r['seed']}")
+    return list(out.values())
+
+
 def proxy_predicts_target(runs: list[dict]) -> dict:
     """Over the distinct transferred points: the rank correlation of the winner's proxy loss with its target loss
     (does a better proxy winner make a better target?)."""
-    points = {json.dumps([r["winner"]["log2_lr"], r["winner"]["mup"], r["winner"]["initializer_range"]],
-                         sort_keys=True): r for r in runs}
-    xs, ys = [r["winner"]["proxy_val_loss"] for r in points.values()], [r["target_loss"] for r in points.values()]
+    points = transferred_points(runs)
+    xs, ys = [p["proxy"] for p in points], [p["target"] for p in points]
     return {"points": len(points), "spearman": spearman(xs, ys) if len(points) > 2 else None}
 
 

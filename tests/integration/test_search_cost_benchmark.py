@@ -51,7 +51,7 @@ def test_quick_run_and_resume(tmp_path):
     pipe = sc.Pipeline(preset, tmp_path / "work" / "search_cost_gpt2_tiny_quick", progress=False)
     tok, train, val = pipe.data()
     spec = SweepSpec("tune", preset.proxy_recipe(len(tok)), pipe.corpus(), preset.log2_lr_range, name=preset.name)
-    point = pf.points([runs["tpe"]])[0]
+    point = sc.transferred_points([runs["tpe"]])[0]
     again = run_trial(spec, pf.recipe_of(spec, point["hp"], {}, preset.pretrain_steps), (train, val))
     assert again["val_loss"] == pytest.approx(point["proxy"], rel=1e-5)
     fidelity = ["--quick", "--preset", "tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
@@ -78,15 +78,15 @@ def test_proxy_fidelity_trains_each_variant_as_named():
     run = {"method": "tpe", "seed": 0, "target_loss": 3.0,
            "winner": {"log2_lr": -7.0, "initializer_range": 0.02, "mup": {"output_mult": 1.0}, "proxy_val_loss": 4.0}}
     rerun = {**run, "method": "sha", "target_loss": 3.1, "winner": {**run["winner"], "proxy_val_loss": 4.1}}
-    [point] = pf.points([run, rerun])  # two searches, one winner: its last run's losses, as search_cost counts them
+    [point] = sc.transferred_points([run, rerun])  # two searches, one winner: its last run's losses
     assert point["runs"] == ["tpe s0", "sha s0"] and (point["proxy"], point["target"]) == (4.1, 3.1)
     assert sc.proxy_predicts_target([run, rerun])["points"] == 1
 
 
 def test_proxy_predicts_target_counts_each_transferred_point_once():
     def run(lr, proxy, target):
-        return {"winner": {"log2_lr": lr, "mup": {"output_mult": 1.0}, "initializer_range": 0.02,
-                           "proxy_val_loss": proxy}, "target_loss": target}
+        return {"method": "tpe", "seed": 0, "winner": {"log2_lr": lr, "mup": {"output_mult": 1.0},
+                "initializer_range": 0.02, "proxy_val_loss": proxy}, "target_loss": target}
 
     same = [run(-8, 4.0, 3.0), run(-8, 4.0, 3.0)]  # two searches, one winner: one point
     agree = sc.proxy_predicts_target([*same, run(-7, 4.1, 3.1), run(-6, 4.2, 3.2)])
